@@ -1,0 +1,105 @@
+"""moi-demo command line: generate | serve | eval | sweep | bench."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from moi_demo.mixing import DEFAULT_TOP_K, MoIConfig, MoIConfigError
+from moi_demo.trace import Trace, save_traces
+
+logger = logging.getLogger("moi_demo")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="HF directory or hub id (default: $MOI_DEMO_MODEL, else the embedded SmolLM2-135M-Instruct)")
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=["moi", "direct"], default="moi")
+    p.add_argument("--beta", type=float, default=1.0, help="MoI concentration beta >= 0 (default 1.0)")
+    p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="candidates mixed per step (default 20)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def step_table(trace: Trace, rows: int | None = None) -> str:
+    """step | sampled token | p(sampled) | H | top 3 candidates with their weights (prior p in a lane
+    that does not mix)."""
+    lines = [f"{'step':>4}  {'token':<14} {'p':>6} {'H':>5}  top-3 (weight)"]
+    for s in trace.steps[:rows]:
+        if s.weights is not None and s.candidate_ids is not None:
+            pairs = sorted(zip(s.candidate_ids, s.weights, strict=True), key=lambda cw: -cw[1])[:3]
+        else:
+            pairs = list(zip(s.topk_ids, s.prior, strict=True))[:3]
+        tops = "  ".join(f"{_tok(trace, c, s)!r}:{w:.2f}" for c, w in pairs)
+        lines.append(f"{s.index:>4}  {s.token!r:<14} {s.p_sampled:>6.3f} {s.entropy:>5.2f}  {tops}")
+    return "\n".join(lines)
+
+
+def _tok(trace: Trace, token_id: int, step) -> str:
+    return step.token if token_id == step.token_id else f"#{token_id}"
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    try:
+        moi = MoIConfig(args.mode, args.beta, args.top_k)
+    except MoIConfigError as e:
+        print(f"error: --{e.field.replace('_', '-')}: {str(e).split(': ', 1)[1]}", file=sys.stderr)
+        return 2
+    from moi_demo.models import resolve_model
+    from moi_demo.reference import SamplingSettings
+
+    settings = SamplingSettings(args.temperature, args.top_p, args.max_tokens, args.seed)
+    model = resolve_model(args.model)
+    if args.engine == "reference":
+        from moi_demo.reference import ReferenceDecoder
+
+        standard, mixed = ReferenceDecoder(model).generate_pair(args.prompt, moi, settings)
+    else:
+        from moi_demo.engine import MoIEngine
+
+        with MoIEngine(model) as engine:
+            standard, mixed = engine.generate_pair_sync(args.prompt, moi, settings)
+    label = f"Mixture of Inputs ({moi.mode}, beta = {moi.beta:g}, top-k = {moi.top_k})"
+    for title, trace in (("Standard", standard), (label, mixed)):
+        print(f"=== {title} [{len(trace.steps)} tokens, {trace.finish_reason}]")
+        print(trace.text)
+        if args.steps:
+            print(step_table(trace))
+        print()
+    if args.json:
+        save_traces(args.json, [standard, mixed])
+        print(f"traces written to {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moi-demo", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="standard vs MoI completion of one prompt, same seed")
+    gen.add_argument("prompt")
+    _add_model(gen)
+    _add_sampling(gen)
+    gen.add_argument("--engine", choices=["reference", "vllm"], default="reference")
+    gen.add_argument("--steps", action="store_true", help="print a per-step table")
+    gen.add_argument("--json", metavar="FILE", help="write both traces as JSON")
+    gen.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

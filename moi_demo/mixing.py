@@ -1,0 +1,257 @@
+"""The Mixture of Inputs math (arXiv 2505.14827), pure torch: the only place the formula is written.
+
+At each decode step a standard LLM samples a token y and feeds back its embedding E[y]. MoI feeds back
+a mixture of the top-k candidates' embeddings instead. With p the top-k distribution renormalised from
+the raw (temperature-1) logits, H its entropy divided by log k, and a concentration beta >= 0:
+
+    w = (H * p + (beta + 1 - H) * onehot(y)) / (beta + 1)        ("moi", the posterior mean)
+    w = p                                                        ("direct" mixture)
+    w = onehot(y)                                                ("standard": no mixing)
+    input = sum_i w_i * embed(candidate_i)
+
+Everything here is batched: one row per request, each row with its own mode, beta and top_k.
+Shapes: B rows, V vocabulary, K = max top_k over the batch, C = K + 1 candidates (the top-k ids plus
+the sampled id, which carries weight only when it is outside the row's top-k), D hidden size.
+No function modifies its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+MODES: tuple[str, ...] = ("standard", "moi", "direct")
+MODE_STANDARD, MODE_MOI, MODE_DIRECT = 0, 1, 2
+MODE_CODES: dict[str, int] = {name: code for code, name in enumerate(MODES)}
+# The reference implementation's convention: MIXINPUTS_BETA=-100 means direct mixture.
+DIRECT_MIXTURE_BETA = -100.0
+DEFAULT_BETA = 1.0
+DEFAULT_TOP_K = 20
+# Keys of SamplingParams.extra_args (and of the OpenAI API's `vllm_xargs`).
+KEY_MODE, KEY_BETA, KEY_TOP_K = "moi_mode", "moi_beta", "moi_top_k"
+EXTRA_ARGS_KEYS = (KEY_MODE, KEY_BETA, KEY_TOP_K)
+
+
+class MoIConfigError(ValueError):
+    """An invalid MoI setting. `field` names the offending field; the message gives the allowed range."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class MoIConfig:
+    """One request's MoI settings. `beta == -100` (the reference's convention) means direct mixture."""
+
+    mode: str = "moi"
+    beta: float = DEFAULT_BETA
+    top_k: int = DEFAULT_TOP_K
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise MoIConfigError("mode", f"must be one of {', '.join(MODES)}; got {self.mode!r}")
+        beta = self.beta
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+            raise MoIConfigError("beta", f"must be a number >= 0 (or -100 for direct mixture); got {beta!r}")
+        if beta == DIRECT_MIXTURE_BETA:
+            object.__setattr__(self, "mode", "direct" if self.mode == "moi" else self.mode)
+        elif not math.isfinite(beta) or beta < 0:
+            raise MoIConfigError("beta", f"must be finite and >= 0 (or -100 for direct mixture); got {beta!r}")
+        object.__setattr__(self, "beta", float(beta))
+        top_k = self.top_k
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise MoIConfigError("top_k", f"must be an integer from 1 to the vocabulary size; got {top_k!r}")
+
+    @property
+    def mixes(self) -> bool:
+        return self.mode != "standard"
+
+    def check_vocab(self, vocab_size: int) -> MoIConfig:
+        if self.top_k > vocab_size:
+            raise MoIConfigError("top_k", f"must be from 1 to the vocabulary size {vocab_size}; got {self.top_k}")
+        return self
+
+    @classmethod
+    def from_extra_args(
+        cls, extra_args: Mapping[str, Any] | None, default: MoIConfig | None = None
+    ) -> MoIConfig | None:
+        """Parse `SamplingParams.extra_args`. Errors name the key (moi_mode, moi_beta, moi_top_k).
+
+        Returns None when the request names no MoI key and there is no default (a standard request).
+        """
+        extra_args = extra_args or {}
+        if not any(key in extra_args for key in EXTRA_ARGS_KEYS):
+            return default
+        base = default or cls()
+        mode = extra_args.get(KEY_MODE, base.mode if default else "moi")
+        beta = extra_args.get(KEY_BETA, base.beta if base.beta != DIRECT_MIXTURE_BETA else DEFAULT_BETA)
+        top_k = extra_args.get(KEY_TOP_K, base.top_k)
+        # JSON clients send numbers as strings or floats: accept "1.5" and 20.0, never 20.5.
+        try:
+            beta = float(beta) if isinstance(beta, str) else beta
+        except ValueError:
+            raise MoIConfigError(KEY_BETA, f"must be a number >= 0 (or -100); got {beta!r}") from None
+        integral_float = isinstance(top_k, float) and top_k.is_integer()
+        if integral_float or (isinstance(top_k, str) and top_k.strip().lstrip("-").isdigit()):
+            top_k = int(top_k)
+        try:
+            return cls(mode=mode, beta=beta, top_k=top_k)
+        except MoIConfigError as e:
+            raise MoIConfigError(f"moi_{e.field}", str(e).split(": ", 1)[1]) from None
+
+    @classmethod
+    def from_env_beta(cls, value: str | None) -> MoIConfig | None:
+        """The global default from MIXINPUTS_BETA (as in the reference); None when unset or empty."""
+        if value is None or not value.strip():
+            return None
+        try:
+            beta = float(value)
+        except ValueError:
+            raise MoIConfigError("MIXINPUTS_BETA", f"must be a number >= 0 or -100; got {value!r}") from None
+        try:
+            return cls(mode="moi", beta=beta)
+        except MoIConfigError as e:
+            raise MoIConfigError("MIXINPUTS_BETA", str(e).split(": ", 1)[1]) from None
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Per-row settings as tensors: mode codes [B] long, beta [B] float32, top_k [B] long."""
+
+    mode: torch.Tensor
+    beta: torch.Tensor
+    top_k: torch.Tensor
+
+    @classmethod
+    def from_configs(cls, configs: Sequence[MoIConfig], device: torch.device | str = "cpu") -> BatchConfig:
+        return cls(
+            mode=torch.tensor([MODE_CODES[c.mode] for c in configs], dtype=torch.long, device=device),
+            beta=torch.tensor([max(c.beta, 0.0) for c in configs], dtype=torch.float32, device=device),
+            top_k=torch.tensor([c.top_k for c in configs], dtype=torch.long, device=device),
+        )
+
+
+@dataclass(frozen=True)
+class MixStep:
+    """One decode step of a batch, everything needed to build the next inputs (and to plot them)."""
+
+    topk_ids: torch.Tensor  # [B, K] long; columns >= top_k[b] are padding (p = 0)
+    topk_logits: torch.Tensor  # [B, K] float32; -inf beyond top_k[b]
+    p: torch.Tensor  # [B, K] renormalised top-k distribution (the prior)
+    entropy: torch.Tensor  # [B] normalised entropy H in [0, 1]
+    candidate_ids: torch.Tensor  # [B, C] top-k ids, then the sampled id
+    weights: torch.Tensor  # [B, C] mix weights (the posterior); sum to 1 per row
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """float32, or float64 when the input already is."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def topk_logits(logits: torch.Tensor, top_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of raw logits [B, V] with a per-row k [B] -> (ids [B, K], logits [B, K], -inf past k)."""
+    k_max = int(top_k.max())
+    values, ids = torch.topk(logits.to(_compute_dtype(logits)), k_max, dim=-1)  # [B, K] sorted descending
+    valid = torch.arange(k_max, device=logits.device)[None, :] < top_k[:, None]  # [B, K]
+    return ids, values.masked_fill(~valid, float("-inf"))
+
+
+def renormalized_probs(topk_logits: torch.Tensor) -> torch.Tensor:
+    """p = softmax over the top-k logits [B, K] (temperature 1); -inf entries get p = 0."""
+    return torch.softmax(topk_logits.to(_compute_dtype(topk_logits)), dim=-1)
+
+
+def normalized_entropy(p: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
+    """H = entropy(p) / log(k), per row [B]; 0 when k = 1."""
+    plogp = torch.where(p > 0, p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)), torch.zeros_like(p))
+    entropy = -plogp.sum(dim=-1)  # [B]
+    log_k = torch.log(top_k.to(p.dtype))
+    return torch.where(top_k > 1, entropy / log_k.clamp_min(1e-12), torch.zeros_like(entropy)).clamp(0.0, 1.0)
+
+
+def candidates(
+    topk_ids: torch.Tensor, sampled: torch.Tensor, top_k: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates [B, C] = top-k ids then the sampled id y, and onehot(y) over them [B, C] float32.
+
+    The one-hot lands on y's top-k column when y is among the row's top-k, else on the last column.
+    """
+    k_max = topk_ids.shape[1]
+    valid = torch.arange(k_max, device=topk_ids.device)[None, :] < top_k[:, None]  # [B, K]
+    hit = (topk_ids == sampled[:, None]) & valid  # [B, K]
+    outside = ~hit.any(dim=-1, keepdim=True)  # [B, 1]
+    candidate_ids = torch.cat([topk_ids, sampled[:, None].to(topk_ids.dtype)], dim=-1)  # [B, C]
+    onehot = torch.cat([hit, outside], dim=-1).float()  # [B, C]
+    return candidate_ids, onehot
+
+
+def mix_weights(
+    p: torch.Tensor, entropy: torch.Tensor, onehot: torch.Tensor, beta: torch.Tensor, mode: torch.Tensor
+) -> torch.Tensor:
+    """Mix weights [B, C] from the prior p [B, K], H [B], onehot(y) [B, C], beta [B] and mode codes [B].
+
+    moi:      w = (H*p + (beta + 1 - H)*onehot(y)) / (beta + 1)
+    direct:   w = p
+    standard: w = onehot(y)
+    """
+    dtype = _compute_dtype(p)
+    p_c = torch.cat([p.to(dtype), p.new_zeros(p.shape[0], 1, dtype=dtype)], dim=-1)  # [B, C]
+    onehot = onehot.to(dtype)
+    h = entropy.to(dtype)[:, None]  # [B, 1]
+    b = beta.to(dtype)[:, None]  # [B, 1]
+    posterior = (h * p_c + (b + 1.0 - h) * onehot) / (b + 1.0)  # [B, C]
+    m = mode[:, None]
+    return torch.where(m == MODE_MOI, posterior, torch.where(m == MODE_DIRECT, p_c, onehot))
+
+
+def mix_step(logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig) -> MixStep:
+    """The whole step from raw logits [B, V] (temperature 1, before penalties) and sampled ids [B]."""
+    ids, top_logits = topk_logits(logits, config.top_k)
+    p = renormalized_probs(top_logits)
+    entropy = normalized_entropy(p, config.top_k)
+    candidate_ids, onehot = candidates(ids, sampled, config.top_k)
+    weights = mix_weights(p, entropy, onehot, config.beta, config.mode)
+    return MixStep(ids, top_logits, p, entropy, candidate_ids, weights)
+
+
+def mix_embeddings(
+    weights: torch.Tensor,
+    candidate_ids: torch.Tensor,
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """sum_i w_i * embed(candidate_i) -> [B, D].
+
+    `embed` is the model's own input-embedding function (so Gemma's sqrt(hidden) scale is included);
+    the sum is taken in float32 and cast to `out_dtype` (default: the embedding's dtype).
+    """
+    emb = embed(candidate_ids)  # [B, C, D]
+    dtype = torch.promote_types(_compute_dtype(weights), _compute_dtype(emb))
+    mixed = torch.einsum("bc,bcd->bd", weights.to(dtype), emb.to(dtype))  # [B, D]
+    return mixed.to(out_dtype or emb.dtype)
+
+
+def step_weights(
+    topk_logprobs: Sequence[float], topk_ids: Sequence[int], sampled_id: int, config: MoIConfig
+) -> tuple[list[int], list[float], float]:
+    """One step's (candidate ids, weights, H) recomputed from returned top-k log-probabilities.
+
+    Log-probabilities differ from raw logits by one constant per row, so softmax over them is p.
+    Candidates are returned without padding: the top-k ids, plus y when it is outside them.
+    """
+    k = len(topk_ids)
+    cfg = BatchConfig.from_configs([MoIConfig(config.mode, config.beta, k)])
+    ids = torch.tensor([list(topk_ids)], dtype=torch.long)
+    p = renormalized_probs(torch.tensor([list(topk_logprobs)], dtype=torch.float64))
+    entropy = normalized_entropy(p, cfg.top_k)
+    cand, onehot = candidates(ids, torch.tensor([sampled_id]), cfg.top_k)
+    w = mix_weights(p, entropy, onehot, cfg.beta, cfg.mode)[0]
+    cand_list, w_list = cand[0].tolist(), w.tolist()
+    if onehot[0, -1] == 0:  # y is inside the top-k: the last column is padding
+        cand_list, w_list = cand_list[:-1], w_list[:-1]
+    return cand_list, w_list, float(entropy[0])

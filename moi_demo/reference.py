@@ -1,0 +1,139 @@
+"""Mixture of Inputs decoding in plain transformers: the oracle for the vLLM path, and a fallback.
+
+Step by step with `inputs_embeds` and a KV cache: the prompt goes in as token embeddings, then each
+generated step feeds back either the sampled token's embedding (standard) or the MoI mixture of the
+top-k candidates' embeddings (mixing.py), through the model's own input-embedding function.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from moi_demo import mixing
+from moi_demo.mixing import BatchConfig, MoIConfig
+from moi_demo.trace import Step, Trace
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """temperature 0 means greedy; seed makes sampled runs reproducible."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 64
+    seed: int | None = 0
+
+
+def sample_token(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None) -> int:
+    """One token from raw logits [V]: greedy, or temperature then nucleus (top-p) sampling."""
+    if settings.temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / settings.temperature, dim=-1)  # [V]
+    if settings.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        drop = (torch.cumsum(sorted_p, dim=-1) - sorted_p) > settings.top_p  # keeps at least one
+        probs = probs.scatter(0, order, sorted_p.masked_fill(drop, 0.0))
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class ReferenceDecoder:
+    """A transformers model decoding one request at a time, standard or MoI."""
+
+    def __init__(self, model_path: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+        self.model_path = model_path
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+        self.embed = self.model.get_input_embeddings()  # the model's own (Gemma: scaled) embedding
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {int(e) for e in eos + [self.tokenizer.eos_token_id] if e is not None}
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.get_text_config().vocab_size)
+
+    def prompt_ids(self, prompt: str, chat: bool = True) -> list[int]:
+        if chat and self.tokenizer.chat_template:
+            return list(
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True,
+                    return_dict=False,
+                )
+            )
+        return self.tokenizer(prompt)["input_ids"]
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: str | list[int],
+        moi: MoIConfig,
+        settings: SamplingSettings = SamplingSettings(),
+        chat: bool = True,
+        lane: str | None = None,
+    ) -> Trace:
+        moi.check_vocab(self.vocab_size)
+        ids = self.prompt_ids(prompt, chat) if isinstance(prompt, str) else list(prompt)
+        device = self.model.device
+        cfg = BatchConfig.from_configs([moi], device=device)
+        generator = None
+        if settings.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(settings.seed)
+        trace = Trace(
+            lane=lane or ("standard" if moi.mode == "standard" else "moi"), mode=moi.mode, beta=moi.beta,
+            top_k=moi.top_k, prompt=prompt if isinstance(prompt, str) else "", model=self.model_path,
+            engine="reference", temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed,
+            max_tokens=settings.max_tokens,
+        )
+        cache = DynamicCache(config=self.model.config)
+        inputs = self.embed(torch.tensor([ids], device=device))  # [1, T, D]
+        out_ids: list[int] = []
+        for index in range(settings.max_tokens):
+            out = self.model(inputs_embeds=inputs, past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1, :].float()  # [1, V] raw, temperature 1
+            token = sample_token(logits[0], settings, generator)
+            step = mixing.mix_step(logits, torch.tensor([token], device=device), cfg)
+            logprobs = torch.log_softmax(logits, dim=-1)[0]  # [V]
+            k = moi.top_k
+            record = Step(
+                index=index, token_id=token, token="", logprob=float(logprobs[token]),
+                topk_ids=step.topk_ids[0, :k].tolist(), topk_logprobs=logprobs[step.topk_ids[0, :k]].tolist(),
+                entropy=float(step.entropy[0]),
+            )
+            if moi.mixes:
+                keep = slice(None) if token not in record.topk_ids else slice(0, k)
+                record.candidate_ids = step.candidate_ids[0, keep].tolist()
+                record.weights = step.weights[0, keep].tolist()
+            out_ids.append(token)
+            record.token = self.tokenizer.decode([token])
+            trace.steps.append(record)
+            if token in self.eos_ids:
+                trace.finish_reason = "stop"
+                break
+            if moi.mixes:
+                inputs = mixing.mix_embeddings(step.weights, step.candidate_ids, self.embed)[:, None, :]
+            else:
+                inputs = self.embed(torch.tensor([[token]], device=device))  # [1, 1, D]
+        else:
+            trace.finish_reason = "length"
+        trace.text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
+        return trace
+
+    def generate_pair(
+        self, prompt: str, moi: MoIConfig, settings: SamplingSettings = SamplingSettings()
+    ) -> tuple[Trace, Trace]:
+        """The standard and the MoI lane on the same prompt, chat template and seed."""
+        standard = self.generate(prompt, MoIConfig("standard", moi.beta, moi.top_k), settings, lane="standard")
+        return standard, self.generate(prompt, moi, settings, lane="moi")
+
+
+def tokens_per_second(decoder: ReferenceDecoder, prompt: str, moi: MoIConfig, max_tokens: int = 64) -> float:
+    start = time.perf_counter()
+    trace = decoder.generate(prompt, moi, SamplingSettings(max_tokens=max_tokens))
+    return len(trace.steps) / (time.perf_counter() - start)

@@ -1,0 +1,109 @@
+"""Step / Trace records of a generation: plain lists and numbers (no tensors), JSON round-trip.
+
+A Step holds what the engine returned for one generated token: the sampled id, its log-probability,
+the top-k ids and log-probabilities of the raw (temperature-1) distribution, H, and the mix weights
+that were fed back as the next input (none for a standard lane). `recompute` rebuilds the weights
+from the returned top-k log-probabilities with mixing.py, the single home of the formula.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moi_demo.mixing import MoIConfig, step_weights
+
+
+@dataclass
+class Step:
+    index: int
+    token_id: int
+    token: str
+    logprob: float  # log p(sampled) under the full temperature-1 distribution
+    topk_ids: list[int]
+    topk_logprobs: list[float]
+    entropy: float  # H: normalised entropy of the renormalised top-k distribution
+    candidate_ids: list[int] | None = None  # None in a standard lane
+    weights: list[float] | None = None  # the mix fed back as the next input
+
+    @property
+    def p_sampled(self) -> float:
+        return math.exp(self.logprob)
+
+    @property
+    def prior(self) -> list[float]:
+        """The renormalised top-k distribution p (over topk_ids)."""
+        m = max(self.topk_logprobs)
+        e = [math.exp(lp - m) for lp in self.topk_logprobs]
+        s = sum(e)
+        return [x / s for x in e]
+
+    @property
+    def sampled_weight(self) -> float:
+        """Weight kept on the sampled token: 1 when nothing was mixed."""
+        if self.weights is None or self.candidate_ids is None:
+            return 1.0
+        return sum(w for c, w in zip(self.candidate_ids, self.weights, strict=True) if c == self.token_id)
+
+    @property
+    def sampled_in_topk(self) -> bool:
+        return self.token_id in self.topk_ids
+
+
+@dataclass
+class Trace:
+    lane: str  # "standard" or "moi"
+    mode: str
+    beta: float
+    top_k: int
+    prompt: str = ""
+    model: str = ""
+    engine: str = ""
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = 0
+    max_tokens: int = 0
+    steps: list[Step] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [s.token_id for s in self.steps]
+
+    @property
+    def config(self) -> MoIConfig:
+        return MoIConfig(self.mode, self.beta, self.top_k)
+
+    def recompute(self, step: Step) -> tuple[list[int], list[float], float]:
+        """(candidates, weights, H) of a step from its top-k log-probs, with this lane's settings."""
+        return step_weights(step.topk_logprobs, step.topk_ids, step.token_id, self.config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Trace:
+        data = dict(data)
+        steps = [Step(**s) for s in data.pop("steps", [])]
+        return cls(**data, steps=steps)
+
+
+def first_divergence(a: Trace, b: Trace) -> int | None:
+    """Index of the first step where the two lanes sampled different tokens (None if they never do
+    within the shorter lane; the shorter lane ending first counts at its length)."""
+    for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids, strict=False)):
+        if x != y:
+            return i
+    return None if len(a.steps) == len(b.steps) else min(len(a.steps), len(b.steps))
+
+
+def save_traces(path: str | Path, traces: list[Trace]) -> None:
+    Path(path).write_text(json.dumps({"traces": [t.to_dict() for t in traces]}, indent=1))
+
+
+def load_traces(path: str | Path) -> list[Trace]:
+    return [Trace.from_dict(t) for t in json.loads(Path(path).read_text())["traces"]]

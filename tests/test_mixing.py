@@ -1,0 +1,255 @@
+"""The MoI math on hand-built tensors with hand-computed values, and the golden vectors in shared/."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from moi_demo import mixing
+from moi_demo.mixing import BatchConfig, MoIConfig, MoIConfigError
+
+GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "moi_weights.json"
+
+
+def batch(*configs: MoIConfig) -> BatchConfig:
+    return BatchConfig.from_configs(list(configs))
+
+
+def weights_for(logits: list[float], sampled: int, cfg: MoIConfig) -> mixing.MixStep:
+    return mixing.mix_step(torch.tensor([logits], dtype=torch.float64), torch.tensor([sampled]), batch(cfg))
+
+
+# --- config validation ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "fragment"),
+    [
+        ({"beta": -0.5}, "beta", ">= 0"),
+        ({"beta": float("nan")}, "beta", "finite"),
+        ({"beta": float("inf")}, "beta", "finite"),
+        ({"beta": "1"}, "beta", "number"),
+        ({"top_k": 0}, "top_k", "from 1"),
+        ({"top_k": 2.5}, "top_k", "integer"),
+        ({"mode": "mixed"}, "mode", "standard, moi, direct"),
+    ],
+)
+def test_config_errors_name_field_and_range(kwargs, field, fragment):
+    with pytest.raises(MoIConfigError) as err:
+        MoIConfig(**kwargs)
+    assert err.value.field == field
+    assert str(err.value).startswith(f"{field}: ")
+    assert fragment in str(err.value)
+
+
+def test_config_top_k_checked_against_vocab():
+    MoIConfig(top_k=10).check_vocab(10)
+    with pytest.raises(MoIConfigError, match=r"top_k: must be from 1 to the vocabulary size 9; got 10"):
+        MoIConfig(top_k=10).check_vocab(9)
+
+
+def test_beta_minus_100_means_direct_mixture():
+    assert MoIConfig(beta=-100).mode == "direct"
+    assert MoIConfig.from_env_beta("-100").mode == "direct"
+    assert MoIConfig.from_env_beta("2.5") == MoIConfig("moi", 2.5, 20)
+    assert MoIConfig.from_env_beta("") is None and MoIConfig.from_env_beta(None) is None
+    with pytest.raises(MoIConfigError, match="MIXINPUTS_BETA"):
+        MoIConfig.from_env_beta("-3")
+
+
+def test_from_extra_args():
+    assert MoIConfig.from_extra_args(None) is None
+    assert MoIConfig.from_extra_args({"other": 1}) is None
+    assert MoIConfig.from_extra_args({"moi_beta": 2.0}) == MoIConfig("moi", 2.0, 20)
+    assert MoIConfig.from_extra_args({"moi_mode": "direct", "moi_top_k": 5.0}) == MoIConfig("direct", 1.0, 5)
+    default = MoIConfig("moi", 0.5, 20)
+    assert MoIConfig.from_extra_args({}, default) is default
+    assert MoIConfig.from_extra_args({"moi_mode": "standard"}, default).mode == "standard"
+    with pytest.raises(MoIConfigError, match=r"^moi_beta: must be finite and >= 0") as err:
+        MoIConfig.from_extra_args({"moi_beta": -1})
+    assert err.value.field == "moi_beta"
+    with pytest.raises(MoIConfigError, match=r"^moi_top_k: "):
+        MoIConfig.from_extra_args({"moi_top_k": 2.5})
+    with pytest.raises(MoIConfigError, match=r"^moi_mode: must be one of standard, moi, direct"):
+        MoIConfig.from_extra_args({"moi_mode": "soft"})
+
+
+# --- hand-computed values ---------------------------------------------------------------------------
+
+
+def test_entropy_zero_gives_the_one_hot():
+    # one logit dominates completely: p = [1, 0, 0] to float precision, H = 0
+    step = weights_for([0.0, -1e4, -1e4, -2e4], 0, MoIConfig(beta=0.0, top_k=3))
+    assert step.entropy.item() == pytest.approx(0.0, abs=1e-12)
+    assert step.weights[0].tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0], abs=1e-12)
+
+
+def test_uniform_with_beta_zero_gives_p():
+    # equal logits: p = 1/4 each, H = 1, beta = 0 -> w = (p + (1 - 1) y) / 1 = p
+    step = weights_for([2.0, 2.0, 2.0, 2.0, -5.0], 1, MoIConfig(beta=0.0, top_k=4))
+    assert step.entropy.item() == pytest.approx(1.0, abs=1e-12)
+    assert step.weights[0, :4].tolist() == pytest.approx([0.25] * 4, abs=1e-12)
+    assert step.weights[0, 4].item() == 0.0
+
+
+def test_hand_computed_two_candidates():
+    # logits [log 3, 0] -> p = [0.75, 0.25]; H = -(0.75 ln .75 + .25 ln .25)/ln 2 = 0.8112781244591328
+    # y = 1, beta = 1: w = (H p + (2 - H) onehot) / 2
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)) / math.log(2)
+    step = weights_for([math.log(3.0), 0.0, -9.0], 1, MoIConfig(beta=1.0, top_k=2))
+    assert step.entropy.item() == pytest.approx(0.8112781244591328, abs=1e-12)
+    expected = [h * 0.75 / 2, (h * 0.25 + 2 - h) / 2, 0.0]
+    assert step.weights[0].tolist() == pytest.approx(expected, abs=1e-12)
+    assert expected == pytest.approx([0.30422929667217, 0.69577070332783, 0.0], abs=1e-12)
+
+
+def test_large_beta_gives_the_one_hot():
+    step = weights_for([1.0, 0.5, 0.2, -1.0], 2, MoIConfig(beta=1e9, top_k=4))
+    assert step.weights[0].tolist() == pytest.approx([0, 0, 1, 0, 0], abs=1e-8)
+
+
+def test_sampled_outside_top_k_sums_to_one():
+    # y = 4 is not in the top-2 ids {0, 1}: it becomes an extra candidate
+    step = weights_for([3.0, 2.0, 1.0, 0.0, -1.0], 4, MoIConfig(beta=0.5, top_k=2))
+    assert step.candidate_ids[0].tolist() == [0, 1, 4]
+    w = step.weights[0]
+    assert w.sum().item() == pytest.approx(1.0, abs=1e-12)
+    h = step.entropy.item()
+    p = torch.softmax(torch.tensor([3.0, 2.0], dtype=torch.float64), 0)
+    assert w[:2].tolist() == pytest.approx((h * p / 1.5).tolist(), abs=1e-12)
+    assert w[2].item() == pytest.approx((1.5 - h) / 1.5, abs=1e-12)
+
+
+def test_k_equals_one():
+    step = weights_for([0.3, 1.7, -2.0], 1, MoIConfig(beta=0.0, top_k=1))
+    assert step.entropy.item() == 0.0
+    assert step.candidate_ids[0, 0].item() == 1
+    assert step.weights[0].tolist() == [1.0, 0.0]
+    # sampled outside the top-1: all weight on the sampled token
+    step = weights_for([0.3, 1.7, -2.0], 2, MoIConfig(beta=0.0, top_k=1))
+    assert step.weights[0].tolist() == [0.0, 1.0]
+
+
+def test_direct_and_standard_modes():
+    logits = [1.0, 0.0, -1.0]
+    p = torch.softmax(torch.tensor(logits, dtype=torch.float64), 0).tolist()
+    direct = weights_for(logits, 2, MoIConfig(mode="direct", top_k=3))
+    assert direct.weights[0].tolist() == pytest.approx(p + [0.0], abs=1e-12)
+    standard = weights_for(logits, 2, MoIConfig(mode="standard", top_k=3))
+    assert standard.weights[0].tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_batch_rows_use_their_own_settings():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 3, dtype=torch.float64)
+    cfg = batch(MoIConfig("moi", 0.0, 4), MoIConfig("moi", 3.0, 2), MoIConfig("direct", 1.0, 3))
+    step = mixing.mix_step(logits, torch.tensor([0, 1, 3]), cfg)
+    for row, single in enumerate(
+        [MoIConfig("moi", 0.0, 4), MoIConfig("moi", 3.0, 2), MoIConfig("direct", 1.0, 3)]
+    ):
+        alone = weights_for(logits[row].tolist(), [0, 1, 3][row], single)
+        c = single.top_k
+        assert step.weights[row, :c].tolist() == pytest.approx(alone.weights[0, :c].tolist(), abs=1e-12)
+        assert step.weights[row, -1].item() == pytest.approx(alone.weights[0, -1].item(), abs=1e-12)
+        assert step.weights[row].sum().item() == pytest.approx(1.0, abs=1e-12)
+    assert step.weights[1, 2:4].tolist() == [0.0, 0.0]  # padding past the row's k carries no weight
+
+
+def test_reference_form_when_sampled_in_top_k():
+    # reference: H * sum_i((p_i + beta*y_i)/(1 + beta)) E_i + (1 - H) E_y
+    gen = torch.Generator().manual_seed(0)
+    emb = torch.randn(10, 6, generator=gen, dtype=torch.float64)
+    logits = torch.randn(4, 10, generator=gen, dtype=torch.float64) * 2
+    sampled = torch.topk(logits, 5).indices[:, 2]  # third-best token of each row: inside the top-5
+    for beta in (0.0, 0.5, 2.0, 7.0):
+        cfg = batch(*[MoIConfig(beta=beta, top_k=5)] * 4)
+        step = mixing.mix_step(logits, sampled, cfg)
+        ours = mixing.mix_embeddings(step.weights, step.candidate_ids, lambda ids: emb[ids])
+        y = torch.nn.functional.one_hot(sampled, 10).double()[torch.arange(4)[:, None], step.topk_ids]
+        h = step.entropy[:, None]
+        ref = h * torch.einsum("bk,bkd->bd", (step.p + beta * y) / (1 + beta), emb[step.topk_ids])
+        ref = ref + (1 - h) * emb[sampled]
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+
+
+def test_mix_embeddings_uses_the_embed_function_and_casts():
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    scale = 8.0  # like Gemma's sqrt(hidden): the mix is of what embed() returns
+    weights = torch.tensor([[0.25, 0.75, 0.0]])
+    ids = torch.tensor([[0, 2, 1]])
+    out = mixing.mix_embeddings(weights, ids, lambda i: (emb[i] * scale).to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    assert out.float().tolist() == [[(0.25 * 1 + 0.75 * 2) * scale, 0.75 * 2 * scale]]
+    out32 = mixing.mix_embeddings(weights, ids, lambda i: emb[i], out_dtype=torch.float32)
+    assert out32.tolist() == [[1.75, 1.5]]
+
+
+def test_inputs_not_modified_in_place():
+    logits = torch.randn(3, 12, generator=torch.Generator().manual_seed(1))
+    sampled = torch.tensor([0, 5, 11])
+    cfg = batch(MoIConfig("moi", 1.0, 4), MoIConfig("direct", 0.0, 12), MoIConfig("moi", 0.0, 1))
+    before = (logits.clone(), sampled.clone(), cfg.beta.clone(), cfg.top_k.clone(), cfg.mode.clone())
+    step = mixing.mix_step(logits, sampled, cfg)
+    emb = torch.randn(12, 4)
+    emb_before = emb.clone()
+    w_before, ids_before = step.weights.clone(), step.candidate_ids.clone()
+    mixing.mix_embeddings(step.weights, step.candidate_ids, lambda i: emb[i])
+    for a, b in zip(before, (logits, sampled, cfg.beta, cfg.top_k, cfg.mode), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(emb, emb_before)
+    assert torch.equal(w_before, step.weights) and torch.equal(ids_before, step.candidate_ids)
+
+
+def test_step_weights_from_logprobs_equals_from_logits():
+    logits = [2.0, 1.5, 0.3, -0.2, -4.0]
+    logprobs = torch.log_softmax(torch.tensor(logits, dtype=torch.float64), 0)
+    top = torch.topk(logprobs, 3)
+    cfg = MoIConfig("moi", 0.7, 3)
+    for sampled in (1, 4):
+        cand, w, h = mixing.step_weights(top.values.tolist(), top.indices.tolist(), sampled, cfg)
+        full = weights_for(logits, sampled, cfg)
+        assert h == pytest.approx(full.entropy.item(), abs=1e-12)
+        if sampled == 1:
+            assert cand == [0, 1, 2]
+            assert w == pytest.approx(full.weights[0, :3].tolist(), abs=1e-12)
+        else:
+            assert cand == [0, 1, 2, 4]
+            assert w == pytest.approx(full.weights[0].tolist(), abs=1e-12)
+
+
+# --- golden vectors computed apart from the project -------------------------------------------------
+
+
+def golden_cases() -> list[dict]:
+    return json.loads(GOLDEN.read_text())["cases"]
+
+
+@pytest.mark.parametrize("case", golden_cases(), ids=lambda c: f"{c['mode']}-b{c['beta']}-k{c['top_k']}")
+def test_golden(case):
+    k = case["top_k"]
+    top_logits = torch.tensor([case["topk_logits"]], dtype=torch.float64)
+    top_ids = torch.tensor([case["topk_ids"]])
+    cfg = batch(MoIConfig(case["mode"], case["beta"], k))
+    p = mixing.renormalized_probs(top_logits)
+    entropy = mixing.normalized_entropy(p, cfg.top_k)
+    assert entropy.item() == pytest.approx(case["normalized_entropy"], abs=1e-12)
+    cand, onehot = mixing.candidates(top_ids, torch.tensor([case["sampled_id"]]), cfg.top_k)
+    w = mixing.mix_weights(p, entropy, onehot, cfg.beta, cfg.mode)
+    keep = slice(None) if not case["sampled_in_topk"] else slice(0, k)
+    assert cand[0, keep].tolist() == case["candidate_ids"]
+    assert w[0, keep].tolist() == pytest.approx(case["weights"], abs=1e-12)
+    assert w[0].sum().item() == pytest.approx(1.0, abs=1e-12)
+    table = torch.tensor(case["embedding_matrix"], dtype=torch.float64)
+    mixed = mixing.mix_embeddings(w, cand, lambda ids: table[ids])
+    assert mixed[0].tolist() == pytest.approx(case["mixed_embedding"], abs=1e-9)
+    # and the same weights from the public one-step helper (as used for traces)
+    cand_list, w_list, h = mixing.step_weights(case["topk_logits"], case["topk_ids"], case["sampled_id"],
+                                               MoIConfig(case["mode"], case["beta"], k))
+    assert cand_list == case["candidate_ids"] and w_list == pytest.approx(case["weights"], abs=1e-12)
+
+
+def test_golden_file_has_54_cases():
+    assert len(golden_cases()) == 54
