@@ -53,7 +53,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"error: --{e.field.replace('_', '-')}: {str(e).split(': ', 1)[1]}", file=sys.stderr)
         return 2
     from moi_demo.models import resolve_model
-    from moi_demo.reference import SamplingSettings
+    from moi_demo.trace import SamplingSettings
 
     settings = SamplingSettings(args.temperature, args.top_p, args.max_tokens, args.seed)
     model = resolve_model(args.model)

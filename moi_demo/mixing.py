@@ -212,6 +212,14 @@ def mix_weights(
 def mix_step(logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig) -> MixStep:
     """The whole step from raw logits [B, V] (temperature 1, before penalties) and sampled ids [B]."""
     ids, top_logits = topk_logits(logits, config.top_k)
+    return mix_from_topk(ids, top_logits, sampled, config)
+
+
+def mix_from_topk(
+    ids: torch.Tensor, top_logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig
+) -> MixStep:
+    """The step from the top-k of the raw logits (ids [B, K], logits [B, K]) and sampled ids [B]: for
+    engines whose sampler modifies the logits in place, so the top-k must be taken before sampling."""
     p = renormalized_probs(top_logits)
     entropy = normalized_entropy(p, config.top_k)
     candidate_ids, onehot = candidates(ids, sampled, config.top_k)

@@ -9,26 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from moi_demo import mixing
 from moi_demo.mixing import BatchConfig, MoIConfig
-from moi_demo.trace import Step, Trace
+from moi_demo.trace import SamplingSettings, Step, Trace
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """temperature 0 means greedy; seed makes sampled runs reproducible."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 64
-    seed: int | None = 0
 
 
 def sample_token(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None) -> int:
@@ -77,7 +66,10 @@ class ReferenceDecoder:
         settings: SamplingSettings = SamplingSettings(),
         chat: bool = True,
         lane: str | None = None,
+        forced: list[int] | None = None,
     ) -> Trace:
+        """Decode one request. `forced` replays given tokens instead of sampling (teacher forcing), to
+        check another engine's sampled run step by step: its top-k and weights must match ours."""
         moi.check_vocab(self.vocab_size)
         ids = self.prompt_ids(prompt, chat) if isinstance(prompt, str) else list(prompt)
         device = self.model.device
@@ -94,10 +86,10 @@ class ReferenceDecoder:
         cache = DynamicCache(config=self.model.config)
         inputs = self.embed(torch.tensor([ids], device=device))  # [1, T, D]
         out_ids: list[int] = []
-        for index in range(settings.max_tokens):
+        for index in range(settings.max_tokens if forced is None else len(forced)):
             out = self.model(inputs_embeds=inputs, past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1, :].float()  # [1, V] raw, temperature 1
-            token = sample_token(logits[0], settings, generator)
+            token = sample_token(logits[0], settings, generator) if forced is None else forced[index]
             step = mixing.mix_step(logits, torch.tensor([token], device=device), cfg)
             logprobs = torch.log_softmax(logits, dim=-1)[0]  # [V]
             k = moi.top_k
@@ -113,7 +105,7 @@ class ReferenceDecoder:
             out_ids.append(token)
             record.token = self.tokenizer.decode([token])
             trace.steps.append(record)
-            if token in self.eos_ids:
+            if token in self.eos_ids and forced is None:
                 trace.finish_reason = "stop"
                 break
             if moi.mixes:

@@ -17,6 +17,17 @@ from typing import Any
 from moi_demo.mixing import MoIConfig, step_weights
 
 
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How tokens are drawn, shared by both lanes: temperature 0 means greedy; the seed makes sampled
+    runs reproducible."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 64
+    seed: int | None = 0
+
+
 @dataclass
 class Step:
     index: int

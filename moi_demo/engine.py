@@ -1,0 +1,332 @@
+"""Owns the vLLM engine(s) for side-by-side generation: standard vs MoI, streamed as Steps.
+
+One background event loop thread runs vLLM's AsyncLLM; callers use plain (sync) iterators, so the same
+engine serves the Gradio app, the CLI and the benchmarks. Both lanes get the same prompt token ids
+(chat template applied once) and the same seed; they can share one engine (default) or run on two
+(`layout="split"`, on CPU one core each). Closing a stream aborts its requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from moi_demo import mixing
+from moi_demo.mixing import MoIConfig, MoIConfigError
+from moi_demo.trace import SamplingSettings, Step, Trace
+
+logger = logging.getLogger(__name__)
+
+LANES = ("standard", "moi")
+MAX_TOP_K = 50  # the largest top-k a request may ask for (vLLM's max_logprobs)
+
+
+class MoIInputError(ValueError):
+    """A user input outside its allowed range; `field` names it (for UI and API errors)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class MoINotAppliedError(RuntimeError):
+    """The engine serves MoI requests as standard: the plugin's hooks are not active."""
+
+
+@dataclass
+class EngineOptions:
+    """vLLM engine arguments that matter here; anything else goes through `extra`."""
+
+    dtype: str = "auto"
+    enforce_eager: bool = True
+    max_model_len: int = 2048
+    kv_cache_memory_bytes: int | None = 1 << 30
+    max_num_seqs: int = 16
+    seed: int = 0
+    tensor_parallel_size: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def engine_kwargs(self, model: str) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(
+            model=model, dtype=self.dtype, enforce_eager=self.enforce_eager, max_model_len=self.max_model_len,
+            max_num_seqs=self.max_num_seqs, seed=self.seed, max_logprobs=MAX_TOP_K,
+            tensor_parallel_size=self.tensor_parallel_size, enable_prompt_embeds=True,
+        )
+        if self.kv_cache_memory_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = self.kv_cache_memory_bytes
+        return {**kwargs, **self.extra}
+
+
+def steps_from_output(completion: Any, first_index: int, top_k: int) -> list[Step]:
+    """Steps from a vLLM CompletionOutput delta: the sampled ids and their top-k raw log-probs."""
+    steps = []
+    for i, (token, logprobs) in enumerate(zip(completion.token_ids, completion.logprobs or [], strict=False)):
+        ranked = sorted(((lp.rank, tid, lp) for tid, lp in logprobs.items() if lp.rank is not None),
+                        key=lambda r: (r[0], r[1]))
+        top = [(tid, lp) for rank, tid, lp in ranked if rank <= top_k][:top_k]
+        sampled = logprobs[token]
+        steps.append(Step(
+            index=first_index + i, token_id=int(token), token=sampled.decoded_token or "",
+            logprob=float(sampled.logprob), topk_ids=[t for t, _ in top],
+            topk_logprobs=[float(lp.logprob) for _, lp in top], entropy=0.0,
+        ))
+    return steps
+
+
+def complete_step(trace: Trace, step: Step) -> Step:
+    """Fill H and, in a mixing lane, the weights the plugin fed back (recomputed with mixing.py)."""
+    candidates, weights, entropy = trace.recompute(step)
+    step.entropy = entropy
+    if trace.config.mixes:
+        step.candidate_ids, step.weights = candidates, weights
+    return step
+
+
+class MoIEngine:
+    """vLLM with the MoI plugin, ready for side-by-side streaming."""
+
+    def __init__(self, model: str, options: EngineOptions | None = None, layout: str = "shared"):
+        if layout not in ("shared", "split"):
+            raise ValueError(f"layout must be 'shared' or 'split', got {layout!r}")
+        self.model = model
+        self.options = options or EngineOptions()
+        self.layout = layout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="moi-engine-loop", daemon=True)
+        self._engines: list[Any] = []
+        self.tokenizer: Any = None
+        self.start_seconds = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self, self_check: bool = True) -> MoIEngine:
+        from moi_demo import vllm_plugin
+
+        vllm_plugin.register()  # in this process too (vLLM does it on engine creation; idempotent)
+        t0 = time.perf_counter()
+        self._thread.start()
+        count = 2 if self.layout == "split" else 1
+        for lane in range(count):
+            env = {"VLLM_CPU_OMP_THREADS_BIND": str(lane)} if count == 2 and _is_cpu() else {}
+            self._engines.append(self._call(self._create(env)))
+        self.tokenizer = self._engines[0].get_tokenizer()
+        self.start_seconds = time.perf_counter() - t0
+        logger.info("moi-demo: %d vLLM engine(s) on %s ready in %.1f s", count, self.model, self.start_seconds)
+        if self_check:
+            self.self_check()
+        return self
+
+    async def _create(self, env: dict[str, str]) -> Any:
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # read by the engine processes spawned now
+        try:
+            args = AsyncEngineArgs(**self.options.engine_kwargs(self.model))
+            return AsyncLLM.from_engine_args(args)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def shutdown(self) -> None:
+        for engine in self._engines:
+            engine.shutdown()
+        self._engines.clear()
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> MoIEngine:
+        return self.start() if not self._engines else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _submit(self, coro: Any) -> Future:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def engine_for(self, lane: str) -> Any:
+        return self._engines[-1] if lane == "moi" else self._engines[0]
+
+    # -- introspection ------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The plugin's counters summed over every engine and worker."""
+        total = {"hooked": True, "applied_steps": 0, "recomputed_steps": 0, "requests": {}}
+        for engine in self._engines:
+            for worker in self._call(engine.collective_rpc("moi_stats"), timeout=60):
+                total["hooked"] &= worker["hooked"]
+                total["applied_steps"] += worker["applied_steps"]
+                total["recomputed_steps"] += worker["recomputed_steps"]
+                total["requests"].update(worker["requests"])
+        return total
+
+    def num_unfinished_requests(self) -> int:
+        return sum(engine.get_num_unfinished_requests() for engine in self._engines)
+
+    def self_check(self) -> None:
+        """Generate 3 greedy MoI tokens and check that the plugin fed 2 mixed inputs per engine."""
+        before = self.stats()["applied_steps"]
+        for engine in self._engines:
+            for _ in self._stream(engine, [1, 2, 3], MoIConfig("moi", 0.5, 5), SamplingSettings(max_tokens=3),
+                                  ignore_eos=True):
+                pass
+        applied = self.stats()["applied_steps"] - before
+        expected = 2 * len(self._engines)
+        if applied != expected:
+            raise MoINotAppliedError(
+                f"MoI is not applied by this engine ({applied} mixed steps, expected {expected}): is the "
+                "moi-demo plugin excluded by VLLM_PLUGINS, or the V2 model runner forced?"
+            )
+        logger.info("moi-demo: self-check passed (MoI applied on %d engine(s))", len(self._engines))
+
+    # -- requests ---------------------------------------------------------------------------------------
+
+    def prompt_ids(self, prompt: str, max_tokens: int, chat: bool = True) -> list[int]:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise MoIInputError("prompt", "must not be empty")
+        if chat and getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        else:
+            ids = self.tokenizer(prompt)["input_ids"]
+        limit = self.options.max_model_len - max_tokens
+        if len(ids) > limit:
+            raise MoIInputError(
+                "prompt", f"is {len(ids)} tokens; at most {limit} fit ({self.options.max_model_len}-token context "
+                f"minus {max_tokens} new tokens)"
+            )
+        return list(ids)
+
+    def validate(self, moi: MoIConfig, settings: SamplingSettings) -> None:
+        if not 1 <= moi.top_k <= MAX_TOP_K:
+            raise MoIInputError("top_k", f"must be from 1 to {MAX_TOP_K}; got {moi.top_k}")
+        if not 0.0 <= settings.temperature <= 2.0:
+            raise MoIInputError("temperature", f"must be from 0 to 2; got {settings.temperature}")
+        if not 0.0 < settings.top_p <= 1.0:
+            raise MoIInputError("top_p", f"must be in (0, 1]; got {settings.top_p}")
+        if not 1 <= settings.max_tokens <= self.options.max_model_len - 1:
+            raise MoIInputError("max_tokens", f"must be from 1 to {self.options.max_model_len - 1}; "
+                                f"got {settings.max_tokens}")
+        if settings.seed is not None and not 0 <= settings.seed < 2**63:
+            raise MoIInputError("seed", f"must be from 0 to 2^63 - 1; got {settings.seed}")
+
+    def sampling_params(self, moi: MoIConfig, settings: SamplingSettings, ignore_eos: bool = False) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
+            seed=settings.seed, logprobs=moi.top_k, output_kind=RequestOutputKind.DELTA, ignore_eos=ignore_eos,
+            extra_args={mixing.KEY_MODE: moi.mode, mixing.KEY_BETA: moi.beta, mixing.KEY_TOP_K: moi.top_k},
+        )
+
+    def _stream(
+        self, engine: Any, ids: list[int], moi: MoIConfig, settings: SamplingSettings, *,
+        ignore_eos: bool = False, lane: str | None = None, prompt: str = "",
+    ) -> Iterator[Trace]:
+        """One lane alone (used by the self-check and the benchmarks)."""
+        yield from (pair[0] for pair in self._stream_lanes(
+            [(lane or ("moi" if moi.mixes else "standard"), engine, moi)], ids, settings, prompt, ignore_eos))
+
+    def stream_pair(
+        self, prompt: str, moi: MoIConfig, settings: SamplingSettings, chat: bool = True
+    ) -> Iterator[tuple[Trace, Trace]]:
+        """Standard and MoI lanes of one prompt, streamed together: yields (standard, moi) traces as tokens
+        arrive. Closing the iterator (Stop in the UI) aborts both requests."""
+        self.validate(moi, settings)
+        ids = self.prompt_ids(prompt, settings.max_tokens, chat)
+        standard = MoIConfig("standard", moi.beta, moi.top_k)
+        lanes = [("standard", self.engine_for("standard"), standard), ("moi", self.engine_for("moi"), moi)]
+        yield from self._stream_lanes(lanes, ids, settings, prompt)  # type: ignore[misc]
+
+    def generate_pair_sync(self, prompt: str, moi: MoIConfig, settings: SamplingSettings) -> tuple[Trace, Trace]:
+        *_, last = self.stream_pair(prompt, moi, settings)
+        return last
+
+    def _stream_lanes(
+        self, lanes: list[tuple[str, Any, MoIConfig]], ids: list[int], settings: SamplingSettings, prompt: str,
+        ignore_eos: bool = False,
+    ) -> Iterator[tuple[Trace, ...]]:
+        updates: queue.Queue = queue.Queue()
+        tag = uuid.uuid4().hex[:12]
+        traces = [
+            Trace(lane=lane, mode=cfg.mode, beta=cfg.beta, top_k=cfg.top_k, prompt=prompt, model=self.model,
+                  engine="vllm", temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed,
+                  max_tokens=settings.max_tokens)
+            for lane, _, cfg in lanes
+        ]
+        request_ids = [f"{lane}-{tag}" for lane, _, _ in lanes]
+
+        async def pump(i: int, engine: Any, cfg: MoIConfig) -> None:
+            try:
+                params = self.sampling_params(cfg, settings, ignore_eos)
+                async for out in engine.generate({"prompt_token_ids": ids}, params, request_ids[i]):
+                    updates.put((i, out.outputs[0], out.finished))
+            except Exception as e:  # surfaced to the consumer thread
+                updates.put((i, e, True))
+
+        futures = [self._submit(pump(i, engine, cfg)) for i, (_, engine, cfg) in enumerate(lanes)]
+        finished = [False] * len(lanes)
+        try:
+            while not all(finished):
+                batch = [updates.get()]
+                while not updates.empty():  # coalesce whatever else arrived: one yield per batch
+                    batch.append(updates.get_nowait())
+                for i, completion, done in batch:
+                    if isinstance(completion, BaseException):
+                        raise _user_error(completion)
+                    trace = traces[i]
+                    for step in steps_from_output(completion, len(trace.steps), trace.top_k):
+                        trace.steps.append(complete_step(trace, step))
+                    trace.text += completion.text
+                    if done:
+                        trace.finish_reason = completion.finish_reason
+                        finished[i] = True
+                yield tuple(traces)
+        finally:
+            if not all(finished):
+                for (_, engine, _), rid, done in zip(lanes, request_ids, finished, strict=True):
+                    if not done:
+                        self._call(engine.abort(rid), timeout=30)
+            for f in futures:
+                f.cancel()
+
+
+def _user_error(error: BaseException) -> BaseException:
+    """vLLM's validation errors name the parameter: keep them as MoIInputError for the UI and API."""
+    parameter = getattr(error, "parameter", None)
+    if parameter:
+        message = str(error).split(": ", 1)[1] if str(error).startswith(f"{parameter}:") else str(error)
+        return MoIInputError(parameter, message)
+    if isinstance(error, MoIConfigError):
+        return MoIInputError(error.field, str(error).split(": ", 1)[1])
+    return error
+
+
+def _is_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return current_platform.is_cpu()
+    except Exception:  # pragma: no cover - platform detection failing means "not CPU"
+        return False
+
+
