@@ -31,8 +31,8 @@ def free_port() -> int:
 def server(tiny_models, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "vllm-serve.log"
-    cmd = [MOI_DEMO, "vllm", "serve", tiny_models["llama"], "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-           "--enforce-eager", "--max-model-len", "512", "--max-logprobs", "50", "--seed", "0",
+    cmd = [MOI_DEMO, "vllm", "serve", tiny_models["llama"], "--host", "127.0.0.1", "--port", str(port),
+           "--dtype", "float32", "--enforce-eager", "--max-model-len", "512", "--max-logprobs", "50", "--seed", "0",
            "--kv-cache-memory-bytes", str(KV_BYTES)]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
