@@ -166,15 +166,18 @@ class MoIEngine:
 
     # -- introspection ------------------------------------------------------------------------------
 
-    def stats(self) -> dict[str, Any]:
-        """The plugin's counters summed over every engine and worker."""
-        total = {"hooked": True, "applied_steps": 0, "recomputed_steps": 0, "requests": {}}
+    def stats(self, records: bool = False) -> dict[str, Any]:
+        """The plugin's counters summed over every engine (first worker of each: ranks agree). With
+        `records`, also the weights fed per request (only kept when MOI_DEMO_RECORD=1 at engine start)."""
+        total: dict[str, Any] = {"hooked": True, "applied_steps": 0, "recomputed_steps": 0, "requests": {},
+                                 "records": {}}
         for engine in self._engines:
-            for worker in self._call(engine.collective_rpc("moi_stats"), timeout=60):
-                total["hooked"] &= worker["hooked"]
-                total["applied_steps"] += worker["applied_steps"]
-                total["recomputed_steps"] += worker["recomputed_steps"]
-                total["requests"].update(worker["requests"])
+            worker = self._call(engine.collective_rpc("moi_stats", args=(records,)), timeout=60)[0]
+            total["hooked"] &= worker["hooked"]
+            total["applied_steps"] += worker["applied_steps"]
+            total["recomputed_steps"] += worker["recomputed_steps"]
+            total["requests"].update(worker["requests"])
+            total["records"].update(worker.get("records", {}))
         return total
 
     def num_unfinished_requests(self) -> int:
@@ -182,7 +185,13 @@ class MoIEngine:
 
     def self_check(self) -> None:
         """Generate 3 greedy MoI tokens and check that the plugin fed 2 mixed inputs per engine."""
-        before = self.stats()["applied_steps"]
+        try:
+            before = self.stats()["applied_steps"]
+        except Exception as e:  # the workers have no moi_stats: the plugin did not load there
+            raise MoINotAppliedError(
+                f"MoI is not available in this engine's workers ({e!r}): is the moi-demo plugin excluded by "
+                "VLLM_PLUGINS?"
+            ) from e
         for engine in self._engines:
             for _ in self._stream(engine, [1, 2, 3], MoIConfig("moi", 0.5, 5), SamplingSettings(max_tokens=3),
                                   ignore_eos=True):
@@ -274,6 +283,8 @@ class MoIEngine:
             for lane, _, cfg in lanes
         ]
         request_ids = [f"{lane}-{tag}" for lane, _, _ in lanes]
+        for trace, rid in zip(traces, request_ids, strict=True):
+            trace.request_id = rid
 
         async def pump(i: int, engine: Any, cfg: MoIConfig) -> None:
             try:

@@ -77,6 +77,7 @@ class Trace:
     top_p: float = 1.0
     seed: int | None = 0
     max_tokens: int = 0
+    request_id: str = ""
     steps: list[Step] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None

@@ -41,6 +41,7 @@ from moi_demo.mixing import BatchConfig, MoIConfig, MoIConfigError
 logger = logging.getLogger("vllm.moi_demo")  # a child of vLLM's logger: shown with its own log lines
 
 ENV_BETA = "MIXINPUTS_BETA"
+ENV_RECORD = "MOI_DEMO_RECORD"  # "1": keep every applied (candidates, weights) for moi_stats(records=True)
 STATS_METHOD = "moi_stats"
 _PATCHED = "_moi_demo_patched"
 _registered = False
@@ -66,6 +67,7 @@ class _Request:
     config: MoIConfig
     prompt_len: int
     history: list[torch.Tensor] = field(default_factory=list)  # mixed input of generated token j: [D]
+    records: list[tuple[list[int], list[float]]] = field(default_factory=list)  # with MOI_DEMO_RECORD=1
     fed: int = 0  # generated positions fed as mixed inputs so far
     recomputed: int = 0  # positions fed again after a preemption
 
@@ -76,6 +78,8 @@ class RunnerState:
     def __init__(self, max_finished: int = 4096):
         self.requests: dict[str, _Request | None] = {}  # None: a standard request
         self.finished: OrderedDict[str, int] = OrderedDict()
+        self.finished_records: OrderedDict[str, list] = OrderedDict()
+        self.record = os.environ.get(ENV_RECORD) == "1"
         self.max_finished = max_finished
         self.applied_steps = 0
         self.recomputed_steps = 0
@@ -91,16 +95,23 @@ class RunnerState:
         state = self.requests.pop(req_id, None)
         if state is not None:
             self.finished[req_id] = state.fed
+            if self.record:
+                self.finished_records[req_id] = state.records
             while len(self.finished) > self.max_finished:
                 self.finished.popitem(last=False)
+            while len(self.finished_records) > self.max_finished:
+                self.finished_records.popitem(last=False)
 
-    def stats(self) -> dict[str, Any]:
-        running = {r: s.fed for r, s in self.requests.items() if s is not None}
-        return {
+    def stats(self, records: bool = False) -> dict[str, Any]:
+        running = {r: s for r, s in self.requests.items() if s is not None}
+        out: dict[str, Any] = {
             "applied_steps": self.applied_steps,
             "recomputed_steps": self.recomputed_steps,
-            "requests": {**self.finished, **running},
+            "requests": {**self.finished, **{r: s.fed for r, s in running.items()}},
         }
+        if records:
+            out["records"] = {**self.finished_records, **{r: s.records for r, s in running.items()}}
+        return out
 
 
 def _state(runner: Any) -> RunnerState:
@@ -161,6 +172,9 @@ def _wrap_sample(orig):
                                       out_dtype=self.inputs_embeds.gpu.dtype)  # [M, D]
         for i, (_, _, req) in enumerate(rows):
             req.history.append(mixed[i])
+        if state.record:  # debugging/tests only: the exact weights fed, one list per step
+            for i, (_, _, req) in enumerate(rows):
+                req.records.append((step.candidate_ids[i].tolist(), step.weights[i].tolist()))
         return output
 
     return _sample
@@ -213,10 +227,10 @@ def _patch_runner(cls: type) -> None:
     setattr(cls, _PATCHED, True)
 
 
-def _worker_stats(worker: Any) -> dict[str, Any]:
+def _worker_stats(worker: Any, records: bool = False) -> dict[str, Any]:
     runner = getattr(worker, "model_runner", None)
     state = getattr(runner, "_moi_state", None)
-    return {"hooked": bool(getattr(type(runner), _PATCHED, False)), **(state or RunnerState()).stats()}
+    return {"hooked": bool(getattr(type(runner), _PATCHED, False)), **(state or RunnerState()).stats(records)}
 
 
 # --- front end: engine config, request validation, prefix-cache keys -----------------------------------

@@ -17,7 +17,11 @@ def main() -> None:
               kv_cache_memory_bytes=256 << 20, block_size=32)
     sps = [SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], ignore_eos=True, extra_args=x or None)
            for x in job["extra_args"]]
-    outs = llm.generate([{"prompt_token_ids": ids} for ids in job["prompts"]], sps)
+    try:
+        outs = llm.generate([{"prompt_token_ids": ids} for ids in job["prompts"]], sps)
+    except Exception as e:  # a refused request: report it, as a client would see it
+        print("REFUSED " + str(e))
+        return
     stats = llm.collective_rpc("moi_stats") if job.get("stats") else None
     print("RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in outs]))
     if stats is not None:

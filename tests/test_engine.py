@@ -1,0 +1,110 @@
+"""The side-by-side engine (vLLM AsyncLLM + plugin) that the app and CLI use."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from moi_demo.engine import EngineOptions, MoIEngine, MoIInputError
+from moi_demo.mixing import MoIConfig
+from moi_demo.reference import ReferenceDecoder
+from moi_demo.trace import SamplingSettings
+from tests.vllm_util import KV_BYTES, PLUGINS_WITHOUT_MOI, ROOT
+
+pytestmark = pytest.mark.vllm
+PROMPT = "What is the capital of France?"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models):
+    os.environ["MOI_DEMO_RECORD"] = "1"  # the workers keep the exact weights they fed
+    try:
+        eng = MoIEngine(tiny_models["llama"], EngineOptions(dtype="float32", max_model_len=256,
+                                                           kv_cache_memory_bytes=KV_BYTES)).start()
+    finally:
+        os.environ.pop("MOI_DEMO_RECORD", None)
+    yield eng
+    eng.shutdown()
+
+
+@pytest.fixture(scope="module")
+def oracle(tiny_models):
+    return ReferenceDecoder(tiny_models["llama"])
+
+
+def test_stream_pair_streams_both_lanes_and_matches_oracle(engine, oracle):
+    cfg, settings = MoIConfig("moi", 0.5, 5), SamplingSettings(max_tokens=24)
+    snapshots = [(len(s.steps), len(m.steps)) for s, m in engine.stream_pair(PROMPT, cfg, settings)]
+    assert len(snapshots) >= 4 and snapshots[0] != snapshots[-1]  # streamed, not delivered at once
+    standard, moi = engine.generate_pair_sync(PROMPT, cfg, settings)
+    ref_std, ref_moi = oracle.generate_pair(PROMPT, cfg, settings)
+    assert standard.token_ids == ref_std.token_ids and moi.token_ids == ref_moi.token_ids
+    assert standard.token_ids[0] == moi.token_ids[0] and standard.token_ids != moi.token_ids
+    assert moi.text and standard.text and moi.finish_reason in ("stop", "length")
+
+
+def test_trace_weights_are_the_weights_the_plugin_fed(engine):
+    """The UI's weights are recomputed from returned top-k logprobs with mixing.py; they must be the
+    ones the worker fed back (recorded in the worker with MOI_DEMO_RECORD=1)."""
+    for cfg in (MoIConfig("moi", 1.0, 20), MoIConfig("direct", 1.0, 7), MoIConfig("moi", 0.0, 3)):
+        _, moi = engine.generate_pair_sync(PROMPT, cfg, SamplingSettings(temperature=1.0, max_tokens=16, seed=5))
+        records = engine.stats(records=True)["records"]
+        (fed,) = [v for k, v in records.items() if k.startswith(moi.request_id)]
+        assert len(fed) == len(moi.steps)
+        for step, (cands, weights) in zip(moi.steps, fed, strict=True):
+            applied = {c: w for c, w in zip(cands, weights, strict=True) if w > 0}
+            shown = {c: w for c, w in zip(step.candidate_ids, step.weights, strict=True) if w > 0}
+            assert applied.keys() == shown.keys()
+            assert all(abs(applied[c] - shown[c]) < 1e-4 for c in applied)
+
+
+def test_stop_aborts_both_requests(engine):
+    stream = engine.stream_pair(PROMPT, MoIConfig("moi", 1.0, 20), SamplingSettings(max_tokens=200))
+    next(stream)
+    next(stream)
+    assert engine.num_unfinished_requests() == 2
+    stream.close()  # what Stop does
+    deadline = time.time() + 10
+    while engine.num_unfinished_requests() and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.num_unfinished_requests() == 0
+    standard, moi = engine.generate_pair_sync(PROMPT, MoIConfig("moi", 1.0, 20), SamplingSettings(max_tokens=4))
+    assert len(moi.steps) == 4  # and the engine keeps serving
+
+
+@pytest.mark.parametrize(
+    ("prompt", "cfg", "settings", "field"),
+    [
+        ("   ", MoIConfig(), SamplingSettings(), "prompt"),
+        ("word " * 400, MoIConfig(), SamplingSettings(max_tokens=16), "prompt"),
+        (PROMPT, MoIConfig(top_k=51), SamplingSettings(), "top_k"),
+        (PROMPT, MoIConfig(), SamplingSettings(temperature=2.5), "temperature"),
+        (PROMPT, MoIConfig(), SamplingSettings(top_p=0.0), "top_p"),
+        (PROMPT, MoIConfig(), SamplingSettings(max_tokens=0), "max_tokens"),
+        (PROMPT, MoIConfig(), SamplingSettings(seed=-1), "seed"),
+    ],
+)
+def test_bad_input_names_the_field(engine, prompt, cfg, settings, field):
+    with pytest.raises(MoIInputError) as err:
+        next(engine.stream_pair(prompt, cfg, settings))
+    assert err.value.field == field and str(err.value).startswith(f"{field}: ")
+
+
+SELF_CHECK = """
+import sys
+from moi_demo.engine import EngineOptions, MoIEngine, MoINotAppliedError
+try:
+    MoIEngine(sys.argv[1], EngineOptions(dtype="float32", max_model_len=256, kv_cache_memory_bytes=1 << 28)).start()
+except MoINotAppliedError as e:
+    print("NOT APPLIED:", e)
+"""
+
+
+def test_self_check_fails_loudly_without_the_plugin(tiny_models):
+    out = subprocess.run([sys.executable, "-c", SELF_CHECK, tiny_models["llama"]], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT, env={**os.environ, "VLLM_PLUGINS": PLUGINS_WITHOUT_MOI})
+    assert "NOT APPLIED: MoI is not available in this engine's workers" in out.stdout, out.stderr[-3000:]
