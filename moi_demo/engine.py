@@ -105,6 +105,7 @@ class MoIEngine:
         self._engines: list[Any] = []
         self.tokenizer: Any = None
         self.start_seconds = 0.0
+        self._runs: dict[str, list[tuple[Any, str]]] = {}  # run id -> (engine, request id) in flight
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -256,15 +257,22 @@ class MoIEngine:
             [(lane or ("moi" if moi.mixes else "standard"), engine, moi)], ids, settings, prompt, ignore_eos))
 
     def stream_pair(
-        self, prompt: str, moi: MoIConfig, settings: SamplingSettings, chat: bool = True
+        self, prompt: str, moi: MoIConfig, settings: SamplingSettings, chat: bool = True, run_id: str | None = None
     ) -> Iterator[tuple[Trace, Trace]]:
         """Standard and MoI lanes of one prompt, streamed together: yields (standard, moi) traces as tokens
-        arrive. Closing the iterator (Stop in the UI) aborts both requests."""
+        arrive. Closing the iterator, or `cancel(run_id)` (Stop in the UI), aborts both requests."""
         self.validate(moi, settings)
         ids = self.prompt_ids(prompt, settings.max_tokens, chat)
         standard = MoIConfig("standard", moi.beta, moi.top_k)
         lanes = [("standard", self.engine_for("standard"), standard), ("moi", self.engine_for("moi"), moi)]
-        yield from self._stream_lanes(lanes, ids, settings, prompt)  # type: ignore[misc]
+        yield from self._stream_lanes(lanes, ids, settings, prompt, run_id=run_id)  # type: ignore[misc]
+
+    def cancel(self, run_id: str) -> int:
+        """Abort the requests of a run (both lanes); returns how many were still in flight."""
+        requests = self._runs.pop(run_id, [])
+        for engine, rid in requests:
+            self._call(engine.abort(rid), timeout=30)
+        return len(requests)
 
     def generate_pair_sync(self, prompt: str, moi: MoIConfig, settings: SamplingSettings) -> tuple[Trace, Trace]:
         *_, last = self.stream_pair(prompt, moi, settings)
@@ -272,7 +280,7 @@ class MoIEngine:
 
     def _stream_lanes(
         self, lanes: list[tuple[str, Any, MoIConfig]], ids: list[int], settings: SamplingSettings, prompt: str,
-        ignore_eos: bool = False,
+        ignore_eos: bool = False, run_id: str | None = None,
     ) -> Iterator[tuple[Trace, ...]]:
         updates: queue.Queue = queue.Queue()
         tag = uuid.uuid4().hex[:12]
@@ -291,9 +299,13 @@ class MoIEngine:
                 params = self.sampling_params(cfg, settings, ignore_eos)
                 async for out in engine.generate({"prompt_token_ids": ids}, params, request_ids[i]):
                     updates.put((i, out.outputs[0], out.finished))
-            except Exception as e:  # surfaced to the consumer thread
+            except BaseException as e:  # surfaced to the consumer thread (aborts end the stream quietly)
                 updates.put((i, e, True))
+            finally:
+                updates.put((i, None, True))  # the lane's stream has ended, however it ended
 
+        if run_id is not None:
+            self._runs[run_id] = [(engine, rid) for (_, engine, _), rid in zip(lanes, request_ids, strict=True)]
         futures = [self._submit(pump(i, engine, cfg)) for i, (_, engine, cfg) in enumerate(lanes)]
         finished = [False] * len(lanes)
         try:
@@ -302,9 +314,14 @@ class MoIEngine:
                 while not updates.empty():  # coalesce whatever else arrived: one yield per batch
                     batch.append(updates.get_nowait())
                 for i, completion, done in batch:
+                    trace = traces[i]
+                    if completion is None or isinstance(completion, asyncio.CancelledError):
+                        if not finished[i]:
+                            trace.finish_reason = trace.finish_reason or "abort"
+                            finished[i] = True
+                        continue
                     if isinstance(completion, BaseException):
                         raise _user_error(completion)
-                    trace = traces[i]
                     for step in steps_from_output(completion, len(trace.steps), trace.top_k):
                         trace.steps.append(complete_step(trace, step))
                     trace.text += completion.text
@@ -313,6 +330,8 @@ class MoIEngine:
                         finished[i] = True
                 yield tuple(traces)
         finally:
+            if run_id is not None:
+                self._runs.pop(run_id, None)
             if not all(finished):
                 for (_, engine, _), rid, done in zip(lanes, request_ids, finished, strict=True):
                     if not done:

@@ -1,0 +1,165 @@
+"""Pure functions from traces to plotly figures (no engine, no UI state).
+
+Figures: the generated tokens of both lanes coloured by p(sampled) or by H; one step's top-k prior with the
+sampled token marked and, in the MoI lane, the posterior mix weights beside it; a heatmap of mix weights over
+steps x candidate rank; H and the weight kept on the sampled token over steps. The first step where the two
+lanes diverge is marked on every chart that has a step axis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from moi_demo.trace import Step, Trace, first_divergence
+
+COLORS = {"standard": "#64748b", "moi": "#7c3aed", "prior": "#94a3b8", "posterior": "#7c3aed",
+          "sampled": "#f59e0b", "diverge": "#ef4444"}
+TOKENS_PER_ROW = 16
+_LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=40), font=dict(size=12))
+
+
+def _label(trace: Trace) -> str:
+    if trace.lane == "standard":
+        return "Standard"
+    return "Direct mixture" if trace.mode == "direct" else f"MoI (beta = {trace.beta:g})"
+
+
+def _show(token: str) -> str:
+    text = token.replace("\n", "⏎").replace(" ", "·")
+    return text[:10] if text else "∅"
+
+
+def _empty(title: str, message: str = "Generate to see this chart") -> go.Figure:
+    fig = go.Figure(layout={**_LAYOUT, "title": title, "height": 260})
+    fig.add_annotation(text=message, showarrow=False, font=dict(size=14, color="#94a3b8"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def _mark_divergence(fig: go.Figure, diverge: int | None, **kwargs) -> None:
+    if diverge is not None:
+        fig.add_vline(x=diverge, line=dict(color=COLORS["diverge"], dash="dash", width=1.5), **kwargs)
+        fig.add_annotation(x=diverge, y=1.02, yref="paper", text=f"lanes diverge at step {diverge}",
+                           showarrow=False, font=dict(color=COLORS["diverge"], size=11), xanchor="left")
+
+
+def token_map(standard: Trace, moi: Trace, color_by: str = "p", selected: int | None = None) -> go.Figure:
+    """Both lanes' tokens in rows of 16, coloured by p(sampled) (`color_by="p"`) or by H ("entropy")."""
+    if not standard.steps and not moi.steps:
+        return _empty("Generated tokens")
+    metric = (lambda s: s.p_sampled) if color_by == "p" else (lambda s: s.entropy)
+    title = "p(sampled token)" if color_by == "p" else "normalised entropy H"
+    diverge = first_divergence(standard, moi)
+    lanes = [standard, moi]
+    fig = make_subplots(rows=2, cols=1, subplot_titles=[_label(t) for t in lanes], vertical_spacing=0.12)
+    for row, trace in enumerate(lanes, start=1):
+        n_rows = max(1, math.ceil(len(trace.steps) / TOKENS_PER_ROW))
+        z = [[None] * TOKENS_PER_ROW for _ in range(n_rows)]
+        text = [[""] * TOKENS_PER_ROW for _ in range(n_rows)]
+        hover = [[""] * TOKENS_PER_ROW for _ in range(n_rows)]
+        for s in trace.steps:
+            r, c = divmod(s.index, TOKENS_PER_ROW)
+            z[r][c] = metric(s)
+            mark = "▶" if s.index == selected else ("✕" if s.index == diverge else "")
+            text[r][c] = mark + _show(s.token)
+            hover[r][c] = f"step {s.index}<br>{s.token!r}<br>p = {s.p_sampled:.3f}<br>H = {s.entropy:.3f}"
+        fig.add_trace(go.Heatmap(
+            z=z, text=text, texttemplate="%{text}", customdata=hover, hovertemplate="%{customdata}<extra></extra>",
+            colorscale="Viridis", zmin=0, zmax=1, showscale=row == 1, xgap=2, ygap=2,
+            colorbar=dict(title=title, len=0.9),
+        ), row=row, col=1)
+        fig.update_yaxes(autorange="reversed", showticklabels=False, row=row, col=1)
+        fig.update_xaxes(showticklabels=False, row=row, col=1)
+    n = max(len(standard.steps), len(moi.steps))
+    height = 140 + 28 * 2 * max(1, math.ceil(n / TOKENS_PER_ROW))
+    fig.update_layout(**_LAYOUT, height=min(height, 900), title=f"Generated tokens, coloured by {title}")
+    return fig
+
+
+def _step(trace: Trace, index: int) -> Step | None:
+    return trace.steps[index] if 0 <= index < len(trace.steps) else None
+
+
+def step_distribution(standard: Trace, moi: Trace, index: int) -> go.Figure:
+    """One step in each lane: the top-k prior p, the sampled token marked, and in the MoI lane the posterior
+    mix weights w beside p (what was fed back instead of the sampled token's embedding)."""
+    steps = [_step(standard, index), _step(moi, index)]
+    if all(s is None for s in steps):
+        return _empty("Inside a step")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[
+        f"{_label(t)}: step {index}" + (f", sampled {s.token!r}" if s else " (ended)")
+        for t, s in zip((standard, moi), steps, strict=True)])
+    for col, step in enumerate(steps, start=1):
+        if step is None:
+            continue
+        ids = list(step.topk_ids)
+        prior = list(step.prior)
+        if not step.sampled_in_topk:  # the sampled token came from outside the top-k: show it too
+            ids.append(step.token_id)
+            prior.append(0.0)
+        names = [_show(step.token) if t == step.token_id else f"#{t}" for t in ids]
+        sampled_line = [3 if t == step.token_id else 0 for t in ids]
+        fig.add_trace(go.Bar(
+            x=names, y=prior, name="prior p (top-k)", marker=dict(color=COLORS["prior"],
+            line=dict(color=COLORS["sampled"], width=sampled_line)), showlegend=col == 1,
+            hovertemplate="%{x}: p = %{y:.3f}<extra></extra>", legendgroup="prior",
+        ), row=1, col=col)
+        if step.weights is not None and step.candidate_ids is not None:
+            w = dict(zip(step.candidate_ids, step.weights, strict=True))
+            fig.add_trace(go.Bar(
+                x=names, y=[w.get(t, 0.0) for t in ids], name="posterior w (fed back)",
+                marker=dict(color=COLORS["posterior"], line=dict(color=COLORS["sampled"], width=sampled_line)),
+                hovertemplate="%{x}: w = %{y:.3f}<extra></extra>", legendgroup="posterior",
+            ), row=1, col=col)
+        axis = "" if col == 1 else str(col)
+        fig.add_annotation(text=f"H = {step.entropy:.2f}", xref=f"x{axis} domain", yref=f"y{axis} domain",
+                           x=0.98, y=0.95, showarrow=False)
+    fig.update_layout(**_LAYOUT, barmode="group", height=360, yaxis=dict(range=[0, 1], title="probability / weight"),
+                      yaxis2=dict(range=[0, 1]), legend=dict(orientation="h", y=-0.25))
+    fig.update_xaxes(tickangle=-45)
+    return fig
+
+
+def weights_heatmap(moi: Trace) -> go.Figure:
+    """Mix weights over steps x candidate rank (rank of the top-k prior; a last row for a sampled token
+    outside the top-k)."""
+    steps = [s for s in moi.steps if s.weights is not None]
+    if not steps:
+        return _empty("Mix weights over steps")
+    k = moi.top_k
+    z = [[0.0] * len(steps) for _ in range(k + 1)]
+    for j, s in enumerate(steps):
+        w = dict(zip(s.candidate_ids or [], s.weights or [], strict=True))
+        for rank, tid in enumerate(s.topk_ids):
+            z[rank][j] = w.get(tid, 0.0)
+        if not s.sampled_in_topk:
+            z[k][j] = w.get(s.token_id, 0.0)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[s.index for s in steps], y=[f"rank {r + 1}" for r in range(k)] + ["y outside top-k"],
+        colorscale="Magma", zmin=0, zmax=1, colorbar=dict(title="w"),
+        hovertemplate="step %{x}, %{y}: w = %{z:.3f}<extra></extra>",
+    ))
+    fig.update_layout(**_LAYOUT, height=320, title=f"Mix weights fed back, {_label(moi)}",
+                      xaxis_title="step", yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def entropy_chart(standard: Trace, moi: Trace, diverge: int | None = None) -> go.Figure:
+    """H over steps for both lanes, and the weight kept on the sampled token (1 in the standard lane)."""
+    if not standard.steps and not moi.steps:
+        return _empty("Entropy and kept weight")
+    fig = go.Figure()
+    for trace in (standard, moi):
+        fig.add_trace(go.Scatter(x=[s.index for s in trace.steps], y=[s.entropy for s in trace.steps],
+                                 mode="lines", name=f"H, {_label(trace)}", line=dict(color=COLORS[trace.lane])))
+    fig.add_trace(go.Scatter(x=[s.index for s in moi.steps], y=[s.sampled_weight for s in moi.steps], mode="lines",
+                             name=f"w on sampled token, {_label(moi)}",
+                             line=dict(color=COLORS["sampled"], dash="dot")))
+    _mark_divergence(fig, first_divergence(standard, moi) if diverge is None else diverge)
+    fig.update_layout(**_LAYOUT, height=320, title="Normalised entropy H and the weight kept on the sampled token",
+                      xaxis_title="step", yaxis=dict(range=[0, 1.05]), legend=dict(orientation="h", y=-0.3))
+    return fig

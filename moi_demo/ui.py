@@ -1,0 +1,258 @@
+"""The Gradio app: standard vs Mixture of Inputs, side by side. Layout in `build_demo`, callbacks in
+`Callbacks`; no math here (mixing.py) and no figure code (plots.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from moi_demo import plots
+from moi_demo.engine import MAX_TOP_K, MoIEngine, MoIInputError
+from moi_demo.mixing import MoIConfig, MoIConfigError
+from moi_demo.trace import SamplingSettings, Trace, first_divergence
+
+logger = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+MODES = {"MoI": "moi", "Direct mixture": "direct"}
+PLOT_INTERVAL_S = 0.5  # figures refresh at most this often while streaming; text streams per token
+
+INTRO = """
+# Mixture of Inputs, side by side
+A standard LLM samples a token and feeds back only its embedding. **Mixture of Inputs** ([arXiv
+2505.14827](https://arxiv.org/abs/2505.14827)) feeds back a mix of the top-k candidates' embeddings,
+`w = (H·p + (β + 1 − H)·onehot(y)) / (β + 1)`: the less certain the model (high entropy H) and the lower β,
+the more of the distribution it keeps. Same model, prompt, chat template and seed in both columns.
+"""
+
+
+class _NamedErrors:
+    """Gradio checks slider ranges and radio choices before a callback runs (also for API calls); these
+    subclasses make those errors name the field and what it allows."""
+
+    is_template = True  # rendered by the frontend as the plain parent component
+
+    def __init__(self, *args: Any, field: str, **kwargs: Any):
+        self.field = field
+        super().__init__(*args, **kwargs)
+
+    def _gradio_class(self) -> type:
+        return next(c for c in type(self).__mro__ if c.__module__.startswith("gradio.components."))
+
+    def get_block_name(self) -> str:  # the frontend renders the Gradio component this one extends
+        return self._gradio_class().__name__.lower()
+
+    def get_block_class(self) -> str:
+        return self._gradio_class().__name__
+
+    def allowed(self) -> str:
+        raise NotImplementedError
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except (gr.Error, TypeError, ValueError):
+            raise _field_error(self.field, f"must be {self.allowed()}; got {payload!r}") from None
+
+
+class FieldSlider(_NamedErrors, gr.Slider):
+    def allowed(self) -> str:
+        return f"from {self.minimum:g} to {self.maximum:g}"
+
+
+class FieldRadio(_NamedErrors, gr.Radio):
+    def allowed(self) -> str:
+        return "one of " + ", ".join(str(c[1]) for c in self.choices)
+
+
+def _field_error(field: str, message: str) -> gr.Error:
+    return gr.Error(f"{field}: {message}", title="Invalid input")
+
+
+def _int(value: Any, field: str, lo: int, hi: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _field_error(field, f"must be an integer from {lo} to {hi}; got {value!r}") from None
+    if not number.is_integer() or not lo <= number <= hi:
+        raise _field_error(field, f"must be an integer from {lo} to {hi}; got {value!r}")
+    return int(number)
+
+
+def _float(value: Any, field: str, lo: float, hi: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _field_error(field, f"must be a number from {lo:g} to {hi:g}; got {value!r}") from None
+    if not lo <= number <= hi:  # also rejects NaN
+        raise _field_error(field, f"must be a number from {lo:g} to {hi:g}; got {value!r}")
+    return number
+
+
+def _traces(state: dict | None) -> tuple[Trace, Trace] | None:
+    if not state or "traces" not in state:
+        return None
+    standard, moi = (Trace.from_dict(t) for t in state["traces"])
+    return standard, moi
+
+
+class Callbacks:
+    """Everything the page can ask for; each is also an API endpoint (see build_demo's api_name)."""
+
+    def __init__(self, engine: MoIEngine, max_new_tokens: int = 512):
+        self.engine = engine
+        self.max_new_tokens = max_new_tokens
+
+    def parse(self, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any,
+              seed: Any) -> tuple[MoIConfig, SamplingSettings]:
+        if mode not in MODES:
+            raise _field_error("mode", f"must be one of {', '.join(MODES)}; got {mode!r}")
+        settings = SamplingSettings(
+            temperature=_float(temperature, "temperature", 0.0, 2.0),
+            top_p=_float(top_p, "top_p", 0.01, 1.0),
+            max_tokens=_int(max_tokens, "max_new_tokens", 1, self.max_new_tokens),
+            seed=_int(seed, "seed", 0, 2**31 - 1),
+        )
+        try:
+            moi = MoIConfig(MODES[mode], _float(beta, "beta", 0.0, 4.0), _int(top_k, "top_k", 1, MAX_TOP_K))
+        except MoIConfigError as e:
+            raise _field_error(e.field, str(e).split(": ", 1)[1]) from None
+        return moi, settings
+
+    def generate(self, prompt: str, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any,
+                 max_tokens: Any, seed: Any, color_by: str, request: gr.Request) -> Iterator[tuple]:
+        """Stream both lanes: texts every token, figures at most every PLOT_INTERVAL_S, everything at the end.
+        The run is keyed by the session, so Stop (page or API, same session) aborts it."""
+        moi_cfg, settings = self.parse(mode, beta, top_k, temperature, top_p, max_tokens, seed)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise _field_error("prompt", "must not be empty")
+        label = "Direct mixture (w = p)" if moi_cfg.mode == "direct" else f"Mixture of Inputs (beta = {moi_cfg.beta:g})"
+        stream = self.engine.stream_pair(prompt, moi_cfg, settings, run_id=_session(request))
+        start = time.perf_counter()
+        last_plot = 0.0
+        standard = moi = None
+        try:
+            for standard, moi in stream:
+                now = time.perf_counter()
+                if now - last_plot >= PLOT_INTERVAL_S:
+                    last_plot = now
+                    yield self._outputs(standard, moi, label, color_by, now - start, final=False)
+                else:
+                    yield (gr.update(value=standard.text), gr.update(value=moi.text, label=label),
+                           *[gr.skip()] * 7)
+        except MoIInputError as e:
+            raise _field_error(e.field, str(e).split(": ", 1)[1]) from None
+        if standard is not None and moi is not None:
+            yield self._outputs(standard, moi, label, color_by, time.perf_counter() - start, final=True)
+
+    def _outputs(self, standard: Trace, moi: Trace, label: str, color_by: str, elapsed: float, final: bool):
+        diverge = first_divergence(standard, moi)
+        last = max(len(standard.steps), len(moi.steps)) - 1
+        selected = diverge if diverge is not None else 0
+        state = {"traces": [standard.to_dict(), moi.to_dict()]}
+        tokens = len(standard.steps) + len(moi.steps)
+        status = (f"{'Done' if final else 'Generating'}: {len(standard.steps)} + {len(moi.steps)} tokens in "
+                  f"{elapsed:.1f} s ({tokens / max(elapsed, 1e-6):.1f} tokens/s for both lanes). "
+                  + (f"The lanes diverge at step **{diverge}**." if diverge is not None else
+                     "The lanes have not diverged."))
+        return (
+            gr.update(value=standard.text),
+            gr.update(value=moi.text, label=label),
+            plots.token_map(standard, moi, color_by, selected),
+            plots.step_distribution(standard, moi, selected),
+            plots.weights_heatmap(moi),
+            plots.entropy_chart(standard, moi, diverge),
+            state,
+            gr.update(maximum=max(last, 1), value=selected) if final else gr.skip(),
+            status,
+        )
+
+    def stop(self, request: gr.Request) -> str:
+        aborted = self.engine.cancel(_session(request))
+        return f"Stopped ({aborted} request{'s' if aborted != 1 else ''} aborted)."
+
+    def select_step(self, state: dict | None, index: Any, color_by: str) -> tuple[Any, Any]:
+        traces = _traces(state)
+        if traces is None:
+            return plots.step_distribution(Trace("standard", "standard", 0, 1), Trace("moi", "moi", 1, 1), 0), \
+                gr.skip()
+        last = max(len(traces[0].steps), len(traces[1].steps)) - 1
+        i = _int(index, "step", 0, max(last, 0))
+        return plots.step_distribution(*traces, i), plots.token_map(*traces, color_by, i)
+
+    def export(self, state: dict | None) -> str:
+        if _traces(state) is None:
+            raise gr.Error("Generate first: there are no traces to export.")
+        path = Path(tempfile.mkdtemp(prefix="moi-traces-")) / "moi_traces.json"
+        path.write_text(json.dumps(state, indent=1))
+        return str(path)
+
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "no-session"
+
+
+def load_examples() -> list[str]:
+    return json.loads((ASSETS / "examples.json").read_text())
+
+
+def build_demo(engine: MoIEngine, max_new_tokens: int = 512, title: str = "Mixture of Inputs demo") -> gr.Blocks:
+    cb = Callbacks(engine, max_new_tokens)
+    with gr.Blocks(title=title) as demo:
+        gr.Markdown(INTRO)
+        gr.Markdown(f"Model: `{Path(engine.model).name}`", elem_id="model-name")
+        traces = gr.State()
+        with gr.Row():
+            with gr.Column(scale=3):
+                prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask the model something...",
+                                    elem_id="prompt")
+                gr.Examples(load_examples(), inputs=prompt, label="Examples")
+                with gr.Row():
+                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+            with gr.Column(scale=2):
+                beta = FieldSlider(0.0, 4.0, value=1.0, step=0.05, label="beta (higher keeps more of the sample)",
+                                   field="beta")
+                mode = FieldRadio(list(MODES), value="MoI", label="Mode", field="mode")
+                top_k = FieldSlider(1, MAX_TOP_K, value=20, step=1, label="top-k candidates mixed", field="top_k")
+                with gr.Accordion("Sampling", open=False):
+                    temperature = FieldSlider(0.0, 2.0, value=0.0, step=0.05, label="temperature (0 = greedy)",
+                                              field="temperature")
+                    top_p = FieldSlider(0.01, 1.0, value=1.0, step=0.01, label="top-p", field="top_p")
+                    max_tokens = FieldSlider(1, max_new_tokens, value=min(128, max_new_tokens), step=1,
+                                             label="max new tokens", field="max_new_tokens")
+                    seed = gr.Number(value=0, precision=0, label="seed")
+        status = gr.Markdown("", elem_id="status")
+        with gr.Row(equal_height=True):
+            standard_text = gr.Textbox(label="Standard", lines=10, max_lines=20, interactive=False,
+                                       elem_id="standard-text")
+            moi_text = gr.Textbox(label="Mixture of Inputs (beta = 1)", lines=10, max_lines=20, interactive=False,
+                                  elem_id="moi-text")
+        color_by = FieldRadio([("p(sampled)", "p"), ("entropy H", "entropy")], value="p", label="Colour tokens by",
+                              field="color_by")
+        token_plot = gr.Plot(label="Tokens", elem_id="token-plot")
+        step = FieldSlider(0, max(max_new_tokens - 1, 1), value=0, step=1, label="Step to inspect", elem_id="step",
+                           field="step")
+        step_plot = gr.Plot(label="Inside a step", elem_id="step-plot")
+        with gr.Row():
+            heatmap_plot = gr.Plot(label="Mix weights", elem_id="heatmap-plot")
+            entropy_plot = gr.Plot(label="Entropy", elem_id="entropy-plot")
+        download = gr.File(label="Both traces (JSON)", elem_id="download")
+
+        outputs = [standard_text, moi_text, token_plot, step_plot, heatmap_plot, entropy_plot, traces, step, status]
+        inputs = [prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, color_by]
+        run = generate_btn.click(cb.generate, inputs, outputs, api_name="generate")
+        run.then(cb.export, traces, download, api_name="export")
+        prompt.submit(cb.generate, inputs, outputs, api_name=False).then(cb.export, traces, download, api_name=False)
+        stop_btn.click(cb.stop, None, status, api_name="stop", queue=False)
+        step.release(cb.select_step, [traces, step, color_by], [step_plot, token_plot], api_name="select_step")
+        color_by.change(cb.select_step, [traces, step, color_by], [step_plot, token_plot], api_name=False)
+    return demo

@@ -1,0 +1,87 @@
+"""plots.py: pure functions from traces to figures, checked on hand-built traces."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from moi_demo import plots
+from moi_demo.mixing import MoIConfig, step_weights
+from moi_demo.trace import Step, Trace, first_divergence, load_traces, save_traces
+
+
+def make_trace(lane: str, tokens: list[int], cfg: MoIConfig) -> Trace:
+    trace = Trace(lane=lane, mode=cfg.mode, beta=cfg.beta, top_k=cfg.top_k)
+    for i, tok in enumerate(tokens):
+        ids = [10, 11, 12]
+        logprobs = [math.log(0.6), math.log(0.3), math.log(0.1)]
+        step = Step(index=i, token_id=tok, token=f"t{tok}", logprob=math.log(0.6 if tok == 10 else 0.05),
+                    topk_ids=ids, topk_logprobs=logprobs, entropy=0.0)
+        cands, w, h = step_weights(logprobs, ids, tok, cfg)
+        step.entropy = h
+        if cfg.mixes:
+            step.candidate_ids, step.weights = cands, w
+        trace.steps.append(step)
+    return trace
+
+
+@pytest.fixture
+def pair():
+    standard = make_trace("standard", [10, 10, 11, 10], MoIConfig("standard", 1.0, 3))
+    moi = make_trace("moi", [10, 10, 13, 12, 10], MoIConfig("moi", 1.0, 3))  # 13: outside the top-3
+    return standard, moi
+
+
+def test_first_divergence(pair):
+    assert first_divergence(*pair) == 2
+    same = make_trace("moi", [10, 10, 11, 10], MoIConfig("moi", 1.0, 3))
+    assert first_divergence(pair[0], same) is None
+
+
+def test_token_map_colours_by_p_or_entropy(pair):
+    fig = plots.token_map(*pair, color_by="p", selected=1)
+    z_moi = fig.data[1].z[0]
+    assert z_moi[0] == pytest.approx(0.6) and z_moi[2] == pytest.approx(0.05)
+    assert fig.data[1].text[0][2].startswith("✕")  # divergence marked
+    assert fig.data[0].text[0][1].startswith("▶")  # selected step marked
+    fig_h = plots.token_map(*pair, color_by="entropy")
+    assert fig_h.data[1].z[0][0] == pytest.approx(pair[1].steps[0].entropy)
+
+
+def test_step_distribution_shows_prior_posterior_and_sampled(pair):
+    fig = plots.step_distribution(*pair, 2)
+    names = [d.name for d in fig.data]
+    assert names == ["prior p (top-k)", "prior p (top-k)", "posterior w (fed back)"]
+    moi_prior, moi_post = fig.data[1], fig.data[2]
+    assert list(moi_prior.x) == ["#10", "#11", "#12", "t13"]  # the outside-top-k sample is shown
+    assert sum(moi_post.y) == pytest.approx(1.0)
+    assert moi_post.y[3] == pytest.approx(pair[1].steps[2].sampled_weight)
+    assert list(moi_prior.marker.line.width) == [0, 0, 0, 3]  # the sampled token is outlined
+
+
+def test_weights_heatmap_rows_are_ranks(pair):
+    fig = plots.weights_heatmap(pair[1])
+    z = fig.data[0].z
+    assert len(z) == 4 and len(z[0]) == 5  # 3 ranks + "outside", 5 steps
+    assert [sum(col) for col in zip(*z, strict=True)] == pytest.approx([1.0] * 5)
+    assert z[3][2] > 0 and z[3][0] == 0  # step 2's sampled token 13 was outside the top-k
+
+
+def test_entropy_chart_marks_divergence(pair):
+    fig = plots.entropy_chart(*pair)
+    assert len(fig.data) == 3
+    assert [s.x0 for s in fig.layout.shapes] == [2]
+    assert list(fig.data[2].y) == pytest.approx([s.sampled_weight for s in pair[1].steps])
+
+
+def test_empty_traces_give_placeholders():
+    empty = Trace("standard", "standard", 1.0, 3), Trace("moi", "moi", 1.0, 3)
+    for fig in (plots.token_map(*empty), plots.step_distribution(*empty, 0), plots.weights_heatmap(empty[1]),
+                plots.entropy_chart(*empty)):
+        assert fig.layout.annotations[0].text.startswith("Generate")
+
+
+def test_traces_json_round_trip(pair, tmp_path):
+    save_traces(tmp_path / "t.json", list(pair))
+    assert load_traces(tmp_path / "t.json") == list(pair)
