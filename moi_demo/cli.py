@@ -37,13 +37,9 @@ def step_table(trace: Trace, rows: int | None = None) -> str:
             pairs = sorted(zip(s.candidate_ids, s.weights, strict=True), key=lambda cw: -cw[1])[:3]
         else:
             pairs = list(zip(s.topk_ids, s.prior, strict=True))[:3]
-        tops = "  ".join(f"{_tok(trace, c, s)!r}:{w:.2f}" for c, w in pairs)
+        tops = "  ".join(f"{s.token_text(c)!r}:{w:.2f}" for c, w in pairs)
         lines.append(f"{s.index:>4}  {s.token!r:<14} {s.p_sampled:>6.3f} {s.entropy:>5.2f}  {tops}")
     return "\n".join(lines)
-
-
-def _tok(trace: Trace, token_id: int, step) -> str:
-    return step.token if token_id == step.token_id else f"#{token_id}"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

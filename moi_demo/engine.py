@@ -78,6 +78,7 @@ def steps_from_output(completion: Any, first_index: int, top_k: int) -> list[Ste
             index=first_index + i, token_id=int(token), token=sampled.decoded_token or "",
             logprob=float(sampled.logprob), topk_ids=[t for t, _ in top],
             topk_logprobs=[float(lp.logprob) for _, lp in top], entropy=0.0,
+            topk_tokens=[lp.decoded_token or "" for _, lp in top],
         ))
     return steps
 

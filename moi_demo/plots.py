@@ -32,6 +32,16 @@ def _show(token: str) -> str:
     return text[:10] if text else "∅"
 
 
+def _unique(names: list[str]) -> list[str]:
+    """Bar categories must differ: two tokens that display alike get a suffix."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
+
+
 def _empty(title: str, message: str = "Generate to see this chart") -> go.Figure:
     fig = go.Figure(layout={**_LAYOUT, "title": title, "height": 260})
     fig.add_annotation(text=message, showarrow=False, font=dict(size=14, color="#94a3b8"))
@@ -101,7 +111,7 @@ def step_distribution(standard: Trace, moi: Trace, index: int) -> go.Figure:
         if not step.sampled_in_topk:  # the sampled token came from outside the top-k: show it too
             ids.append(step.token_id)
             prior.append(0.0)
-        names = [_show(step.token) if t == step.token_id else f"#{t}" for t in ids]
+        names = _unique([_show(step.token_text(t)) for t in ids])
         sampled_line = [3 if t == step.token_id else 0 for t in ids]
         fig.add_trace(go.Bar(
             x=names, y=prior, name="prior p (top-k)", marker=dict(color=COLORS["prior"],

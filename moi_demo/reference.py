@@ -97,6 +97,7 @@ class ReferenceDecoder:
                 index=index, token_id=token, token="", logprob=float(logprobs[token]),
                 topk_ids=step.topk_ids[0, :k].tolist(), topk_logprobs=logprobs[step.topk_ids[0, :k]].tolist(),
                 entropy=float(step.entropy[0]),
+                topk_tokens=[self.tokenizer.decode([t]) for t in step.topk_ids[0, :k].tolist()],
             )
             if moi.mixes:
                 keep = slice(None) if token not in record.topk_ids else slice(0, k)

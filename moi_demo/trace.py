@@ -37,6 +37,7 @@ class Step:
     topk_ids: list[int]
     topk_logprobs: list[float]
     entropy: float  # H: normalised entropy of the renormalised top-k distribution
+    topk_tokens: list[str] | None = None  # decoded text of topk_ids
     candidate_ids: list[int] | None = None  # None in a standard lane
     weights: list[float] | None = None  # the mix fed back as the next input
 
@@ -58,6 +59,14 @@ class Step:
         if self.weights is None or self.candidate_ids is None:
             return 1.0
         return sum(w for c, w in zip(self.candidate_ids, self.weights, strict=True) if c == self.token_id)
+
+    def token_text(self, token_id: int) -> str:
+        """Decoded text of the sampled token or of a top-k candidate ("#id" when unknown)."""
+        if token_id == self.token_id:
+            return self.token
+        if self.topk_tokens is not None and token_id in self.topk_ids:
+            return self.topk_tokens[self.topk_ids.index(token_id)]
+        return f"#{token_id}"
 
     @property
     def sampled_in_topk(self) -> bool:

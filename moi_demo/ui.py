@@ -37,11 +37,7 @@ class _NamedErrors:
     """Gradio checks slider ranges and radio choices before a callback runs (also for API calls); these
     subclasses make those errors name the field and what it allows."""
 
-    is_template = True  # rendered by the frontend as the plain parent component
-
-    def __init__(self, *args: Any, field: str, **kwargs: Any):
-        self.field = field
-        super().__init__(*args, **kwargs)
+    field: str | None = None  # set by `named`; Gradio also re-creates components from updates: then the label
 
     def _gradio_class(self) -> type:
         return next(c for c in type(self).__mro__ if c.__module__.startswith("gradio.components."))
@@ -59,7 +55,12 @@ class _NamedErrors:
         try:
             return super().preprocess(payload)
         except (gr.Error, TypeError, ValueError):
-            raise _field_error(self.field, f"must be {self.allowed()}; got {payload!r}") from None
+            raise _field_error(self.field or str(self.label), f"must be {self.allowed()}; got {payload!r}") from None
+
+
+def named(component: Any, field: str) -> Any:
+    component.field = field
+    return component
 
 
 class FieldSlider(_NamedErrors, gr.Slider):
@@ -219,16 +220,16 @@ def build_demo(engine: MoIEngine, max_new_tokens: int = 512, title: str = "Mixtu
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
             with gr.Column(scale=2):
-                beta = FieldSlider(0.0, 4.0, value=1.0, step=0.05, label="beta (higher keeps more of the sample)",
-                                   field="beta")
-                mode = FieldRadio(list(MODES), value="MoI", label="Mode", field="mode")
-                top_k = FieldSlider(1, MAX_TOP_K, value=20, step=1, label="top-k candidates mixed", field="top_k")
+                beta = named(FieldSlider(0.0, 4.0, value=1.0, step=0.05,
+                                         label="beta (higher keeps more of the sample)"), "beta")
+                mode = named(FieldRadio(list(MODES), value="MoI", label="Mode"), "mode")
+                top_k = named(FieldSlider(1, MAX_TOP_K, value=20, step=1, label="top-k candidates mixed"), "top_k")
                 with gr.Accordion("Sampling", open=False):
-                    temperature = FieldSlider(0.0, 2.0, value=0.0, step=0.05, label="temperature (0 = greedy)",
-                                              field="temperature")
-                    top_p = FieldSlider(0.01, 1.0, value=1.0, step=0.01, label="top-p", field="top_p")
-                    max_tokens = FieldSlider(1, max_new_tokens, value=min(128, max_new_tokens), step=1,
-                                             label="max new tokens", field="max_new_tokens")
+                    temperature = named(FieldSlider(0.0, 2.0, value=0.0, step=0.05,
+                                                    label="temperature (0 = greedy)"), "temperature")
+                    top_p = named(FieldSlider(0.01, 1.0, value=1.0, step=0.01, label="top-p"), "top_p")
+                    max_tokens = named(FieldSlider(1, max_new_tokens, value=min(128, max_new_tokens), step=1,
+                                             label="max new tokens"), "max_new_tokens")
                     seed = gr.Number(value=0, precision=0, label="seed")
         status = gr.Markdown("", elem_id="status")
         with gr.Row(equal_height=True):
@@ -236,11 +237,11 @@ def build_demo(engine: MoIEngine, max_new_tokens: int = 512, title: str = "Mixtu
                                        elem_id="standard-text")
             moi_text = gr.Textbox(label="Mixture of Inputs (beta = 1)", lines=10, max_lines=20, interactive=False,
                                   elem_id="moi-text")
-        color_by = FieldRadio([("p(sampled)", "p"), ("entropy H", "entropy")], value="p", label="Colour tokens by",
-                              field="color_by")
+        color_by = named(FieldRadio([("p(sampled)", "p"), ("entropy H", "entropy")], value="p",
+                                    label="Colour tokens by"), "color_by")
         token_plot = gr.Plot(label="Tokens", elem_id="token-plot")
-        step = FieldSlider(0, max(max_new_tokens - 1, 1), value=0, step=1, label="Step to inspect", elem_id="step",
-                           field="step")
+        step = named(FieldSlider(0, max(max_new_tokens - 1, 1), value=0, step=1, label="Step to inspect",
+                                 elem_id="step"), "step")
         step_plot = gr.Plot(label="Inside a step", elem_id="step-plot")
         with gr.Row():
             heatmap_plot = gr.Plot(label="Mix weights", elem_id="heatmap-plot")

@@ -29,3 +29,21 @@ def tiny_models(default_model, tmp_path_factory) -> dict[str, str]:
     from tests.tiny_models import build_tiny_models
 
     return build_tiny_models(Path(default_model), tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def app(default_model):
+    """The real app on the default model, served on a free port: (url, engine). Shared by the
+    gradio_client and the Chromium tests."""
+    from moi_demo.engine import EngineOptions, MoIEngine
+    from moi_demo.ui import build_demo
+    from tests.vllm_util import free_port
+
+    engine = MoIEngine(default_model, EngineOptions(max_model_len=1024, kv_cache_memory_bytes=512 << 20)).start()
+    demo = build_demo(engine, max_new_tokens=400)
+    port = free_port()
+    demo.queue(default_concurrency_limit=8).launch(server_name="127.0.0.1", server_port=port,
+                                                   prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", engine
+    demo.close()
+    engine.shutdown()

