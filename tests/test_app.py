@@ -118,3 +118,16 @@ def test_bad_input_names_the_field_and_app_keeps_serving(client, args, message):
         client.predict(*args, api_name="/generate")
     ok = client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 4, 0, "p", api_name="/generate")
     assert ok[-1].startswith("Done: 4 + 4 tokens")
+
+
+def test_evaluate_tab_through_the_api(client):
+    chart, summary, samples = client.predict("arithmetic-1", 3, ["standard", "moi"], 1.0, 0.6, 0.8, 16, 0,
+                                             api_name="/evaluate")
+    assert "| standard |" in summary and "| moi (beta=1) |" in summary
+    assert len(Path(samples).read_text().splitlines()) == 6
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="n: must be "):
+        client.predict("arithmetic-1", 80, ["standard"], 1.0, 0.6, 0.8, 16, 0, api_name="/evaluate")
+    with pytest.raises(AppError, match="modes: choose one or more"):
+        client.predict("arithmetic-1", 3, [], 1.0, 0.6, 0.8, 16, 0, api_name="/evaluate")

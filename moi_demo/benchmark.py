@@ -1,0 +1,300 @@
+"""Benchmarks: what MoI costs and how side-by-side is best served. Prints tables of ratios measured in one run.
+
+`moi-demo bench` (or `python bench/run.py`). Every comparison is measured pair by pair, interleaved (A, B, A,
+B, ...) so that drift on a shared machine hits both sides; each row gives the median ratio and its min-max
+over the repeats. No timing is asserted anywhere in the tests: a smoke test runs this with tiny settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from moi_demo.mixing import MoIConfig
+from moi_demo.trace import SamplingSettings
+
+logger = logging.getLogger("moi_demo.bench")
+PROMPT = "Write a short story about a lighthouse keeper."
+MOI = MoIConfig("moi", 1.0, 20)
+
+
+@dataclass
+class Row:
+    name: str
+    a: str
+    b: str
+    ratios: list[float] = field(default_factory=list)
+    a_values: list[float] = field(default_factory=list)
+    b_values: list[float] = field(default_factory=list)
+    unit: str = ""
+    target: str = ""
+
+    def cells(self) -> list[str]:
+        med = statistics.median(self.ratios)
+        return [self.name, f"{statistics.median(self.a_values):.4g} {self.unit}",
+                f"{statistics.median(self.b_values):.4g} {self.unit}", f"{med:.3f}",
+                f"{min(self.ratios):.3f}-{max(self.ratios):.3f}", self.target]
+
+
+def render(rows: Sequence[Row], header: str) -> str:
+    head = ["comparison (ratio = A / B)", "A (median)", "B (median)", "ratio", "min-max", "target"]
+    table = [head] + [r.cells() for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    lines = [header, "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in table[1:]]
+    return "\n".join(lines)
+
+
+def paired(row: Row, repeats: int, a: Callable[[], float], b: Callable[[], float], invert: bool = False) -> Row:
+    """Run a and b alternately `repeats` times; ratio = a/b (or b/a with invert, for times)."""
+    for _ in range(repeats):
+        x, y = a(), b()
+        row.a_values.append(x)
+        row.b_values.append(y)
+        row.ratios.append(y / x if invert else x / y)
+    return row
+
+
+class PeakRSS:
+    """Peak resident memory of this process and all its children (the engine processes), sampled."""
+
+    def __init__(self, interval: float = 0.05):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            with contextlib.suppress(Exception):  # a process that just exited
+                total += p.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --- measurements ---------------------------------------------------------------------------------------
+
+
+def offline_tps(llm: Any, ids: list[int], batch: int, tokens: int, cfg: MoIConfig | None) -> float:
+    """Decode tokens/s of `batch` requests of `tokens` tokens each, in one generate call."""
+    from vllm import SamplingParams
+
+    extra = {"moi_mode": cfg.mode, "moi_beta": cfg.beta, "moi_top_k": cfg.top_k} if cfg else None
+    params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True, extra_args=extra)
+    start = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": ids}] * batch, [params] * batch, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    return sum(len(o.outputs[0].token_ids) for o in outs) / elapsed
+
+
+def reference_tps(decoder: Any, ids: list[int], batch: int, tokens: int) -> float:
+    """The reference decoder has no batching: `batch` requests one after another."""
+    start = time.perf_counter()
+    n = 0
+    for _ in range(batch):
+        n += len(decoder.generate(ids, MOI, SamplingSettings(max_tokens=tokens), chat=False).steps)
+    return n / (time.perf_counter() - start)
+
+
+def lane_time(engine: Any, prompt: str, tokens: int, pair: bool) -> float:
+    """Wall time until both lanes (pair) or the standard lane alone have finished `tokens` tokens."""
+    settings = SamplingSettings(max_tokens=tokens, seed=0)
+    ids = engine.prompt_ids(prompt, tokens)
+    start = time.perf_counter()
+    if pair:
+        lanes = [("standard", engine.engine_for("standard"), MoIConfig("standard")),
+                 ("moi", engine.engine_for("moi"), MOI)]
+        for _ in engine._stream_lanes(lanes, ids, settings, prompt, ignore_eos=True):
+            pass
+    else:
+        for _ in engine._stream(engine.engine_for("standard"), ids, MoIConfig("standard"), settings,
+                                ignore_eos=True):
+            pass
+    return time.perf_counter() - start
+
+
+def first_token_time(engine: Any, prompt: str) -> float:
+    """The engine's own time from request to the first streamed token of both lanes."""
+    start = time.perf_counter()
+    for standard, moi in engine.stream_pair(prompt, MOI, SamplingSettings(max_tokens=4)):
+        if standard.steps and moi.steps:
+            return time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def app_first_token_time(client: Any, prompt: str) -> float:
+    """Through gradio_client: time from submitting Generate to the first update carrying text in both lanes."""
+    start = time.perf_counter()
+    job = client.submit(prompt, "MoI", 1.0, 20, 0.0, 1.0, 4, 0, "p", api_name="/generate")
+    while not job.done() or job.outputs():
+        outs = job.outputs()
+        if any(o[0].get("value") and o[1].get("value") for o in outs if isinstance(o[0], dict)):
+            elapsed = time.perf_counter() - start
+            job.result()
+            return elapsed
+        time.sleep(0.001)
+        if job.done() and not outs:
+            break
+    return time.perf_counter() - start
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchSettings:
+    model: str | None = None
+    repeats: int = 5
+    tokens: int = 64
+    batches: tuple[int, ...] = (1, 8)
+    compiled: bool = True
+    app: bool = True
+    layouts: bool = True
+    reference: bool = True
+    max_model_len: int = 1024
+
+
+def run(s: BenchSettings) -> str:
+    from vllm import LLM
+
+    from moi_demo.engine import EngineOptions, MoIEngine
+    from moi_demo.models import resolve_model
+
+    model = resolve_model(s.model)
+    out: list[str] = []
+    kv = 512 << 20
+
+    # a, c, d: offline engine, MoI vs standard, vLLM vs reference, eager vs compiled
+    rows_a: list[Row] = []
+    llm = LLM(model=model, enforce_eager=True, max_model_len=s.max_model_len, kv_cache_memory_bytes=kv, seed=0)
+    ids = llm.get_tokenizer()(PROMPT)["input_ids"]
+    offline_tps(llm, ids, 2, 8, MOI)  # warm-up
+    eager_moi: dict[int, list[float]] = {}
+    for batch in s.batches:
+        row = paired(Row(f"a. decode tokens/s, MoI vs standard, batch {batch}", "MoI", "standard", unit="tok/s",
+                         target=">= 0.97"), s.repeats,
+                     lambda b=batch: offline_tps(llm, ids, b, s.tokens, MOI),
+                     lambda b=batch: offline_tps(llm, ids, b, s.tokens, None))
+        eager_moi[batch] = row.a_values
+        rows_a.append(row)
+    llm.llm_engine.engine_core.shutdown()
+    if s.reference:
+        from moi_demo.reference import ReferenceDecoder
+
+        decoder = ReferenceDecoder(model)
+        for batch in s.batches:
+            ref = [reference_tps(decoder, ids, batch, s.tokens) for _ in range(max(1, s.repeats // 2))]
+            row = Row(f"c. tokens/s, vLLM (MoI) vs reference decoder, batch {batch}", "vLLM", "reference",
+                      unit="tok/s", target=">= 3 at batch 8" if batch == 8 else "")
+            row.a_values = eager_moi[batch]
+            row.b_values = ref
+            row.ratios = [a / statistics.median(ref) for a in eager_moi[batch]]
+            rows_a.append(row)
+    if s.compiled:
+        start = time.perf_counter()
+        compiled = LLM(model=model, max_model_len=s.max_model_len, kv_cache_memory_bytes=kv, seed=0)
+        compile_start = time.perf_counter() - start
+        offline_tps(compiled, ids, 2, 8, MOI)
+        for batch in s.batches:
+            row = Row(f"d. MoI tokens/s, compiled vs eager, batch {batch}", "compiled", "eager", unit="tok/s")
+            row.a_values = [offline_tps(compiled, ids, batch, s.tokens, MOI) for _ in range(s.repeats)]
+            row.b_values = eager_moi[batch]
+            row.ratios = [a / b for a, b in zip(row.a_values, row.b_values, strict=True)]
+            rows_a.append(row)
+        compiled.llm_engine.engine_core.shutdown()
+        out.append(f"compiled engine start: {compile_start:.1f} s")
+    out.insert(0, render(rows_a, "### Engine throughput (offline vLLM, greedy, "
+                                 f"{s.tokens} new tokens per request)"))
+
+    # b, e, f: side by side, shared engine vs two engines; app overhead
+    rows_b: list[Row] = []
+    layouts = ("shared", "split") if s.layouts else ("shared",)
+    for layout in layouts:
+        with PeakRSS() as mem:
+            start = time.perf_counter()
+            engine = MoIEngine(model, EngineOptions(max_model_len=s.max_model_len, kv_cache_memory_bytes=kv),
+                               layout=layout).start()
+            started = time.perf_counter() - start
+            lane_time(engine, PROMPT, 4, True)
+            rows_b.append(paired(
+                Row(f"b. side-by-side wall time, both lanes vs one lane, {layout} engine", "both", "one", unit="s",
+                    target="<= 1.15"), s.repeats,
+                lambda e=engine: lane_time(e, PROMPT, s.tokens, True),
+                lambda e=engine: lane_time(e, PROMPT, s.tokens, False)))
+            if layout == "shared" and s.app:
+                rows_b.append(app_overhead(engine, s.repeats))
+            engine.shutdown()
+        out.append(f"{layout} layout: engine start {started:.1f} s (with self-check), "
+                   f"peak RSS of all processes {mem.peak / 2**30:.2f} GiB")
+        rows_b.append(Row(f"e. peak RSS, {layout}", layout, "-", [mem.peak / 2**30], [mem.peak / 2**30],
+                          [mem.peak / 2**30], unit="GiB"))
+    if s.layouts:
+        shared_mem, split_mem = rows_b[[r.name for r in rows_b].index("e. peak RSS, shared")], rows_b[-1]
+        rows_b = [r for r in rows_b if not r.name.startswith("e. peak RSS")]
+        rows_b.append(Row("e. peak RSS of all engine processes, two engines vs shared", "two", "shared",
+                          [split_mem.a_values[0] / shared_mem.a_values[0]], split_mem.a_values, shared_mem.a_values,
+                          unit="GiB"))
+    out.append(render(rows_b, "### Side by side and the app"))
+    return "\n\n".join(out)
+
+
+def app_overhead(engine: Any, repeats: int) -> Row:
+    from gradio_client import Client
+
+    from moi_demo.ui import build_demo
+
+    demo = build_demo(engine, max_new_tokens=64)
+    demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        app_first_token_time(client, PROMPT)  # warm-up
+        row = Row("f. time to first token, through the app vs engine alone", "app", "engine", unit="s",
+                  target="app - engine <= 0.05 s")
+        paired(row, repeats, lambda: app_first_token_time(client, PROMPT), lambda: first_token_time(engine, PROMPT))
+        overhead = [a - b for a, b in zip(row.a_values, row.b_values, strict=True)]
+        row.target += f" (measured {statistics.median(overhead) * 1000:.0f} ms)"
+        return row
+    finally:
+        demo.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="moi-demo bench", description=__doc__)
+    p.add_argument("--model", default=None)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--no-compiled", action="store_true", help="skip eager vs compiled (compiling takes ~1 min)")
+    p.add_argument("--no-app", action="store_true")
+    p.add_argument("--no-split", action="store_true", help="skip the two-engine layout")
+    p.add_argument("--no-reference", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    settings = BenchSettings(a.model, a.repeats, a.tokens, tuple(int(b) for b in a.batches.split(",")),
+                             not a.no_compiled, not a.no_app, not a.no_split, not a.no_reference)
+    print(run(settings))  # noqa: T201 - the table is the command's output
+    return 0

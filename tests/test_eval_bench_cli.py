@@ -1,0 +1,50 @@
+"""End to end on the tiny model: `moi-demo eval`, `moi-demo sweep` and `moi-demo bench` (tiny settings:
+the benchmark's numbers are not asserted, only that it runs and prints its table)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.vllm_util import ROOT
+
+pytestmark = pytest.mark.vllm
+MOI_DEMO = os.path.join(os.path.dirname(sys.executable), "moi-demo")
+
+
+def run(args: list[str], tmp_path) -> str:
+    out = subprocess.run([MOI_DEMO, *args], capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out.stdout
+
+
+def test_eval_end_to_end(tiny_models, tmp_path):
+    stdout = run(["eval", "--task", "arithmetic-1", "--n", "4", "--modes", "standard,direct,moi", "--beta", "1.0",
+                  "--temperature", "0.6", "--top-p", "0.8", "--seed", "0", "--max-tokens", "8", "--model",
+                  tiny_models["llama"], "--out", str(tmp_path / "ev"), "--max-model-len", "256"], tmp_path)
+    assert "| standard |" in stdout and "| direct |" in stdout and "| moi (beta=1) |" in stdout
+    assert "McNemar p =" in stdout and "95% Wilson CI" in stdout
+    rows = [json.loads(x) for x in (tmp_path / "ev" / "eval-arithmetic-1-n4-seed0.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and {r["mode"] for r in rows} == {"standard", "direct", "moi (beta=1)"}
+    assert all(set(r) >= {"prompt", "output", "extracted", "correct", "answer"} for r in rows)
+    assert (tmp_path / "ev" / "eval-arithmetic-1-n4-seed0.html").stat().st_size > 1000
+
+
+def test_sweep_end_to_end(tiny_models, tmp_path):
+    stdout = run(["sweep", "--task", "countdown-3", "--n", "2", "--betas", "0,2", "--max-tokens", "8", "--model",
+                  tiny_models["llama"], "--out", str(tmp_path / "sw"), "--max-model-len", "256"], tmp_path)
+    assert "| moi (beta=0) |" in stdout and "| moi (beta=2) |" in stdout and "| standard |" in stdout
+    assert (tmp_path / "sw" / "sweep-countdown-3-n2-seed0.html").is_file()
+
+
+def test_bench_smoke(tiny_models, tmp_path):
+    stdout = run(["bench", "--model", tiny_models["llama"], "--repeats", "1", "--tokens", "4", "--batches", "1",
+                  "--no-compiled", "--no-split"], tmp_path)
+    for row in ("a. decode tokens/s, MoI vs standard, batch 1", "c. tokens/s, vLLM (MoI) vs reference decoder",
+                "b. side-by-side wall time", "f. time to first token, through the app", "peak RSS"):
+        assert row in stdout
