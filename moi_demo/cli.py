@@ -86,6 +86,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+PASSTHROUGH = ("serve", "bench", "eval", "sweep", "vllm")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moi-demo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -122,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:  # commands with their own argument parsers
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        return int(build_parser().parse_args(argv[:1]).func(argparse.Namespace(args=argv[1:])) or 0)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     return int(args.func(args) or 0)
