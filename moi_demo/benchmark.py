@@ -276,8 +276,37 @@ def app_overhead(engine: Any, repeats: int) -> Row:
                   target="app - engine <= 0.05 s")
         paired(row, repeats, lambda: app_first_token_time(client, PROMPT), lambda: first_token_time(engine, PROMPT))
         overhead = [a - b for a, b in zip(row.a_values, row.b_values, strict=True)]
-        row.target += f" (measured {statistics.median(overhead) * 1000:.0f} ms)"
+        floor = gradio_floor(repeats)
+        row.target += (f" (measured {statistics.median(overhead) * 1000:.0f} ms; a trivial Gradio generator "
+                       f"alone: {floor * 1000:.0f} ms)")
         return row
+    finally:
+        demo.close()
+
+
+def gradio_floor(repeats: int) -> float:
+    """Gradio's own floor: time to the first output of a generator that yields at once, via gradio_client."""
+    import gradio as gr
+    from gradio_client import Client
+
+    def echo(text: str):
+        yield text
+
+    with gr.Blocks() as demo:
+        box, out = gr.Textbox(), gr.Textbox()
+        box.submit(echo, box, out, api_name="echo")
+    demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        times = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            job = client.submit("x", api_name="/echo")
+            while not job.outputs():
+                time.sleep(0.001)
+            times.append(time.perf_counter() - start)
+            job.result()
+        return statistics.median(times[1:])
     finally:
         demo.close()
 

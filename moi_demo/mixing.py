@@ -121,11 +121,19 @@ class MoIConfig:
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """Per-row settings as tensors: mode codes [B] long, beta [B] float32, top_k [B] long."""
+    """Per-row settings as tensors: mode codes [B] long, beta [B] float32, top_k [B] long; and what every step
+    derives from them, computed once: inv_log_k [B] (1/log k, 0 when k = 1), valid [B, K] (column < top_k)."""
 
     mode: torch.Tensor
     beta: torch.Tensor
     top_k: torch.Tensor
+
+    def __post_init__(self) -> None:
+        k = self.top_k
+        log_k = torch.log(k.clamp_min(2).to(torch.float64))  # exact enough for float64 callers too
+        object.__setattr__(self, "inv_log_k", torch.where(k > 1, 1.0 / log_k, torch.zeros_like(log_k)))
+        object.__setattr__(self, "valid", torch.arange(int(k.max()), device=k.device)[None, :] < k[:, None])
+        object.__setattr__(self, "all_moi", bool((self.mode == MODE_MOI).all()))
 
     @classmethod
     def from_configs(cls, configs: Sequence[MoIConfig], device: torch.device | str = "cpu") -> BatchConfig:
@@ -157,6 +165,8 @@ def topk_logits(logits: torch.Tensor, top_k: torch.Tensor) -> tuple[torch.Tensor
     """Top-k of raw logits [B, V] with a per-row k [B] -> (ids [B, K], logits [B, K], -inf past k)."""
     k_max = int(top_k.max())
     values, ids = torch.topk(logits.to(_compute_dtype(logits)), k_max, dim=-1)  # [B, K] sorted descending
+    if bool((top_k == k_max).all()):  # the common case: one k for the whole batch, nothing to mask
+        return ids, values
     valid = torch.arange(k_max, device=logits.device)[None, :] < top_k[:, None]  # [B, K]
     return ids, values.masked_fill(~valid, float("-inf"))
 
@@ -166,23 +176,24 @@ def renormalized_probs(topk_logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(topk_logits.to(_compute_dtype(topk_logits)), dim=-1)
 
 
-def normalized_entropy(p: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
-    """H = entropy(p) / log(k), per row [B]; 0 when k = 1."""
-    plogp = torch.where(p > 0, p * torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)), torch.zeros_like(p))
-    entropy = -plogp.sum(dim=-1)  # [B]
-    log_k = torch.log(top_k.to(p.dtype))
-    return torch.where(top_k > 1, entropy / log_k.clamp_min(1e-12), torch.zeros_like(entropy)).clamp(0.0, 1.0)
+def normalized_entropy(p: torch.Tensor, top_k: torch.Tensor, inv_log_k: torch.Tensor | None = None) -> torch.Tensor:
+    """H = entropy(p) / log(k), per row [B]; 0 when k = 1. `inv_log_k` (1/log k, 0 for k = 1) may be given."""
+    if inv_log_k is None:
+        log_k = torch.log(top_k.clamp_min(2).to(p.dtype))
+        inv_log_k = torch.where(top_k > 1, 1.0 / log_k, torch.zeros_like(log_k))
+    entropy = torch.special.entr(p).sum(dim=-1)  # [B], -sum p log p with 0 log 0 = 0
+    return (entropy * inv_log_k.to(entropy.dtype)).clamp_(0.0, 1.0)
 
 
 def candidates(
-    topk_ids: torch.Tensor, sampled: torch.Tensor, top_k: torch.Tensor
+    topk_ids: torch.Tensor, sampled: torch.Tensor, top_k: torch.Tensor, valid: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidates [B, C] = top-k ids then the sampled id y, and onehot(y) over them [B, C] float32.
 
     The one-hot lands on y's top-k column when y is among the row's top-k, else on the last column.
     """
-    k_max = topk_ids.shape[1]
-    valid = torch.arange(k_max, device=topk_ids.device)[None, :] < top_k[:, None]  # [B, K]
+    if valid is None:
+        valid = torch.arange(topk_ids.shape[1], device=topk_ids.device)[None, :] < top_k[:, None]  # [B, K]
     hit = (topk_ids == sampled[:, None]) & valid  # [B, K]
     outside = ~hit.any(dim=-1, keepdim=True)  # [B, 1]
     candidate_ids = torch.cat([topk_ids, sampled[:, None].to(topk_ids.dtype)], dim=-1)  # [B, C]
@@ -191,7 +202,8 @@ def candidates(
 
 
 def mix_weights(
-    p: torch.Tensor, entropy: torch.Tensor, onehot: torch.Tensor, beta: torch.Tensor, mode: torch.Tensor
+    p: torch.Tensor, entropy: torch.Tensor, onehot: torch.Tensor, beta: torch.Tensor, mode: torch.Tensor,
+    all_moi: bool = False,
 ) -> torch.Tensor:
     """Mix weights [B, C] from the prior p [B, K], H [B], onehot(y) [B, C], beta [B] and mode codes [B].
 
@@ -200,11 +212,13 @@ def mix_weights(
     standard: w = onehot(y)
     """
     dtype = _compute_dtype(p)
-    p_c = torch.cat([p.to(dtype), p.new_zeros(p.shape[0], 1, dtype=dtype)], dim=-1)  # [B, C]
+    p_c = torch.nn.functional.pad(p.to(dtype), (0, 1))  # [B, C]: no prior mass on the extra column
     onehot = onehot.to(dtype)
     h = entropy.to(dtype)[:, None]  # [B, 1]
-    b = beta.to(dtype)[:, None]  # [B, 1]
-    posterior = (h * p_c + (b + 1.0 - h) * onehot) / (b + 1.0)  # [B, C]
+    b1 = beta.to(dtype)[:, None] + 1.0  # [B, 1]
+    posterior = (h * p_c + (b1 - h) * onehot) / b1  # [B, C]
+    if all_moi:
+        return posterior
     m = mode[:, None]
     return torch.where(m == MODE_MOI, posterior, torch.where(m == MODE_DIRECT, p_c, onehot))
 
@@ -221,9 +235,9 @@ def mix_from_topk(
     """The step from the top-k of the raw logits (ids [B, K], logits [B, K]) and sampled ids [B]: for
     engines whose sampler modifies the logits in place, so the top-k must be taken before sampling."""
     p = renormalized_probs(top_logits)
-    entropy = normalized_entropy(p, config.top_k)
-    candidate_ids, onehot = candidates(ids, sampled, config.top_k)
-    weights = mix_weights(p, entropy, onehot, config.beta, config.mode)
+    entropy = normalized_entropy(p, config.top_k, config.inv_log_k)
+    candidate_ids, onehot = candidates(ids, sampled, config.top_k, config.valid)
+    weights = mix_weights(p, entropy, onehot, config.beta, config.mode, config.all_moi)
     return MixStep(ids, top_logits, p, entropy, candidate_ids, weights)
 
 

@@ -138,7 +138,7 @@ class Callbacks:
         label = "Direct mixture (w = p)" if moi_cfg.mode == "direct" else f"Mixture of Inputs (beta = {moi_cfg.beta:g})"
         stream = self.engine.stream_pair(prompt, moi_cfg, settings, run_id=_session(request))
         start = time.perf_counter()
-        last_plot = 0.0
+        last_plot = start  # the first tokens go out as text alone: figures only after PLOT_INTERVAL_S
         standard = moi = None
         try:
             for standard, moi in stream:
@@ -183,8 +183,7 @@ class Callbacks:
     def select_step(self, state: dict | None, index: Any, color_by: str) -> tuple[Any, Any]:
         traces = _traces(state)
         if traces is None:
-            return plots.step_distribution(Trace("standard", "standard", 0, 1), Trace("moi", "moi", 1, 1), 0), \
-                gr.skip()
+            raise gr.Error("Generate first: there is no step to inspect yet.")
         last = max(len(traces[0].steps), len(traces[1].steps)) - 1
         i = _int(index, "step", 0, max(last, 0))
         return plots.step_distribution(*traces, i), plots.token_map(*traces, color_by, i)

@@ -80,6 +80,8 @@ class RunnerState:
         self.finished: OrderedDict[str, int] = OrderedDict()
         self.finished_records: OrderedDict[str, list] = OrderedDict()
         self.record = os.environ.get(ENV_RECORD) == "1"
+        self._batch_key: tuple | None = None
+        self._batch: tuple[BatchConfig, torch.Tensor | None]
         self.max_finished = max_finished
         self.applied_steps = 0
         self.recomputed_steps = 0
@@ -90,6 +92,18 @@ class RunnerState:
             cfg = request_config(params.extra_args if params is not None else None)
             self.requests[req_id] = _Request(cfg, cached.num_prompt_tokens) if cfg is not None else None
         return self.requests[req_id]
+
+    def batch_for(self, rows: list[tuple[int, str, _Request]], num_rows: int, device: Any
+                  ) -> tuple[BatchConfig, torch.Tensor | None]:
+        """The MoI rows' settings as tensors, rebuilt only when the batch's MoI rows change (decode steps
+        mostly repeat the previous batch); index None when every row of the batch mixes."""
+        key = (num_rows, *((row, req_id) for row, req_id, _ in rows))
+        if self._batch_key != key:
+            batch = BatchConfig.from_configs([req.config for _, _, req in rows], device=device)
+            every_row = [row for row, _, _ in rows] == list(range(num_rows))
+            index = None if every_row else torch.tensor([row for row, _, _ in rows], device=device)
+            self._batch_key, self._batch = key, (batch, index)
+        return self._batch
 
     def finish(self, req_id: str) -> None:
         state = self.requests.pop(req_id, None)
@@ -160,13 +174,13 @@ def _wrap_sample(orig):
         rows = [(row, req_id, req) for row, req_id, req in rows if not discard[row]]
         if not rows:
             return orig(self, logits, spec_decode_metadata, *args, **kwargs)
-        configs = [req.config for _, _, req in rows]
-        batch = BatchConfig.from_configs(configs, device=logits.device)
-        index = torch.tensor([row for row, _, _ in rows], device=logits.device)
+        batch, index = state.batch_for(rows, logits.shape[0], logits.device)
         # The sampler may modify logits in place (penalties, temperature): top-k of the raw logits first.
-        top_ids, top_logits = mixing.topk_logits(logits.index_select(0, index), batch.top_k)  # [M, K]
+        top_ids, top_logits = mixing.topk_logits(logits if index is None else logits.index_select(0, index),
+                                                 batch.top_k)  # [M, K]
         output = orig(self, logits, spec_decode_metadata, *args, **kwargs)
-        sampled = output.sampled_token_ids.index_select(0, index)[:, 0].to(torch.long)  # [M]
+        sampled = output.sampled_token_ids if index is None else output.sampled_token_ids.index_select(0, index)
+        sampled = sampled[:, 0].to(torch.long)  # [M]
         step = mixing.mix_from_topk(top_ids, top_logits, sampled, batch)
         mixed = mixing.mix_embeddings(step.weights, step.candidate_ids, self.model.embed_input_ids,
                                       out_dtype=self.inputs_embeds.gpu.dtype)  # [M, D]
