@@ -1,9 +1,9 @@
 """moi-demo: standard vs Mixture of Inputs, side by side. `python app.py [--model M]`; also a HF Space."""
 
-from moi_demo.app_main import parse_args, start_engine
+from moi_demo.app_main import launch, parse_args, start_engine
 from moi_demo.ui import build_demo
 
 if __name__ == "__main__":
     args = parse_args()
     demo = build_demo(start_engine(args), max_new_tokens=args.max_new_tokens)
-    demo.queue(default_concurrency_limit=8).launch(server_name=args.host, server_port=args.port, share=args.share)
+    launch(demo, args)

@@ -57,3 +57,8 @@ def start_engine(args: argparse.Namespace):
 
     engine = MoIEngine(resolve_model(args.model or default_model()), engine_options(args), layout=args.layout)
     return engine.start()
+
+
+def launch(demo, args: argparse.Namespace) -> None:
+    """Serve the app (queued: the Generate stream and Stop run side by side)."""
+    demo.queue(default_concurrency_limit=8).launch(server_name=args.host, server_port=args.port, share=args.share)

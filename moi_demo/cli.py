@@ -46,7 +46,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     try:
         moi = MoIConfig(args.mode, args.beta, args.top_k)
     except MoIConfigError as e:
-        print(f"error: --{e.field.replace('_', '-')}: {str(e).split(': ', 1)[1]}", file=sys.stderr)
+        print(f"error: --{e.field.replace('_', '-')}: {e.reason}", file=sys.stderr)
         return 2
     from moi_demo.models import resolve_model
     from moi_demo.trace import SamplingSettings
@@ -76,13 +76,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from moi_demo.app_main import parse_args, start_engine
+    from moi_demo.app_main import launch, parse_args, start_engine
     from moi_demo.ui import build_demo
 
     app_args = parse_args(args.args)
-    demo = build_demo(start_engine(app_args), max_new_tokens=app_args.max_new_tokens)
-    demo.queue(default_concurrency_limit=8).launch(server_name=app_args.host, server_port=app_args.port,
-                                                   share=app_args.share)
+    launch(build_demo(start_engine(app_args), max_new_tokens=app_args.max_new_tokens), app_args)
     return 0
 
 

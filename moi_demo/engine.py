@@ -31,11 +31,11 @@ MAX_TOP_K = 50  # the largest top-k a request may ask for (vLLM's max_logprobs)
 
 
 class MoIInputError(ValueError):
-    """A user input outside its allowed range; `field` names it (for UI and API errors)."""
+    """A user input outside its allowed range; `field` names it, `reason` says what is allowed."""
 
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
 
 
 class MoINotAppliedError(RuntimeError):
@@ -377,10 +377,11 @@ def _user_error(error: BaseException) -> BaseException:
     """vLLM's validation errors name the parameter: keep them as MoIInputError for the UI and API."""
     parameter = getattr(error, "parameter", None)
     if parameter:
-        message = str(error).split(": ", 1)[1] if str(error).startswith(f"{parameter}:") else str(error)
+        raw = str(error.args[0]) if error.args else str(error)  # without vLLM's "(parameter=...)" suffix
+        message = raw.removeprefix(f"{parameter}: ")
         return MoIInputError(parameter, message)
     if isinstance(error, MoIConfigError):
-        return MoIInputError(error.field, str(error).split(": ", 1)[1])
+        return MoIInputError(error.field, error.reason)
     return error
 
 

@@ -39,9 +39,9 @@ EXTRA_ARGS_KEYS = (KEY_MODE, KEY_BETA, KEY_TOP_K)
 class MoIConfigError(ValueError):
     """An invalid MoI setting. `field` names the offending field; the message gives the allowed range."""
 
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class MoIConfig:
         try:
             return cls(mode=mode, beta=beta, top_k=top_k)
         except MoIConfigError as e:
-            raise MoIConfigError(f"moi_{e.field}", str(e).split(": ", 1)[1]) from None
+            raise MoIConfigError(f"moi_{e.field}", e.reason) from None
 
     @classmethod
     def from_env_beta(cls, value: str | None) -> MoIConfig | None:
@@ -116,7 +116,7 @@ class MoIConfig:
         try:
             return cls(mode="moi", beta=beta)
         except MoIConfigError as e:
-            raise MoIConfigError("MIXINPUTS_BETA", str(e).split(": ", 1)[1]) from None
+            raise MoIConfigError("MIXINPUTS_BETA", e.reason) from None
 
 
 @dataclass(frozen=True)

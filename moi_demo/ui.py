@@ -125,7 +125,7 @@ class Callbacks:
         try:
             moi = MoIConfig(MODES[mode], _float(beta, "beta", 0.0, 4.0), _int(top_k, "top_k", 1, MAX_TOP_K))
         except MoIConfigError as e:
-            raise _field_error(e.field, str(e).split(": ", 1)[1]) from None
+            raise _field_error(e.field, e.reason) from None
         return moi, settings
 
     def generate(self, prompt: str, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any,
@@ -150,7 +150,7 @@ class Callbacks:
                     yield (gr.update(value=standard.text), gr.update(value=moi.text, label=label),
                            *[gr.skip()] * 7)
         except MoIInputError as e:
-            raise _field_error(e.field, str(e).split(": ", 1)[1]) from None
+            raise _field_error(e.field, e.reason) from None
         if standard is not None and moi is not None:
             yield self._outputs(standard, moi, label, color_by, time.perf_counter() - start, final=True)
 
@@ -208,7 +208,7 @@ class Callbacks:
             results, samples = ev.evaluate(self.engine, examples, checker, configs, settings,
                                                  progress=lambda done: progress(done / total, desc="generating"))
         except MoIInputError as e:
-            raise _field_error(e.field, str(e).split(": ", 1)[1]) from None
+            raise _field_error(e.field, e.reason) from None
         title = f"{task}, n = {n}, T = {settings.temperature:g}, top-p = {settings.top_p:g}"
         path = Path(tempfile.mkdtemp(prefix="moi-eval-"))
         chart = ev.accuracy_chart(results, title)

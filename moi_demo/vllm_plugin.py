@@ -286,8 +286,7 @@ def validate_request(params: Any, vllm_config: Any) -> None:
             cfg.check_vocab(vllm_config.model_config.get_vocab_size())
     except MoIConfigError as e:
         key = e.field if e.field.startswith("moi_") or e.field == ENV_BETA else f"moi_{e.field}"
-        message = str(e) if str(e).startswith(key) else f"{key}: {str(e).split(': ', 1)[1]}"
-        raise VLLMValidationError(message, parameter=key) from None
+        raise VLLMValidationError(f"{key}: {e.reason}", parameter=key) from None
     if cfg is not None and (reason := unsupported_reason(vllm_config)):
         raise VLLMValidationError(reason, parameter=mixing.KEY_MODE)
 
