@@ -148,6 +148,7 @@ class MoIEngine:
             engine.shutdown()
         self._engines.clear()
         if self._thread.is_alive():
+            self._call(_cancel_pending(), timeout=10)  # vLLM's output handlers: end them before the loop
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
 
@@ -371,6 +372,13 @@ class MoIEngine:
                         self._call(engine.abort(rid), timeout=30)
             for f in futures:
                 f.cancel()
+
+
+async def _cancel_pending() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _user_error(error: BaseException) -> BaseException:
