@@ -232,6 +232,7 @@ def run(s: BenchSettings) -> str:
 
     # b, e, f: side by side, shared engine vs two engines; app overhead
     rows_b: list[Row] = []
+    peaks: dict[str, float] = {}  # GiB, per layout
     layouts = ("shared", "split") if s.layouts else ("shared",)
     for layout in layouts:
         with PeakRSS() as mem:
@@ -250,13 +251,12 @@ def run(s: BenchSettings) -> str:
             engine.shutdown()
         out.append(f"{layout} layout: engine start {started:.1f} s (with self-check), "
                    f"peak RSS of all processes {mem.peak / 2**30:.2f} GiB")
-        rows_b.append(Row(f"e. peak RSS, {layout}", layout, "-", [mem.peak / 2**30], [mem.peak / 2**30],
-                          [mem.peak / 2**30], unit="GiB"))
-    if s.layouts:
-        shared_mem, split_mem = rows_b[[r.name for r in rows_b].index("e. peak RSS, shared")], rows_b[-1]
-        rows_b = [r for r in rows_b if not r.name.startswith("e. peak RSS")]
+        peaks[layout] = mem.peak / 2**30
+    if "split" in peaks:
         rows_b.append(Row("e. peak RSS of all engine processes, two engines vs shared", "two", "shared",
-                          [split_mem.a_values[0] / shared_mem.a_values[0]], split_mem.a_values, shared_mem.a_values,
+                          [peaks["split"] / peaks["shared"]], [peaks["split"]], [peaks["shared"]], unit="GiB"))
+    else:
+        rows_b.append(Row("e. peak RSS, shared", "shared", "-", [1.0], [peaks["shared"]], [peaks["shared"]],
                           unit="GiB"))
     out.append(render(rows_b, "### Side by side and the app"))
     return "\n\n".join(out)

@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moi_demo import mixing
-from moi_demo.mixing import MoIConfig, MoIConfigError
+from moi_demo.mixing import MoIConfig
 from moi_demo.trace import SamplingSettings, Step, Trace
 
 logger = logging.getLogger(__name__)
 
-LANES = ("standard", "moi")
 MAX_TOP_K = 50  # the largest top-k a request may ask for (vLLM's max_logprobs)
 
 
@@ -240,23 +239,25 @@ class MoIEngine:
         if settings.seed is not None and not 0 <= settings.seed < 2**63:
             raise MoIInputError("seed", f"must be from 0 to 2^63 - 1; got {settings.seed}")
 
-    def sampling_params(self, moi: MoIConfig, settings: SamplingSettings, ignore_eos: bool = False) -> Any:
+    def sampling_params(self, moi: MoIConfig, settings: SamplingSettings, ignore_eos: bool = False,
+                        logprobs: bool = True) -> Any:
+        """Streamed (delta) params; `logprobs` returns the top-k raw log-probs the traces are built from."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         return SamplingParams(
             temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
-            seed=settings.seed, logprobs=moi.top_k, output_kind=RequestOutputKind.DELTA, ignore_eos=ignore_eos,
+            seed=settings.seed, logprobs=moi.top_k if logprobs else None, output_kind=RequestOutputKind.DELTA,
+            ignore_eos=ignore_eos,
             extra_args={mixing.KEY_MODE: moi.mode, mixing.KEY_BETA: moi.beta, mixing.KEY_TOP_K: moi.top_k},
         )
 
     def _stream(
-        self, engine: Any, ids: list[int], moi: MoIConfig, settings: SamplingSettings, *,
-        ignore_eos: bool = False, lane: str | None = None, prompt: str = "",
+        self, engine: Any, ids: list[int], moi: MoIConfig, settings: SamplingSettings, *, ignore_eos: bool = False
     ) -> Iterator[Trace]:
         """One lane alone (used by the self-check and the benchmarks)."""
-        yield from (pair[0] for pair in self._stream_lanes(
-            [(lane or ("moi" if moi.mixes else "standard"), engine, moi)], ids, settings, prompt, ignore_eos))
+        lane = "moi" if moi.mixes else "standard"
+        yield from (pair[0] for pair in self._stream_lanes([(lane, engine, moi)], ids, settings, "", ignore_eos))
 
     def stream_pair(
         self, prompt: str, moi: MoIConfig, settings: SamplingSettings, chat: bool = True, run_id: str | None = None
@@ -294,8 +295,7 @@ class MoIEngine:
             nonlocal done
             _, cfg, seed = jobs[i]
             params = self.sampling_params(cfg, SamplingSettings(settings.temperature, settings.top_p,
-                                                                settings.max_tokens, seed))
-            params.logprobs = None
+                                                                settings.max_tokens, seed), logprobs=False)
             async for out in engine.generate({"prompt_token_ids": prompts[i]}, params, f"eval-{tag}-{i}"):
                 texts[i] += out.outputs[0].text
             done += 1
@@ -388,8 +388,6 @@ def _user_error(error: BaseException) -> BaseException:
         raw = str(error.args[0]) if error.args else str(error)  # without vLLM's "(parameter=...)" suffix
         message = raw.removeprefix(f"{parameter}: ")
         return MoIInputError(parameter, message)
-    if isinstance(error, MoIConfigError):
-        return MoIInputError(error.field, error.reason)
     return error
 
 

@@ -122,11 +122,16 @@ def table(results: list[ModeResult]) -> str:
     return "\n".join(lines)
 
 
+def _wilson_bars(results: list[ModeResult]) -> dict[str, Any]:
+    """Asymmetric plotly error bars from each result's 95% Wilson interval."""
+    return dict(type="data", symmetric=False, array=[r.high - r.accuracy for r in results],
+                arrayminus=[r.accuracy - r.low for r in results])
+
+
 def accuracy_chart(results: list[ModeResult], title: str) -> go.Figure:
     fig = go.Figure(go.Bar(
         x=[r.label for r in results], y=[r.accuracy for r in results],
-        error_y=dict(type="data", symmetric=False, array=[r.high - r.accuracy for r in results],
-                     arrayminus=[r.accuracy - r.low for r in results]),
+        error_y=_wilson_bars(results),
         marker_color=["#64748b" if r.mode == "standard" else "#7c3aed" for r in results],
         text=[f"{r.accuracy:.0%}" for r in results], textposition="outside",
     ))
@@ -139,8 +144,7 @@ def sweep_chart(results: list[ModeResult], title: str) -> go.Figure:
     moi = [r for r in results if r.mode == "moi"]
     fig = go.Figure(go.Scatter(
         x=[r.beta for r in moi], y=[r.accuracy for r in moi], mode="lines+markers", name="MoI",
-        error_y=dict(type="data", symmetric=False, array=[r.high - r.accuracy for r in moi],
-                     arrayminus=[r.accuracy - r.low for r in moi]), line=dict(color="#7c3aed"),
+        error_y=_wilson_bars(moi), line=dict(color="#7c3aed"),
     ))
     for r in results:
         if r.mode != "moi":

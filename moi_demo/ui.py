@@ -1,5 +1,5 @@
-"""The Gradio app: standard vs Mixture of Inputs, side by side. Layout in `build_demo`, callbacks in
-`Callbacks`; no math here (mixing.py) and no figure code (plots.py)."""
+"""The Gradio app: standard vs Mixture of Inputs, side by side. Layout in `build_demo` (with `side_by_side`
+and `evaluate_tab`), callbacks in `Callbacks`; no math here (mixing.py) and no figure code (plots.py)."""
 
 from __future__ import annotations
 
@@ -206,7 +206,7 @@ class Callbacks:
         progress(0, desc="generating")
         try:
             results, samples = ev.evaluate(self.engine, examples, checker, configs, settings,
-                                                 progress=lambda done: progress(done / total, desc="generating"))
+                                           progress=lambda done: progress(done / total, desc="generating"))
         except MoIInputError as e:
             raise _field_error(e.field, e.reason) from None
         title = f"{task}, n = {n}, T = {settings.temperature:g}, top-p = {settings.top_p:g}"
@@ -221,7 +221,6 @@ class Callbacks:
         path = Path(tempfile.mkdtemp(prefix="moi-traces-")) / "moi_traces.json"
         path.write_text(json.dumps(state, indent=1))
         return str(path)
-
 
 
 def _session(request: gr.Request | None) -> str:

@@ -69,7 +69,6 @@ class _Request:
     history: list[torch.Tensor] = field(default_factory=list)  # mixed input of generated token j: [D]
     records: list[tuple[list[int], list[float]]] = field(default_factory=list)  # with MOI_DEMO_RECORD=1
     fed: int = 0  # generated positions fed as mixed inputs so far
-    recomputed: int = 0  # positions fed again after a preemption
 
 
 class RunnerState:
@@ -216,8 +215,7 @@ def _wrap_preprocess(orig):
                     raise RuntimeError(f"moi-demo: request {req_id} has no mixed input for generated token {j}")
                 targets.append(int(query_start[row]) + pos - first)
                 sources.append(req.history[j])
-                if j < req.fed:
-                    req.recomputed += 1
+                if j < req.fed:  # fed again: the request was preempted and is being recomputed
                     state.recomputed_steps += 1
                 else:
                     req.fed = j + 1
@@ -330,6 +328,15 @@ def _request_mixes(request: Any) -> bool:
 # --- registration ----------------------------------------------------------------------------------------
 
 
+def _wrap_once(owner: Any, name: str, wrap: Any) -> None:
+    """Replace owner.name (a class's method or a module's function) by wrap(it), unless already wrapped."""
+    current = getattr(owner, name)
+    if not getattr(current, _PATCHED, False):
+        wrapped = wrap(current)
+        setattr(wrapped, _PATCHED, True)
+        setattr(owner, name, wrapped)
+
+
 def register() -> None:
     """Entry point of `vllm.general_plugins`: install the hooks in this process (idempotent)."""
     global _registered
@@ -347,15 +354,9 @@ def register() -> None:
 
     if "VLLM_USE_V2_MODEL_RUNNER" not in os.environ:
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # MoI hooks the V1 runner (CPU and CUDA alike)
-    if not getattr(EngineArgs.create_engine_config, _PATCHED, False):
-        EngineArgs.create_engine_config = _wrap_create_engine_config(EngineArgs.create_engine_config)
-        EngineArgs.create_engine_config._moi_demo_patched = True
-    if not getattr(InputProcessor._validate_params, _PATCHED, False):
-        InputProcessor._validate_params = _wrap_validate_params(InputProcessor._validate_params)
-        InputProcessor._validate_params._moi_demo_patched = True
-    if not getattr(kv_cache_utils.generate_block_hash_extra_keys, _PATCHED, False):
-        kv_cache_utils.generate_block_hash_extra_keys = _wrap_extra_keys(kv_cache_utils.generate_block_hash_extra_keys)
-        kv_cache_utils.generate_block_hash_extra_keys._moi_demo_patched = True
+    _wrap_once(EngineArgs, "create_engine_config", _wrap_create_engine_config)
+    _wrap_once(InputProcessor, "_validate_params", _wrap_validate_params)
+    _wrap_once(kv_cache_utils, "generate_block_hash_extra_keys", _wrap_extra_keys)
     _patch_runner(GPUModelRunner)
     WorkerBase.moi_stats = _worker_stats
     _registered = True
