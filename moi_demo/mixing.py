@@ -10,8 +10,8 @@ the raw (temperature-1) logits, H its entropy divided by log k, and a concentrat
     input = sum_i w_i * embed(candidate_i)
 
 Everything here is batched: one row per request, each row with its own mode, beta and top_k.
-Shapes: B rows, V vocabulary, K = max top_k over the batch, C = K + 1 candidates (the top-k ids plus
-the sampled id, which carries weight only when it is outside the row's top-k), D hidden size.
+Shapes: B rows, V vocabulary, K = max top_k over the batch, C = K + 1 candidates (row b: its top_k[b] ids,
+then the sampled id, which carries weight only when it is outside the row's top-k), D hidden size.
 No function modifies its inputs.
 """
 
@@ -121,26 +121,38 @@ class MoIConfig:
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """Per-row settings as tensors: mode codes [B] long, beta [B] float32, top_k [B] long; and what every step
-    derives from them, computed once: inv_log_k [B] (1/log k, 0 when k = 1), valid [B, K] (column < top_k)."""
+    """Per-row settings of the rows that mix in one step: mode codes [B] long, beta [B] float32, top_k [B]
+    long, and what every step derives from them: inv_log_k [B] (1/log k, 0 when k = 1) and valid [B, K]
+    (column < top_k). `k_max`, `uniform_k` and `all_moi` are host-side facts (never read from a device
+    tensor: a serving engine must not sync with the device to learn them)."""
 
     mode: torch.Tensor
     beta: torch.Tensor
     top_k: torch.Tensor
+    k_max: int
+    uniform_k: bool
+    all_moi: bool
+    inv_log_k: torch.Tensor
+    valid: torch.Tensor
 
-    def __post_init__(self) -> None:
-        k = self.top_k
-        log_k = torch.log(k.clamp_min(2).to(torch.float64))  # exact enough for float64 callers too
-        object.__setattr__(self, "inv_log_k", torch.where(k > 1, 1.0 / log_k, torch.zeros_like(log_k)))
-        object.__setattr__(self, "valid", torch.arange(int(k.max()), device=k.device)[None, :] < k[:, None])
-        object.__setattr__(self, "all_moi", bool((self.mode == MODE_MOI).all()))
+    @classmethod
+    def from_tensors(
+        cls, mode: torch.Tensor, beta: torch.Tensor, top_k: torch.Tensor, k_max: int, uniform_k: bool, all_moi: bool
+    ) -> BatchConfig:
+        """From device tensors and the host-side facts about them (device ops only: no sync)."""
+        log_k = torch.log(top_k.clamp_min(2).to(torch.float64))  # exact enough for float64 callers too
+        inv_log_k = torch.where(top_k > 1, 1.0 / log_k, torch.zeros_like(log_k))
+        valid = torch.arange(k_max, device=top_k.device)[None, :] < top_k[:, None]  # [B, K]
+        return cls(mode, beta, top_k, k_max, uniform_k, all_moi, inv_log_k, valid)
 
     @classmethod
     def from_configs(cls, configs: Sequence[MoIConfig], device: torch.device | str = "cpu") -> BatchConfig:
-        return cls(
+        ks = [c.top_k for c in configs]
+        return cls.from_tensors(
             mode=torch.tensor([MODE_CODES[c.mode] for c in configs], dtype=torch.long, device=device),
             beta=torch.tensor([max(c.beta, 0.0) for c in configs], dtype=torch.float32, device=device),
-            top_k=torch.tensor([c.top_k for c in configs], dtype=torch.long, device=device),
+            top_k=torch.tensor(ks, dtype=torch.long, device=device),
+            k_max=max(ks), uniform_k=len(set(ks)) == 1, all_moi=all(c.mode == "moi" for c in configs),
         )
 
 
@@ -152,8 +164,8 @@ class MixStep:
     topk_logits: torch.Tensor  # [B, K] float32; -inf beyond top_k[b]
     p: torch.Tensor  # [B, K] renormalised top-k distribution (the prior)
     entropy: torch.Tensor  # [B] normalised entropy H in [0, 1]
-    candidate_ids: torch.Tensor  # [B, C] top-k ids, then the sampled id
-    weights: torch.Tensor  # [B, C] mix weights (the posterior); sum to 1 per row
+    candidate_ids: torch.Tensor  # [B, C]: columns < top_k[b] the row's top-k ids, column top_k[b] the sampled id
+    weights: torch.Tensor  # [B, C] mix weights (the posterior); sum to 1 per row, 0 past column top_k[b]
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -161,11 +173,20 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def topk_logits(logits: torch.Tensor, top_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of raw logits [B, V] with a per-row k [B] -> (ids [B, K], logits [B, K], -inf past k)."""
-    k_max = int(top_k.max())
+def topk_logits(
+    logits: torch.Tensor, top_k: torch.Tensor, k_max: int | None = None, uniform_k: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of raw logits [B, V] with a per-row k [B] -> (ids [B, K], logits [B, K], -inf past k).
+
+    `k_max` (= max top_k) and `uniform_k` (every row has k_max) come from the host where known; without
+    them they are read from `top_k`, which syncs with the device.
+    """
+    if k_max is None:
+        k_max = int(top_k.max())
+    if uniform_k is None:
+        uniform_k = bool((top_k == k_max).all())
     values, ids = torch.topk(logits.to(_compute_dtype(logits)), k_max, dim=-1)  # [B, K] sorted descending
-    if bool((top_k == k_max).all()):  # the common case: one k for the whole batch, nothing to mask
+    if uniform_k:  # the common case: one k for the whole batch, nothing to mask
         return ids, values
     valid = torch.arange(k_max, device=logits.device)[None, :] < top_k[:, None]  # [B, K]
     return ids, values.masked_fill(~valid, float("-inf"))
@@ -188,16 +209,21 @@ def normalized_entropy(p: torch.Tensor, top_k: torch.Tensor, inv_log_k: torch.Te
 def candidates(
     topk_ids: torch.Tensor, sampled: torch.Tensor, top_k: torch.Tensor, valid: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidates [B, C] = top-k ids then the sampled id y, and onehot(y) over them [B, C] float32.
+    """Candidates [B, C] (C = K + 1) and onehot(y) over them [B, C] float32.
 
-    The one-hot lands on y's top-k column when y is among the row's top-k, else on the last column.
+    Row b's candidates are its first top_k[b] ids, then the sampled id y in column top_k[b] (so a row's
+    own candidates are the prefix [:top_k[b] + 1], whatever the batch's K). The one-hot lands on y's
+    top-k column when y is among the row's top-k, else on column top_k[b].
     """
     if valid is None:
         valid = torch.arange(topk_ids.shape[1], device=topk_ids.device)[None, :] < top_k[:, None]  # [B, K]
     hit = (topk_ids == sampled[:, None]) & valid  # [B, K]
     outside = ~hit.any(dim=-1, keepdim=True)  # [B, 1]
-    candidate_ids = torch.cat([topk_ids, sampled[:, None].to(topk_ids.dtype)], dim=-1)  # [B, C]
-    onehot = torch.cat([hit, outside], dim=-1).float()  # [B, C]
+    column = top_k[:, None]  # [B, 1]: where y goes
+    candidate_ids = torch.nn.functional.pad(topk_ids, (0, 1))  # [B, C]
+    candidate_ids.scatter_(1, column, sampled[:, None].to(topk_ids.dtype))
+    onehot = torch.nn.functional.pad(hit.float(), (0, 1))  # [B, C]
+    onehot.scatter_(1, column, outside.float())
     return candidate_ids, onehot
 
 
@@ -212,7 +238,7 @@ def mix_weights(
     standard: w = onehot(y)
     """
     dtype = _compute_dtype(p)
-    p_c = torch.nn.functional.pad(p.to(dtype), (0, 1))  # [B, C]: no prior mass on the extra column
+    p_c = torch.nn.functional.pad(p.to(dtype), (0, 1))  # [B, C]: no prior mass past a row's k (p = 0 there)
     onehot = onehot.to(dtype)
     h = entropy.to(dtype)[:, None]  # [B, 1]
     b1 = beta.to(dtype)[:, None] + 1.0  # [B, 1]
@@ -225,7 +251,7 @@ def mix_weights(
 
 def mix_step(logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig) -> MixStep:
     """The whole step from raw logits [B, V] (temperature 1, before penalties) and sampled ids [B]."""
-    ids, top_logits = topk_logits(logits, config.top_k)
+    ids, top_logits = topk_logits(logits, config.top_k, config.k_max, config.uniform_k)
     return mix_from_topk(ids, top_logits, sampled, config)
 
 
@@ -274,6 +300,6 @@ def step_weights(
     cand, onehot = candidates(ids, torch.tensor([sampled_id]), cfg.top_k)
     w = mix_weights(p, entropy, onehot, cfg.beta, cfg.mode)[0]
     cand_list, w_list = cand[0].tolist(), w.tolist()
-    if onehot[0, -1] == 0:  # y is inside the top-k: the last column is padding
+    if onehot[0, -1] == 0:  # y is inside the top-k: its own column (the last) carries no weight
         cand_list, w_list = cand_list[:-1], w_list[:-1]
     return cand_list, w_list, float(entropy[0])

@@ -26,22 +26,24 @@ they get MoI at that beta (`-100`: direct mixture), as with the reference implem
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from moi_demo import mixing
-from moi_demo.mixing import BatchConfig, MoIConfig, MoIConfigError
+from moi_demo.batch_state import BatchState, HostReadCounter
+from moi_demo.mixing import MoIConfig, MoIConfigError
 
 logger = logging.getLogger("vllm.moi_demo")  # a child of vLLM's logger: shown with its own log lines
 
 ENV_BETA = "MIXINPUTS_BETA"
 ENV_RECORD = "MOI_DEMO_RECORD"  # "1": keep every applied (candidates, weights) for moi_stats(records=True)
+ENV_HOST_READS = "MOI_DEMO_HOST_READS"  # "1": count host reads of tensors in the hooks' own code (tests, doctor)
 STATS_METHOD = "moi_stats"
 _PATCHED = "_moi_demo_patched"
 _registered = False
@@ -59,79 +61,65 @@ def request_config(extra_args: dict[str, Any] | None) -> MoIConfig | None:
     return cfg if cfg is not None and cfg.mixes else None
 
 
-# --- worker side: per-request state ------------------------------------------------------------------
+# --- worker side: the runner's MoI state ----------------------------------------------------------------
 
 
-@dataclass
-class _Request:
-    config: MoIConfig
-    prompt_len: int
-    history: list[torch.Tensor] = field(default_factory=list)  # mixed input of generated token j: [D]
-    records: list[tuple[list[int], list[float]]] = field(default_factory=list)  # with MOI_DEMO_RECORD=1
-    fed: int = 0  # generated positions fed as mixed inputs so far
-
-
-class RunnerState:
-    """MoI state of one model runner, keyed by request id (never by batch row)."""
-
-    def __init__(self, max_finished: int = 4096):
-        self.requests: dict[str, _Request | None] = {}  # None: a standard request
-        self.finished: OrderedDict[str, int] = OrderedDict()
-        self.finished_records: OrderedDict[str, list] = OrderedDict()
-        self.record = os.environ.get(ENV_RECORD) == "1"
-        self._batch_key: tuple | None = None
-        self._batch: tuple[BatchConfig, torch.Tensor | None]
-        self.max_finished = max_finished
-        self.applied_steps = 0
-        self.recomputed_steps = 0
-
-    def get(self, req_id: str, cached: Any) -> _Request | None:
-        if req_id not in self.requests:
-            params = cached.sampling_params
-            cfg = request_config(params.extra_args if params is not None else None)
-            self.requests[req_id] = _Request(cfg, cached.num_prompt_tokens) if cfg is not None else None
-        return self.requests[req_id]
-
-    def batch_for(self, rows: list[tuple[int, str, _Request]], num_rows: int, device: Any
-                  ) -> tuple[BatchConfig, torch.Tensor | None]:
-        """The MoI rows' settings as tensors, rebuilt only when the batch's MoI rows change (decode steps
-        mostly repeat the previous batch); index None when every row of the batch mixes."""
-        key = (num_rows, *((row, req_id) for row, req_id, _ in rows))
-        if self._batch_key != key:
-            batch = BatchConfig.from_configs([req.config for _, _, req in rows], device=device)
-            every_row = [row for row, _, _ in rows] == list(range(num_rows))
-            index = None if every_row else torch.tensor([row for row, _, _ in rows], device=device)
-            self._batch_key, self._batch = key, (batch, index)
-        return self._batch
-
-    def finish(self, req_id: str) -> None:
-        state = self.requests.pop(req_id, None)
-        if state is not None:
-            self.finished[req_id] = state.fed
-            if self.record:
-                self.finished_records[req_id] = state.records
-            while len(self.finished) > self.max_finished:
-                self.finished.popitem(last=False)
-            while len(self.finished_records) > self.max_finished:
-                self.finished_records.popitem(last=False)
-
-    def stats(self, records: bool = False) -> dict[str, Any]:
-        running = {r: s for r, s in self.requests.items() if s is not None}
-        out: dict[str, Any] = {
-            "applied_steps": self.applied_steps,
-            "recomputed_steps": self.recomputed_steps,
-            "requests": {**self.finished, **{r: s.fed for r, s in running.items()}},
-        }
-        if records:
-            out["records"] = {**self.finished_records, **{r: s.records for r, s in running.items()}}
-        return out
-
-
-def _state(runner: Any) -> RunnerState:
+def _state(runner: Any) -> BatchState:
     state = getattr(runner, "_moi_state", None)
-    if state is None:
-        state = runner._moi_state = RunnerState()
+    if state is None or state.max_rows != runner.input_batch.max_num_reqs:
+        state = runner._moi_state = BatchState(runner.input_batch.max_num_reqs, runner.device,
+                                               record=os.environ.get(ENV_RECORD) == "1")
+        state.host_reads = HostReadCounter() if os.environ.get(ENV_HOST_READS) == "1" else None
     return state
+
+
+def _checked(state: BatchState) -> Any:
+    """The hooks' own code runs under this: a host-read counter when MOI_DEMO_HOST_READS=1."""
+    return state.host_reads if state.host_reads is not None else contextlib.nullcontext()
+
+
+def _params_config(params: Any) -> MoIConfig | None:
+    """A request's MoI config from its SamplingParams, parsed once per params object."""
+    cached = getattr(params, "_moi_config", False)
+    if cached is False:
+        try:
+            cached = request_config(params.extra_args if params is not None else None)
+        except MoIConfigError:  # refused at validation; never reached
+            cached = None
+        with contextlib.suppress(AttributeError, TypeError):
+            params._moi_config = cached
+    return cached
+
+
+def _wrap_get_and_reset(orig):
+    """vLLM's persistent batch hands each change to its logits processors as a BatchUpdate
+    (removed, added, moved); keep a copy for MoI's per-row state."""
+
+    @functools.wraps(orig)
+    def get_and_reset(self, batch_size):
+        update = orig(self, batch_size)
+        if update is not None:
+            pending = self.__dict__.setdefault("_moi_updates", [])
+            pending.append(update)
+        return update
+
+    return get_and_reset
+
+
+def _drain_updates(runner: Any, state: BatchState) -> None:
+    batch = runner.input_batch
+    pending = batch.batch_update_builder.__dict__.get("_moi_updates")
+    if not pending:
+        return
+
+    def identify(row: int) -> tuple[str, int, Any]:
+        req_id = batch.req_ids[row]
+        return req_id, int(batch.num_prompt_tokens[row]), runner.requests[req_id]
+
+    for update in pending:
+        added = [(row, _params_config(params)) for row, params, *_ in update.added]
+        state.apply_update(update.removed, added, update.moved, identify)
+    pending.clear()
 
 
 # --- model runner hooks --------------------------------------------------------------------------------
@@ -142,55 +130,15 @@ def _wrap_update_states(orig):
     def _update_states(self, scheduler_output, *args, **kwargs):
         # Before the original: a finished id may be resubmitted in the same step as a new request.
         state = _state(self)
-        for req_id in scheduler_output.finished_req_ids:
-            state.finish(req_id)
-        return orig(self, scheduler_output, *args, **kwargs)
+        with _checked(state):
+            for req_id in scheduler_output.finished_req_ids:
+                state.finish(req_id)
+        result = orig(self, scheduler_output, *args, **kwargs)
+        with _checked(state):
+            _drain_updates(self, state)
+        return result
 
     return _update_states
-
-
-def _moi_rows(runner: Any, state: RunnerState) -> list[tuple[int, str, _Request]]:
-    """(batch row, request id, state) of the MoI requests in the current batch."""
-    rows = []
-    for row, req_id in enumerate(runner.input_batch.req_ids):
-        if req_id is None:
-            continue
-        req = state.get(req_id, runner.requests[req_id])
-        if req is not None:
-            rows.append((row, req_id, req))
-    return rows
-
-
-def _wrap_sample(orig):
-    @functools.wraps(orig)
-    def _sample(self, logits, spec_decode_metadata, *args, **kwargs):
-        state = _state(self)
-        rows = _moi_rows(self, state) if logits is not None else []
-        if spec_decode_metadata is not None or not rows:
-            return orig(self, logits, spec_decode_metadata, *args, **kwargs)
-        num_reqs = self.input_batch.num_reqs
-        discard = self.discard_request_mask.np[:num_reqs]  # rows still in (chunked) prefill
-        rows = [(row, req_id, req) for row, req_id, req in rows if not discard[row]]
-        if not rows:
-            return orig(self, logits, spec_decode_metadata, *args, **kwargs)
-        batch, index = state.batch_for(rows, logits.shape[0], logits.device)
-        # The sampler may modify logits in place (penalties, temperature): top-k of the raw logits first.
-        top_ids, top_logits = mixing.topk_logits(logits if index is None else logits.index_select(0, index),
-                                                 batch.top_k)  # [M, K]
-        output = orig(self, logits, spec_decode_metadata, *args, **kwargs)
-        sampled = output.sampled_token_ids if index is None else output.sampled_token_ids.index_select(0, index)
-        sampled = sampled[:, 0].to(torch.long)  # [M]
-        step = mixing.mix_from_topk(top_ids, top_logits, sampled, batch)
-        mixed = mixing.mix_embeddings(step.weights, step.candidate_ids, self.model.embed_input_ids,
-                                      out_dtype=self.inputs_embeds.gpu.dtype)  # [M, D]
-        for i, (_, _, req) in enumerate(rows):
-            req.history.append(mixed[i])
-        if state.record:  # debugging/tests only: the exact weights fed, one list per step
-            for i, (_, _, req) in enumerate(rows):
-                req.records.append((step.candidate_ids[i].tolist(), step.weights[i].tolist()))
-        return output
-
-    return _sample
 
 
 def _wrap_preprocess(orig):
@@ -198,36 +146,67 @@ def _wrap_preprocess(orig):
     def _preprocess(self, scheduler_output, *args, **kwargs):
         result = orig(self, scheduler_output, *args, **kwargs)
         state = _state(self)
-        if not any(s is not None for s in state.requests.values()):
-            return result
-        inputs_embeds = result[1]
-        targets: list[int] = []  # flat positions in this step's batch
-        sources: list[torch.Tensor] = []  # their mixed embeddings [D]
-        query_start = self.query_start_loc.np
-        num_computed = self.input_batch.num_computed_tokens_cpu
-        for row, req_id, req in _moi_rows(self, state):
-            n = scheduler_output.num_scheduled_tokens.get(req_id, 0)
-            first = int(num_computed[row])  # sequence position of the first scheduled token
-            lo = max(first, req.prompt_len)
-            for pos in range(lo, first + n):  # positions holding generated tokens
-                j = pos - req.prompt_len
-                if j >= len(req.history):
-                    raise RuntimeError(f"moi-demo: request {req_id} has no mixed input for generated token {j}")
-                targets.append(int(query_start[row]) + pos - first)
-                sources.append(req.history[j])
-                if j < req.fed:  # fed again: the request was preempted and is being recomputed
-                    state.recomputed_steps += 1
-                else:
-                    req.fed = j + 1
-                    state.applied_steps += 1
-        if targets:
-            if inputs_embeds is None:  # refused at validation; never run MoI silently as standard
-                raise RuntimeError("moi-demo: MoI needs enable_prompt_embeds=True (--enable-prompt-embeds)")
-            index = torch.tensor(targets, device=inputs_embeds.device)
-            inputs_embeds.index_copy_(0, index, torch.stack(sources).to(inputs_embeds.dtype))
+        with _checked(state):
+            _feed(self, state, result[1])
         return result
 
     return _preprocess
+
+
+def _feed(runner: Any, state: BatchState, inputs_embeds: torch.Tensor | None) -> None:
+    """Plan the step and overwrite the input rows of generated MoI tokens with their mixed inputs."""
+    _drain_updates(runner, state)
+    state.plan_ = None
+    if not state.requests:  # no MoI request alive: nothing to do (the cost of the plugin for others)
+        return
+    batch = runner.input_batch
+    num_reqs = batch.num_reqs
+    query_start = runner.query_start_loc.np[: num_reqs + 1]  # [R + 1] flat offset of each row's tokens
+    fast_rows, fast_offsets, slow = state.plan(
+        num_reqs, batch.num_computed_tokens_cpu[:num_reqs], np.diff(query_start),
+        ~runner.discard_request_mask.np[:num_reqs],  # rows that sample this step (not mid-prefill)
+    )
+    if not fast_rows.size and not slow:
+        return
+    if inputs_embeds is None:  # refused at validation; never run MoI silently as standard
+        raise RuntimeError("moi-demo: MoI needs enable_prompt_embeds=True (--enable-prompt-embeds)")
+    if fast_rows.size:  # decode: the mixed input of each row's last token, computed at the last sample
+        targets = query_start[fast_rows] + fast_offsets  # [F] flat positions
+        m = fast_rows.size
+        if m == num_reqs and targets[-1] == m - 1:  # rows 0..m-1, one token each: a slice copy
+            inputs_embeds[:m].copy_(state.buffer[:m])
+        else:
+            rows_t, targets_t = state._to_device(fast_rows, targets)
+            inputs_embeds.index_copy_(0, targets_t, state.buffer.index_select(0, rows_t))
+    for row, js, offsets in slow:  # recompute after preemption, chunked prefill over outputs: rare
+        mixed = state.mixed_from_history(row, js, runner.model.embed_input_ids, inputs_embeds.dtype)
+        (targets_t,) = state._to_device(query_start[row] + offsets)
+        inputs_embeds.index_copy_(0, targets_t, mixed)
+
+
+def _wrap_sample(orig):
+    @functools.wraps(orig)
+    def _sample(self, logits, spec_decode_metadata, *args, **kwargs):
+        state = getattr(self, "_moi_state", None)
+        plan = state.take_plan() if state is not None else None
+        if plan is None or logits is None or spec_decode_metadata is not None:
+            return orig(self, logits, spec_decode_metadata, *args, **kwargs)
+        cfg = plan.config
+        with _checked(state):
+            # The sampler may modify logits in place (penalties, temperature): top-k of the raw logits first.
+            rows_logits = logits if plan.all_rows else logits.index_select(0, plan.rows_t)  # [M, V]
+            top_ids, top_logits = mixing.topk_logits(rows_logits, cfg.top_k, cfg.k_max, cfg.uniform_k)  # [M, K]
+        output = orig(self, logits, spec_decode_metadata, *args, **kwargs)
+        with _checked(state):
+            sampled = output.sampled_token_ids  # [B, 1]
+            sampled = (sampled if plan.all_rows else sampled.index_select(0, plan.rows_t))[:, 0].long()  # [M]
+            step = mixing.mix_from_topk(top_ids, top_logits, sampled, cfg)
+            mixed = mixing.mix_embeddings(step.weights, step.candidate_ids, self.model.embed_input_ids,
+                                          out_dtype=self.inputs_embeds.gpu.dtype)  # [M, D]
+            state.record(plan, step.candidate_ids, step.weights, mixed)
+        return output
+
+    return _sample
 
 
 def _patch_runner(cls: type) -> None:
@@ -241,8 +220,8 @@ def _patch_runner(cls: type) -> None:
 
 def _worker_stats(worker: Any, records: bool = False) -> dict[str, Any]:
     runner = getattr(worker, "model_runner", None)
-    state = getattr(runner, "_moi_state", None)
-    return {"hooked": bool(getattr(type(runner), _PATCHED, False)), **(state or RunnerState()).stats(records)}
+    state = getattr(runner, "_moi_state", None) or BatchState(1)
+    return {"hooked": bool(getattr(type(runner), _PATCHED, False)), **state.stats(records)}
 
 
 # --- front end: engine config, request validation, prefix-cache keys -----------------------------------
@@ -349,6 +328,7 @@ def register() -> None:
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.core import kv_cache_utils
     from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.sample.logits_processor.state import BatchUpdateBuilder
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
     from vllm.v1.worker.worker_base import WorkerBase
 
@@ -357,6 +337,7 @@ def register() -> None:
     _wrap_once(EngineArgs, "create_engine_config", _wrap_create_engine_config)
     _wrap_once(InputProcessor, "_validate_params", _wrap_validate_params)
     _wrap_once(kv_cache_utils, "generate_block_hash_extra_keys", _wrap_extra_keys)
+    _wrap_once(BatchUpdateBuilder, "get_and_reset", _wrap_get_and_reset)
     _patch_runner(GPUModelRunner)
     WorkerBase.moi_stats = _worker_stats
     _registered = True

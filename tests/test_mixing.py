@@ -1,4 +1,5 @@
-"""The MoI math on hand-built tensors with hand-computed values, and the golden vectors in shared/."""
+"""The MoI math on hand-built tensors with hand-computed values, and the golden vectors
+(tests/data/, a copy of shared/golden/)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 from moi_demo import mixing
 from moi_demo.mixing import BatchConfig, MoIConfig, MoIConfigError
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "moi_weights.json"
+# A copy of shared/golden/moi_weights.json (computed apart from the project): the tests run from a clone alone.
+GOLDEN = Path(__file__).resolve().parent / "data" / "moi_weights.json"
 
 
 def batch(*configs: MoIConfig) -> BatchConfig:
@@ -151,11 +153,12 @@ def test_batch_rows_use_their_own_settings():
         [MoIConfig("moi", 0.0, 4), MoIConfig("moi", 3.0, 2), MoIConfig("direct", 1.0, 3)]
     ):
         alone = weights_for(logits[row].tolist(), [0, 1, 3][row], single)
-        c = single.top_k
-        assert step.weights[row, :c].tolist() == pytest.approx(alone.weights[0, :c].tolist(), abs=1e-12)
-        assert step.weights[row, -1].item() == pytest.approx(alone.weights[0, -1].item(), abs=1e-12)
+        c = single.top_k + 1  # a row's own candidates: its top-k, then the sampled id in column k
+        assert step.candidate_ids[row, :c].tolist() == alone.candidate_ids[0].tolist()
+        assert step.weights[row, :c].tolist() == pytest.approx(alone.weights[0].tolist(), abs=1e-12)
         assert step.weights[row].sum().item() == pytest.approx(1.0, abs=1e-12)
-    assert step.weights[1, 2:4].tolist() == [0.0, 0.0]  # padding past the row's k carries no weight
+    assert step.weights[1, 3:].tolist() == [0.0, 0.0]  # padding past the row's k + 1 carries no weight
+    assert step.candidate_ids[1, 2].item() == 1 and step.candidate_ids[2, 3].item() == 3  # y in column k
 
 
 def test_reference_form_when_sampled_in_top_k():

@@ -1,0 +1,497 @@
+"""MoI state of a serving batch, per row, as persistent tensors: pure torch + numpy, no vLLM import.
+
+A serving engine keeps a *persistent batch*: request i sits in row r until it finishes or is preempted,
+and rows change only when requests are added, removed or moved (vLLM's `InputBatch` and the `BatchUpdate`
+it hands to logits processors). `BatchState` mirrors that: every per-row setting lives in host arrays
+(numpy, what the hooks compute indices from) and device tensors (what the math reads), both touched only
+when the batch changes. A steady decode step is then a few tensor ops whatever the batch size: no Python
+loop over requests, no device-to-host read.
+
+Memory. Per generated token a request keeps its (k + 1) candidate ids (int32) and mix weights (float32):
+8 * (k + 1) bytes (168 at k = 20), whatever the hidden size, in pages of `PAGE` tokens drawn from a pool
+per width (like vLLM's KV blocks: a page belongs to one request, returns to the pool when it finishes).
+The next step's mixed inputs live in one preallocated [rows, hidden] buffer. The history is what rebuilds
+the mixed inputs when the engine recomputes a request (after preemption) and what `records` return.
+
+Positions, not counters, are the truth: each step the engine says which sequence positions of a request it
+computes (`num_computed`, `num_scheduled`); generated token j sits at position prompt_len + j. A request
+whose scheduled positions are behind its history was rewound (preemption, a dropped stale output, a
+resumed session): its history is cut to the tokens that stand.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from moi_demo import mixing
+from moi_demo.mixing import MODE_CODES, MODE_MOI, BatchConfig, MoIConfig
+
+logger = logging.getLogger("moi_demo.batch_state")
+
+PAGE = 32  # generated tokens per history page
+SWAP = "swap"  # a two-way move (vLLM's MoveDirectionality.SWAP); anything else is one-way a -> b
+
+
+class PagePool:
+    """Pages of PAGE tokens x `width` columns: candidate ids (int32) and weights (float32), on `device`.
+    Grows by doubling (a copy, rare: at most log2(peak pages) times); pages return to a free list."""
+
+    def __init__(self, width: int, device: torch.device):
+        self.width, self.device = width, device
+        self.ids = torch.zeros(0, PAGE, width, dtype=torch.int32, device=device)  # [P, PAGE, C]
+        self.weights = torch.zeros(0, PAGE, width, dtype=torch.float32, device=device)  # [P, PAGE, C]
+        self.free: list[int] = []
+
+    @property
+    def capacity(self) -> int:
+        return self.ids.shape[0]
+
+    @property
+    def bytes_per_token(self) -> int:
+        return self.width * (self.ids.element_size() + self.weights.element_size())
+
+    def alloc(self) -> int:
+        if not self.free:
+            old = self.capacity
+            new = max(8, 2 * old)
+            ids = torch.zeros(new, PAGE, self.width, dtype=torch.int32, device=self.device)
+            weights = torch.zeros(new, PAGE, self.width, dtype=torch.float32, device=self.device)
+            ids[:old], weights[:old] = self.ids, self.weights
+            self.ids, self.weights = ids, weights
+            self.free = list(range(new - 1, old - 1, -1))
+        return self.free.pop()
+
+    def release(self, pages: Iterable[int]) -> None:
+        self.free.extend(pages)
+
+    def flat(self, pages: Sequence[int], js: np.ndarray) -> np.ndarray:
+        """Flat row indices (into ids.view(-1, C)) of tokens js of a request holding `pages`."""
+        return np.asarray(pages, dtype=np.int64)[js // PAGE] * PAGE + js % PAGE
+
+
+@dataclass
+class RequestHistory:
+    """One MoI request: its settings and compact history (generated token j -> page j // PAGE)."""
+
+    req_id: str
+    config: MoIConfig
+    prompt_len: int
+    owner: Any = None  # identity of the engine's request object: a new object with the same id is a new request
+    pages: list[int] = field(default_factory=list)
+    length: int = 0  # generated tokens whose (candidates, weights) are held
+    fed: int = 0  # generated tokens fed back as mixed inputs at least once
+    row: int = -1  # its batch row, -1 while out of the batch (preempted)
+
+    @property
+    def width(self) -> int:
+        return self.config.top_k + 1
+
+
+@dataclass
+class StepPlan:
+    """What one step does, computed on the host in `plan()` before the forward pass."""
+
+    rows: np.ndarray  # [M] batch rows that sample this step and mix (in row order)
+    all_rows: bool  # rows == arange(num_reqs): no gather needed
+    rows_t: torch.Tensor | None  # [M] long on the device (None when all_rows)
+    config: BatchConfig | None  # of `rows`
+    write_t: dict[int, tuple[torch.Tensor, torch.Tensor]]  # width -> (positions in rows [G], pool rows [G])
+
+
+class BatchState:
+    """Per-row MoI state of a persistent batch of up to `max_rows` requests, and the requests' histories.
+
+    Host arrays (numpy, length max_rows) are the index source; device tensors mirror the settings. The
+    engine adapter calls: `apply_update` when the batch changes, `plan` + `feed` before the forward pass,
+    `record` after sampling, `finish` when a request ends.
+    """
+
+    def __init__(self, max_rows: int, device: torch.device | str = "cpu", record: bool = False):
+        self.max_rows, self.device = max_rows, torch.device(device)
+        self.record_all = record  # keep finished requests' histories (tests, debugging)
+        r = max_rows
+        self.req: list[RequestHistory | None] = [None] * r  # the MoI request in each row
+        self.mixes = np.zeros(r, dtype=bool)
+        self.mode = np.zeros(r, dtype=np.int64)
+        self.beta = np.zeros(r, dtype=np.float32)
+        self.top_k = np.ones(r, dtype=np.int64)
+        self.prompt_len = np.zeros(r, dtype=np.int64)
+        self.length = np.zeros(r, dtype=np.int64)
+        self.fed = np.zeros(r, dtype=np.int64)
+        self.page = np.zeros(r, dtype=np.int64)  # the page that holds token `length` (when length % PAGE)
+        self.buffer_valid = np.zeros(r, dtype=bool)  # buffer row holds the mixed input of token length - 1
+        self.requests: dict[str, RequestHistory] = {}  # live MoI requests, in a row or preempted
+        self.pools: dict[int, PagePool] = {}
+        self.buffer: torch.Tensor | None = None  # [max_rows, D] the next step's mixed inputs
+        self._dev: dict[str, torch.Tensor] = {}  # device mirrors of mode/beta/top_k
+        self._dirty = True
+        self._config_key: tuple | None = None
+        self._config: BatchConfig | None = None
+        self._pinned: torch.Tensor | None = None
+        self._stage_off = 0
+        self.plan_: StepPlan | None = None
+        self.applied_steps = 0  # generated positions fed as mixed inputs for the first time
+        self.recomputed_steps = 0  # ... fed again (recompute after preemption)
+        self.finished: dict[str, int] = {}  # req_id -> tokens fed (bounded)
+        self.finished_records: dict[str, list[tuple[list[int], list[float]]]] = {}
+        self.max_finished = 4096
+
+    # -- batch changes (vLLM's BatchUpdate: removed, then added, then moved) ------------------------------
+
+    def apply_update(self, removed: Sequence[int], added: Sequence[tuple[int, MoIConfig | None]],
+                     moved: Sequence[tuple[int, int, Any]],
+                     identify: Callable[[int], tuple[str, int, Any]]) -> None:
+        """Apply one batch change, in vLLM's order: removed rows, added (row, MoI config or None for a
+        standard request), moved (a, b, direction). Once rows have settled, `identify(row)` gives an added
+        MoI request's (req_id, prompt_len, owner)."""
+        if not self.mixes.any() and all(cfg is None for _, cfg in added):
+            return  # no MoI request before or after: nothing to track
+        for row in removed:
+            self._detach(row)
+        pending: dict[int, MoIConfig] = {}
+        for row, cfg in added:
+            self._detach(row)
+            if cfg is not None:
+                pending[row] = cfg
+        for a, b, direction in moved:
+            if str(getattr(direction, "name", direction)).lower() == SWAP:
+                self._swap(a, b)
+                pa, pb = pending.pop(a, None), pending.pop(b, None)
+                if pa is not None:
+                    pending[b] = pa
+                if pb is not None:
+                    pending[a] = pb
+            else:
+                self._detach(b)
+                self._move(a, b)
+                if a in pending:
+                    pending[b] = pending.pop(a)
+        for row, cfg in pending.items():
+            req_id, prompt_len, owner = identify(row)
+            self._attach(row, self._history(req_id, cfg, prompt_len, owner))
+        self._dirty = True
+
+    def _history(self, req_id: str, config: MoIConfig, prompt_len: int, owner: Any) -> RequestHistory:
+        hist = self.requests.get(req_id)
+        if hist is not None and (hist.owner is not owner or hist.prompt_len != prompt_len
+                                 or hist.config != config):
+            # Same id, another request (abort + resubmit) or a resumed session (the prompt grew to hold
+            # the earlier output): nothing of the old history stands.
+            self._release(hist)
+            hist = None
+        if hist is None:
+            hist = self.requests[req_id] = RequestHistory(req_id, config, prompt_len, owner)
+        return hist
+
+    def _attach(self, row: int, hist: RequestHistory) -> None:
+        self.req[row], hist.row = hist, row
+        self.mixes[row] = True
+        self.mode[row] = MODE_CODES[hist.config.mode]
+        self.beta[row] = max(hist.config.beta, 0.0)
+        self.top_k[row] = hist.config.top_k
+        self.prompt_len[row] = hist.prompt_len
+        self.length[row] = hist.length
+        self.fed[row] = hist.fed
+        self.page[row] = hist.pages[hist.length // PAGE] if hist.length % PAGE else -1
+        self.buffer_valid[row] = False
+
+    def _sync(self, row: int) -> None:
+        """Host arrays of `row` -> its request (before the row changes hands)."""
+        hist = self.req[row]
+        if hist is not None:
+            hist.length, hist.fed = int(self.length[row]), int(self.fed[row])
+
+    def _detach(self, row: int) -> None:
+        self._sync(row)
+        if self.req[row] is not None:
+            self.req[row].row = -1
+        self.req[row] = None
+        self.mixes[row] = False
+        self.buffer_valid[row] = False
+
+    _ROW_ARRAYS = ("mixes", "mode", "beta", "top_k", "prompt_len", "length", "fed", "page", "buffer_valid")
+
+    def _move(self, a: int, b: int) -> None:
+        self.req[b], self.req[a] = self.req[a], None
+        if self.req[b] is not None:
+            self.req[b].row = b
+        for name in self._ROW_ARRAYS:
+            arr = getattr(self, name)
+            arr[b] = arr[a]
+        if self.buffer_valid[b] and self.buffer is not None:
+            self.buffer[b] = self.buffer[a]
+        self.mixes[a] = self.buffer_valid[a] = False
+
+    def _swap(self, a: int, b: int) -> None:
+        self.req[a], self.req[b] = self.req[b], self.req[a]
+        for row in (a, b):
+            if self.req[row] is not None:
+                self.req[row].row = row
+        for name in self._ROW_ARRAYS:
+            arr = getattr(self, name)
+            arr[[a, b]] = arr[[b, a]]
+        if (self.buffer_valid[a] or self.buffer_valid[b]) and self.buffer is not None:
+            self.buffer[[a, b]] = self.buffer[[b, a]]
+
+    def finish(self, req_id: str) -> None:
+        """The request ended (finished or aborted): free its history, keep its count (and records)."""
+        hist = self.requests.get(req_id)
+        if hist is None:
+            return
+        if hist.row >= 0:
+            self._detach(hist.row)
+            self._dirty = True
+        self.finished[req_id] = hist.fed
+        if self.record_all:
+            self.finished_records[req_id] = self.history(hist)
+        self._release(hist)
+        for store in (self.finished, self.finished_records):
+            while len(store) > self.max_finished:
+                store.pop(next(iter(store)))
+
+    def _release(self, hist: RequestHistory) -> None:
+        if hist.pages:
+            self.pools[hist.width].release(hist.pages)
+        hist.pages, hist.length = [], 0
+        if self.requests.get(hist.req_id) is hist:
+            del self.requests[hist.req_id]
+
+    # -- one step ------------------------------------------------------------------------------------------
+
+    def _to_device(self, *arrays: np.ndarray, staged: bool = True) -> list[torch.Tensor]:
+        """Host int64 arrays -> device tensors in one copy: from a pinned staging buffer, non_blocking, off
+        the CPU. The staging buffer is reused from the start at every `plan()`: the engine calls `plan`
+        only after the previous step's input copies are done (vLLM's `synchronize_input_prep`). Calls from
+        outside a step (introspection) pass staged=False."""
+        arrays = tuple(np.asarray(a, dtype=np.int64) for a in arrays)
+        if self.device.type == "cpu":
+            return [torch.from_numpy(a.copy()) for a in arrays]
+        sizes = [a.size for a in arrays]
+        total = sum(sizes)
+        flat = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+        if not staged:
+            return list(torch.split(torch.from_numpy(flat.copy()).to(self.device), sizes))
+        if self._pinned is None or self._pinned.numel() < self._stage_off + total:
+            self._pinned = torch.empty(max(2 * (self._stage_off + total), 8 * self.max_rows), dtype=torch.int64,
+                                       pin_memory=True)
+            self._stage_off = 0
+        host = self._pinned[self._stage_off: self._stage_off + total]
+        self._stage_off += total
+        host.numpy()[:] = flat
+        return list(torch.split(host.to(self.device, non_blocking=True), sizes))
+
+    def _device_settings(self) -> dict[str, torch.Tensor]:
+        if self._dirty:
+            mode, top_k = self._to_device(self.mode, self.top_k)
+            beta = torch.from_numpy(self.beta.copy()).to(self.device)  # on batch changes only
+            self._dev = {"mode": mode, "top_k": top_k, "beta": beta}
+            self._dirty = False
+            self._config_key = None
+        return self._dev
+
+    def plan(self, num_reqs: int, num_computed: np.ndarray, num_scheduled: np.ndarray,
+             samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
+        """Plan the step of a batch of `num_reqs` rows: each row computes positions
+        [num_computed, num_computed + num_scheduled) and, where `samples`, samples the next token.
+
+        Returns the input rows to overwrite: (fast buffer rows [F], their flat offsets in the row's
+        scheduled tokens [F], slow list of (row, generated token indices, offsets)) and keeps the sampling
+        plan for `record`. Offsets are relative to the row's first scheduled token.
+        """
+        self.plan_ = None
+        self._stage_off = 0
+        mix = self.mixes[:num_reqs]
+        rows = np.flatnonzero(mix)
+        if rows.size == 0:
+            return rows, rows, []
+        first = num_computed[rows].astype(np.int64)
+        n = num_scheduled[rows].astype(np.int64)
+        plen = self.prompt_len[rows]
+        end = first + n  # [M] one past the last scheduled position
+        j_lo = np.maximum(first - plen, 0)  # first generated token scheduled
+        j_hi = end - 1 - plen  # last generated token scheduled (< j_lo: none)
+        length = self.length[rows]
+        sampling = samples[rows]
+        # Every generated token scheduled must be held; a sampling row appends token end - plen next.
+        missing = (j_hi >= length) & (j_hi >= j_lo)
+        if missing.any():
+            row = int(rows[np.flatnonzero(missing)[0]])
+            raise RuntimeError(f"moi-demo: request {self.req[row].req_id} has no mixed input for "
+                               f"generated token {int(self.length[row])}")
+        fast = (j_hi == j_lo) & (j_hi == length - 1) & self.buffer_valid[rows]
+        fast_rows = rows[fast]
+        fast_offsets = (n - 1)[fast]
+        slow = []
+        for i in np.flatnonzero(~fast & (j_hi >= j_lo)):  # recompute, chunked prefill over outputs: rare
+            js = np.arange(j_lo[i], j_hi[i] + 1)
+            slow.append((int(rows[i]), js, js + plen[i] - first[i]))
+        # Fed counts: a token fed for the first time is applied, again is recomputed.
+        new_fed = np.maximum(self.fed[rows], np.where(j_hi >= j_lo, j_hi + 1, 0))
+        count = np.maximum(j_hi - j_lo + 1, 0)
+        first_time = np.clip(new_fed - np.maximum(self.fed[rows], j_lo), 0, None)
+        self.applied_steps += int(first_time.sum())
+        self.recomputed_steps += int((count - first_time).sum())
+        self.fed[rows] = new_fed
+        # Rewinds: a sampling row whose history runs past its scheduled positions lost those tokens.
+        rewound = sampling & (length > end - plen)
+        for i in np.flatnonzero(rewound):
+            self.truncate(int(rows[i]), int(end[i] - plen[i]))
+        self.plan_ = self._plan_sampling(rows[sampling], num_reqs)
+        return fast_rows, fast_offsets, slow
+
+    def truncate(self, row: int, keep: int) -> None:
+        """Cut the history of the request in `row` to its first `keep` generated tokens."""
+        hist = self.req[row]
+        assert hist is not None
+        logger.debug("moi-demo: request %s rewound from %d to %d generated tokens", hist.req_id,
+                     int(self.length[row]), keep)
+        n_pages = -(-keep // PAGE)
+        self.pools[hist.width].release(hist.pages[n_pages:])
+        del hist.pages[n_pages:]
+        self.length[row] = hist.length = keep
+        self.fed[row] = hist.fed = min(int(self.fed[row]), keep)
+        self.page[row] = hist.pages[keep // PAGE] if keep % PAGE else -1
+        self.buffer_valid[row] = False
+
+    def _plan_sampling(self, rows: np.ndarray, num_reqs: int) -> StepPlan | None:
+        if rows.size == 0:
+            return None
+        dev = self._device_settings()
+        all_rows = rows.size == num_reqs  # rows is sorted and within [0, num_reqs): it is arange
+        # Pages: a row whose next token starts a page gets one (host ints; every PAGE tokens per row).
+        length = self.length[rows]
+        for i in np.flatnonzero(length % PAGE == 0):
+            row = int(rows[i])
+            hist = self.req[row]
+            pool = self.pools.get(hist.width) or self.pools.setdefault(hist.width, PagePool(hist.width, self.device))
+            hist.pages.append(pool.alloc())
+            self.page[row] = hist.pages[-1]
+        flat = self.page[rows] * PAGE + length % PAGE  # [M] pool rows to write
+        k = self.top_k[rows]
+        widths = np.unique(k) + 1
+        arrays = [] if all_rows else [rows]
+        groups = []
+        for width in widths:  # one group per distinct k in the batch (usually one)
+            sel = np.flatnonzero(k + 1 == width)
+            arrays += [sel, flat[sel]]
+            groups.append(int(width))
+        tensors = self._to_device(*arrays)
+        rows_t = None if all_rows else tensors.pop(0)
+        write_t = {w: (tensors[2 * i], tensors[2 * i + 1]) for i, w in enumerate(groups)}
+        key = (num_reqs, rows.tobytes())
+        if key != self._config_key:
+            mode = dev["mode"][:num_reqs] if all_rows else dev["mode"].index_select(0, rows_t)
+            beta = dev["beta"][:num_reqs] if all_rows else dev["beta"].index_select(0, rows_t)
+            top_k = dev["top_k"][:num_reqs] if all_rows else dev["top_k"].index_select(0, rows_t)
+            self._config = BatchConfig.from_tensors(mode, beta, top_k, k_max=int(k.max()),
+                                                    uniform_k=len(widths) == 1,
+                                                    all_moi=bool((self.mode[rows] == MODE_MOI).all()))
+            self._config_key = key
+        return StepPlan(rows, all_rows, rows_t, self._config, write_t)
+
+    def take_plan(self) -> StepPlan | None:
+        plan, self.plan_ = self.plan_, None
+        return plan
+
+    def record(self, plan: StepPlan, candidate_ids: torch.Tensor, weights: torch.Tensor,
+               mixed: torch.Tensor) -> None:
+        """After sampling: candidates [M, C] and weights [M, C] of the planned rows, and their mixed inputs
+        [M, D] (the next step's inputs)."""
+        if self.buffer is None or self.buffer.shape[1] != mixed.shape[1] or self.buffer.dtype != mixed.dtype:
+            self.buffer = torch.zeros(self.max_rows, mixed.shape[1], dtype=mixed.dtype, device=mixed.device)
+            self.buffer_valid[:] = False
+        if plan.all_rows:
+            self.buffer[: plan.rows.size].copy_(mixed)
+        else:
+            self.buffer.index_copy_(0, plan.rows_t, mixed)
+        for width, (sel, flat) in plan.write_t.items():
+            pool = self.pools[width]
+            ids, w = candidate_ids[:, :width], weights[:, :width]
+            if len(plan.write_t) > 1:
+                ids, w = ids.index_select(0, sel), w.index_select(0, sel)
+            pool.ids.view(-1, width).index_copy_(0, flat, ids.to(torch.int32))
+            pool.weights.view(-1, width).index_copy_(0, flat, w.to(torch.float32))
+        rows = plan.rows
+        self.length[rows] += 1
+        self.buffer_valid[rows] = True
+
+    def mixed_from_history(self, row: int, js: np.ndarray, embed: Callable[[torch.Tensor], torch.Tensor],
+                           out_dtype: torch.dtype) -> torch.Tensor:
+        """Mixed inputs [len(js), D] of generated tokens js of the request in `row`, rebuilt from its history
+        through the model's own embedding (recompute after preemption, chunked prefill over outputs)."""
+        hist = self.req[row]
+        assert hist is not None
+        ids, w = self._read(hist, js)
+        return mixing.mix_embeddings(w, ids.long(), embed, out_dtype=out_dtype)
+
+    def _read(self, hist: RequestHistory, js: np.ndarray, staged: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        pool = self.pools[hist.width]
+        (flat,) = self._to_device(pool.flat(hist.pages, js), staged=staged)
+        return pool.ids.view(-1, hist.width).index_select(0, flat), pool.weights.view(-1, hist.width).index_select(
+            0, flat)
+
+    # -- introspection -------------------------------------------------------------------------------------
+
+    def history(self, hist: RequestHistory) -> list[tuple[list[int], list[float]]]:
+        """(candidate ids, weights) per generated token held (a device read: tests and debugging only)."""
+        if hist.row >= 0:
+            self._sync(hist.row)
+        if hist.length == 0:
+            return []
+        ids, w = self._read(hist, np.arange(hist.length), staged=False)
+        return list(zip(ids.tolist(), w.tolist(), strict=True))
+
+    def stats(self, records: bool = False) -> dict[str, Any]:
+        for row, r in enumerate(self.req):
+            if r is not None:
+                self._sync(row)
+        live = self.requests.values()
+        tokens = sum(h.length for h in live)
+        history_bytes = sum(h.length * self.pools[h.width].bytes_per_token for h in live if h.length)
+        pool_bytes = sum(p.capacity * PAGE * p.bytes_per_token for p in self.pools.values())
+        buffer_bytes = 0 if self.buffer is None else self.buffer.numel() * self.buffer.element_size()
+        out: dict[str, Any] = {
+            "applied_steps": self.applied_steps,
+            "recomputed_steps": self.recomputed_steps,
+            "requests": {**self.finished, **{r: h.fed for r, h in self.requests.items()}},
+            "memory": {"history_tokens": tokens, "history_bytes": history_bytes,
+                       "bytes_per_token": history_bytes / tokens if tokens else 0.0,
+                       "pool_bytes": pool_bytes, "buffer_bytes": buffer_bytes,
+                       "total_bytes": pool_bytes + buffer_bytes},
+        }
+        if records:
+            out["records"] = {**self.finished_records, **{r: self.history(h) for r, h in self.requests.items()}}
+        return out
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__int__", "__index__", "__float__", "cpu", "numpy")
+
+
+class HostReadCounter(torch.overrides.TorchFunctionMode):
+    """Counts reads of tensor values by the host (`.item()`, `.tolist()`, `bool(t)`, `int(t)`, `.cpu()`...)
+    under it: each one is a device-to-host sync on an accelerator. The plugin runs its own hook code under
+    this when MOI_DEMO_HOST_READS=1, and reports the counts in moi_stats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS or (name == "to" and _to_host(args, kwargs or {})):
+            self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def _to_host(args: tuple, kwargs: dict) -> bool:
+    """`t.to("cpu")` / `t.to(device=cpu)` of a tensor that is not on the CPU."""
+    target = kwargs.get("device", args[1] if len(args) > 1 else None)
+    src = args[0] if args else None
+    return (isinstance(src, torch.Tensor) and src.device.type != "cpu"
+            and isinstance(target, (str, torch.device)) and torch.device(target).type == "cpu")

@@ -1,0 +1,260 @@
+"""BatchState, the plugin's per-row MoI state, without vLLM: batch changes (adds, removes, moves, condense),
+steady steps, paging of the compact history, rewinds, recompute, and resubmission of an id."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from moi_demo import mixing
+from moi_demo.batch_state import PAGE, BatchState
+from moi_demo.mixing import MoIConfig
+
+VOCAB, HIDDEN = 50, 8
+torch.manual_seed(0)
+EMBED = torch.nn.Embedding(VOCAB, HIDDEN).weight.detach().to(torch.float64)
+
+
+def embed(ids: torch.Tensor) -> torch.Tensor:
+    return EMBED[ids]
+
+
+class Sim:
+    """A toy engine around BatchState: rows hold request ids; each step feeds and samples one token per
+    decoding row, with random logits, the way the plugin drives the state from vLLM's runner."""
+
+    def __init__(self, rows: int = 8):
+        self.state = BatchState(rows)
+        self.rows: list[str | None] = [None] * rows
+        self.info: dict[str, dict] = {}  # req_id -> prompt_len, computed, owner, config
+        self.rng = torch.Generator().manual_seed(1)
+        self.fed: dict[str, list[torch.Tensor]] = {}  # every mixed input fed, by request and token
+
+    def identify(self, row: int):
+        rid = self.rows[row]
+        return rid, self.info[rid]["prompt_len"], self.info[rid]["owner"]
+
+    def add(self, rid: str, row: int, cfg: MoIConfig | None, prompt_len: int = 5, owner: object = None,
+            computed: int = 0) -> None:
+        self.rows[row] = rid
+        self.info[rid] = {"prompt_len": prompt_len, "computed": computed, "owner": owner or object(), "cfg": cfg}
+        self.state.apply_update([], [(row, cfg)], [], self.identify)
+
+    def num_reqs(self) -> int:
+        return max((i + 1 for i, r in enumerate(self.rows) if r is not None), default=0)
+
+    def step(self, scheduled: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+        """One step; scheduled[rid] tokens per row (default: the whole prompt, then 1). Returns the mixed
+        input fed at each row's positions (by request)."""
+        n_req = self.num_reqs()
+        computed = np.zeros(n_req, dtype=np.int64)
+        sched = np.zeros(n_req, dtype=np.int64)
+        samples = np.zeros(n_req, dtype=bool)
+        for row, rid in enumerate(self.rows[:n_req]):
+            if rid is None:
+                continue
+            info = self.info[rid]
+            computed[row] = info["computed"]
+            total = info["prompt_len"] + info.setdefault("generated", 0)
+            want = (scheduled or {}).get(rid, total - info["computed"])
+            sched[row] = want
+            samples[row] = info["computed"] + want == total
+        fast_rows, offsets, slow = self.state.plan(n_req, computed, sched, samples)
+        fed = {}
+        for row, off in zip(fast_rows, offsets, strict=True):
+            assert off == sched[row] - 1
+            fed[self.rows[row]] = self.state.buffer[row][None].clone()
+        for row, js, _ in slow:
+            fed[self.rows[row]] = self.state.mixed_from_history(row, js, embed, torch.float64)
+        plan = self.state.take_plan()
+        if plan is not None:
+            logits = torch.randn(plan.rows.size, VOCAB, generator=self.rng, dtype=torch.float64)
+            sampled = torch.randint(0, VOCAB, (plan.rows.size,), generator=self.rng)
+            cfg = plan.config
+            ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
+            step = mixing.mix_from_topk(ids, top, sampled, cfg)
+            mixed = mixing.mix_embeddings(step.weights, step.candidate_ids, embed, torch.float64)
+            self.state.record(plan, step.candidate_ids, step.weights, mixed)
+            for i, row in enumerate(plan.rows):
+                self.fed.setdefault(self.rows[row], []).append(mixed[i])
+        for row, rid in enumerate(self.rows[:n_req]):
+            if rid is not None:
+                info = self.info[rid]
+                info["computed"] += int(sched[row])
+                if samples[row]:
+                    info["generated"] += 1
+        return fed
+
+
+def test_adds_fill_row_arrays_and_standard_rows_stay_untracked():
+    sim = Sim()
+    sim.add("a", 0, MoIConfig("moi", 0.5, 3), prompt_len=4)
+    sim.add("s", 1, None)
+    sim.add("d", 2, MoIConfig("direct", 1.0, 5), prompt_len=7)
+    st = sim.state
+    assert st.mixes[:3].tolist() == [True, False, True]
+    assert st.top_k[[0, 2]].tolist() == [3, 5] and st.prompt_len[[0, 2]].tolist() == [4, 7]
+    assert set(st.requests) == {"a", "d"} and st.req[1] is None
+    sim.step()
+    plan_rows = st.mixes[:3]
+    assert plan_rows.sum() == 2 and st.length[[0, 2]].tolist() == [1, 1] and st.length[1] == 0
+
+
+def test_steady_steps_feed_the_buffer_rows_of_the_last_sample():
+    sim = Sim()
+    sim.add("a", 0, MoIConfig("moi", 1.0, 4))
+    sim.add("b", 1, MoIConfig("moi", 0.0, 4))
+    sim.step()  # prefill: nothing to feed, samples token 0
+    for t in range(1, 5):
+        fed = sim.step()
+        for rid in "ab":
+            torch.testing.assert_close(fed[rid][0], sim.fed[rid][t - 1])  # the mix of the previous sample
+    assert sim.state.applied_steps == 2 * 4 and sim.state.recomputed_steps == 0
+
+
+def test_remove_keeps_history_and_readd_at_another_row_recomputes_it():
+    sim = Sim()
+    sim.add("a", 0, MoIConfig("moi", 1.0, 4))
+    sim.add("b", 1, MoIConfig("moi", 2.0, 6))
+    for _ in range(6):
+        sim.step()
+    # "a" is preempted: removed from the batch (vLLM: BatchUpdate.removed), its state kept.
+    sim.state.apply_update([0], [], [], sim.identify)
+    sim.rows[0] = None
+    assert "a" in sim.state.requests and sim.state.requests["a"].row == -1 and sim.state.requests["a"].length == 6
+    # Resumed into row 2 with every position recomputed: the 6 generated positions' inputs come from history
+    # (the last sampled token's too) and equal what was fed or would have been fed.
+    owner = sim.info["a"]["owner"]
+    sim.rows[2] = "a"
+    sim.info["a"]["computed"] = 0
+    sim.state.apply_update([], [(2, MoIConfig("moi", 1.0, 4))], [], lambda row: ("a", 5, owner))
+    before = sim.state.recomputed_steps
+    fed = sim.step()
+    torch.testing.assert_close(fed["a"], torch.stack(sim.fed["a"][:6]))
+    assert sim.state.recomputed_steps - before == 5  # token 5 is fed for the first time
+    assert sim.state.length[2] == 7
+
+
+def test_moves_and_condense_carry_rows_and_buffer():
+    sim = Sim()
+    cfgs = [MoIConfig("moi", 0.5, 3), None, MoIConfig("moi", 1.0, 3), MoIConfig("direct", 1.0, 4),
+            MoIConfig("moi", 3.0, 5)]
+    for row, cfg in enumerate(cfgs):
+        sim.add(f"r{row}", row, cfg)
+    for _ in range(3):
+        sim.step()
+    st = sim.state
+    buf = {f"r{i}": st.buffer[i].clone() for i, cfg in enumerate(cfgs) if cfg is not None}
+    # vLLM's condense after removing rows 1 and 3: row 4 moves down into row 1, row 3 stays empty.
+    st.finish("r3")
+    st.apply_update([3], [], [(4, 1, "unidirectional")], sim.identify)
+    sim.rows[1], sim.rows[3], sim.rows[4] = "r4", None, None
+    assert st.req[1].req_id == "r4" and st.req[1].row == 1 and st.mixes[:5].tolist() == [True, True, True,
+                                                                                          False, False]
+    torch.testing.assert_close(st.buffer[1], buf["r4"])
+    assert st.beta[1] == 3.0 and st.top_k[1] == 5
+    # A swap (vLLM may reorder the batch).
+    st.apply_update([], [], [(0, 2, "swap")], sim.identify)
+    sim.rows[0], sim.rows[2] = sim.rows[2], sim.rows[0]
+    torch.testing.assert_close(st.buffer[0], buf["r2"])
+    torch.testing.assert_close(st.buffer[2], buf["r0"])
+    fed = sim.step()
+    for rid in ("r0", "r2", "r4"):
+        torch.testing.assert_close(fed[rid][0], sim.fed[rid][-2])
+    assert "r3" not in st.requests and st.finished["r3"] == 2
+
+
+def test_add_then_condense_resolves_the_final_row():
+    """An added request moved in the same update (added at the end, then condensed down) is identified
+    at the row it ends in."""
+    sim = Sim()
+    sim.add("x", 0, MoIConfig())
+    sim.rows[1] = "new"
+    sim.info["new"] = {"prompt_len": 3, "computed": 0, "owner": object(), "cfg": None}
+    sim.rows[0] = None  # x finished; new added at 1 then moved to 0
+    sim.state.finish("x")
+    sim.rows[0], sim.rows[1] = "new", None
+    sim.state.apply_update([], [(1, MoIConfig("moi", 2.0, 7))], [(1, 0, "unidirectional")], sim.identify)
+    assert sim.state.req[0].req_id == "new" and sim.state.req[0].config.top_k == 7 and not sim.state.mixes[1]
+
+
+def test_history_is_paged_k_plus_one_columns_per_token_and_freed_at_finish():
+    sim = Sim(rows=2)
+    sim.add("a", 0, MoIConfig("moi", 1.0, 20))
+    sim.add("b", 1, MoIConfig("moi", 1.0, 3))
+    steps = 2 * PAGE + 5
+    for _ in range(steps):
+        sim.step()
+    st = sim.state
+    mem = st.stats()["memory"]
+    assert mem["history_tokens"] == 2 * steps
+    assert mem["history_bytes"] == steps * 8 * 21 + steps * 8 * 4
+    assert len(st.requests["a"].pages) == 3
+    hist = st.history(st.requests["a"])
+    assert len(hist) == steps and all(len(ids) == 21 and len(w) == 21 for ids, w in hist)
+    assert all(abs(sum(w) - 1) < 1e-6 for _, w in hist)
+    # The history rebuilds exactly the mixed inputs that were fed.
+    rebuilt = st.mixed_from_history(0, np.arange(steps), embed, torch.float64)
+    torch.testing.assert_close(rebuilt, torch.stack(sim.fed["a"]), atol=1e-6, rtol=0)
+    pool = st.pools[21]
+    st.finish("a")
+    assert len(pool.free) == pool.capacity and "a" not in st.requests
+
+
+def test_rewind_cuts_the_history_to_the_tokens_that_stand():
+    sim = Sim(rows=1)
+    sim.add("a", 0, MoIConfig("moi", 1.0, 4), prompt_len=5)
+    for _ in range(PAGE + 3):
+        sim.step()
+    st = sim.state
+    assert st.length[0] == PAGE + 3
+    # The engine drops the last 6 outputs (a stale output, a reset cache): it schedules position 5 + PAGE - 3,
+    # i.e. generated token PAGE - 3 is fed again and the next sample is token PAGE - 2.
+    sim.info["a"]["computed"] = 5 + PAGE - 3
+    sim.info["a"]["generated"] = PAGE - 2
+    fed = sim.step({"a": 1})
+    torch.testing.assert_close(fed["a"][0], sim.fed["a"][PAGE - 3], atol=1e-6, rtol=0)  # from history, not the buffer
+    assert st.length[0] == PAGE - 1 and len(st.requests["a"].pages) == 1
+    assert st.pools[5].capacity - len(st.pools[5].free) == 1
+
+
+def test_missing_history_is_an_error_not_a_silent_standard_input():
+    sim = Sim(rows=1)
+    sim.add("a", 0, MoIConfig(), prompt_len=5)
+    sim.step()
+    sim.info["a"]["computed"] = 9  # claims generated tokens 0..3 exist
+    sim.info["a"]["generated"] = 5
+    with pytest.raises(RuntimeError, match="request a has no mixed input for generated token 1"):
+        sim.step({"a": 1})
+
+
+@pytest.mark.parametrize("case", ["resubmit", "session"])
+def test_same_id_new_request_or_resumed_session_starts_a_fresh_history(case):
+    sim = Sim(rows=1)
+    owner = object()
+    sim.add("a", 0, MoIConfig("moi", 0.5, 4), prompt_len=5, owner=owner)
+    for _ in range(4):
+        sim.step()
+    st = sim.state
+    if case == "resubmit":  # abort, then a new request with the same id and another beta
+        st.finish("a")
+        sim.add("a", 0, MoIConfig("moi", 3.0, 6), prompt_len=5)
+        assert st.beta[0] == 3.0 and st.top_k[0] == 6
+    else:  # a streaming session: the same request, its output now part of a longer prompt
+        st.apply_update([], [(0, MoIConfig("moi", 0.5, 4))], [], lambda row: ("a", 9, owner))
+        sim.info["a"].update(prompt_len=9, computed=0, generated=0)
+    assert st.length[0] == 0 and st.requests["a"].pages == []
+    sim.step()
+    assert st.length[0] == 1
+
+
+def test_plan_reads_no_device_tensor_and_caches_the_config():
+    """Widths and indices come from the host: planning twice the same batch reuses the config."""
+    sim = Sim(rows=4)
+    for row in range(3):
+        sim.add(f"r{row}", row, MoIConfig("moi", 1.0, 4 + row))
+    sim.step()
+    first = sim.state._config
+    sim.step()
+    assert sim.state._config is first and first.k_max == 6 and not first.uniform_k
