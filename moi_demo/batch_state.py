@@ -138,9 +138,12 @@ class BatchState:
         self.plan_: StepPlan | None = None
         self.applied_steps = 0  # generated positions fed as mixed inputs for the first time
         self.recomputed_steps = 0  # ... fed again (recompute after preemption)
+        self.rewound_tokens = 0  # tokens cut from histories because the engine went back on them
         self.finished: dict[str, int] = {}  # req_id -> tokens fed (bounded)
         self.finished_records: dict[str, list[tuple[list[int], list[float]]]] = {}
         self.max_finished = 4096
+        self.tokens_total = self.bytes_total = 0  # history held by finished requests, summed
+        self.host_reads: HostReadCounter | None = None
 
     # -- batch changes (vLLM's BatchUpdate: removed, then added, then moved) ------------------------------
 
@@ -248,6 +251,9 @@ class BatchState:
             self._detach(hist.row)
             self._dirty = True
         self.finished[req_id] = hist.fed
+        if hist.length:
+            self.tokens_total += hist.length
+            self.bytes_total += hist.length * self.pools[hist.width].bytes_per_token
         if self.record_all:
             self.finished_records[req_id] = self.history(hist)
         self._release(hist)
@@ -349,6 +355,7 @@ class BatchState:
         """Cut the history of the request in `row` to its first `keep` generated tokens."""
         hist = self.req[row]
         assert hist is not None
+        self.rewound_tokens += int(self.length[row]) - keep
         logger.debug("moi-demo: request %s rewound from %d to %d generated tokens", hist.req_id,
                      int(self.length[row]), keep)
         n_pages = -(-keep // PAGE)
@@ -456,14 +463,18 @@ class BatchState:
         history_bytes = sum(h.length * self.pools[h.width].bytes_per_token for h in live if h.length)
         pool_bytes = sum(p.capacity * PAGE * p.bytes_per_token for p in self.pools.values())
         buffer_bytes = 0 if self.buffer is None else self.buffer.numel() * self.buffer.element_size()
+        all_tokens, all_bytes = tokens + self.tokens_total, history_bytes + self.bytes_total
         out: dict[str, Any] = {
             "applied_steps": self.applied_steps,
             "recomputed_steps": self.recomputed_steps,
+            "rewound_tokens": self.rewound_tokens,
             "requests": {**self.finished, **{r: h.fed for r, h in self.requests.items()}},
-            "memory": {"history_tokens": tokens, "history_bytes": history_bytes,
-                       "bytes_per_token": history_bytes / tokens if tokens else 0.0,
-                       "pool_bytes": pool_bytes, "buffer_bytes": buffer_bytes,
-                       "total_bytes": pool_bytes + buffer_bytes},
+            "memory": {  # live: what MoI holds now; bytes_per_token: over every request so far
+                "history_tokens": tokens, "history_bytes": history_bytes, "pool_bytes": pool_bytes,
+                "buffer_bytes": buffer_bytes, "total_bytes": pool_bytes + buffer_bytes,
+                "bytes_per_token": all_bytes / all_tokens if all_tokens else 0.0,
+            },
+            "host_reads": None if self.host_reads is None else dict(self.host_reads.counts),
         }
         if records:
             out["records"] = {**self.finished_records, **{r: self.history(h) for r, h in self.requests.items()}}

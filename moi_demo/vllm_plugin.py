@@ -69,7 +69,8 @@ def _state(runner: Any) -> BatchState:
     if state is None or state.max_rows != runner.input_batch.max_num_reqs:
         state = runner._moi_state = BatchState(runner.input_batch.max_num_reqs, runner.device,
                                                record=os.environ.get(ENV_RECORD) == "1")
-        state.host_reads = HostReadCounter() if os.environ.get(ENV_HOST_READS) == "1" else None
+        if os.environ.get(ENV_HOST_READS) == "1":
+            state.host_reads = HostReadCounter()
     return state
 
 

@@ -13,9 +13,11 @@ def main() -> None:
     job = json.loads(sys.argv[1])
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=job["model"], dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
-              kv_cache_memory_bytes=256 << 20, block_size=32)
-    sps = [SamplingParams(temperature=0.0, max_tokens=job["max_tokens"], ignore_eos=True, extra_args=x or None)
+    llm = LLM(model=job["model"], **{"dtype": "float32", "enforce_eager": True, "max_model_len": 512, "seed": 0,
+                                     "kv_cache_memory_bytes": 256 << 20, "block_size": 32,
+                                     **job.get("engine", {})})
+    sps = [SamplingParams(temperature=job.get("temperature", 0.0), seed=job.get("seed"), max_tokens=job["max_tokens"],
+                          ignore_eos=True, extra_args=x or None)
            for x in job["extra_args"]]
     try:
         outs = llm.generate([{"prompt_token_ids": ids} for ids in job["prompts"]], sps)

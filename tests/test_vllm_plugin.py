@@ -182,10 +182,57 @@ def test_invalid_values_rejected_and_engine_keeps_serving(llm, prompt_ids, extra
 
 def test_env_beta_default_applies_to_requests_without_keys(tiny_models, prompt_ids, oracle):
     """MIXINPUTS_BETA: requests naming no mode get MoI at that beta; -100 means direct mixture."""
-    job = {"model": tiny_models["llama"], "prompts": prompt_ids[:2], "max_tokens": 16, "stats": True,
+    job = {"model": tiny_models["llama"], "prompts": prompt_ids[:2], "max_tokens": 16,
            "extra_args": [{}, {"moi_mode": "standard"}]}
     got = run_engine_subprocess(job, env={"MIXINPUTS_BETA": "0.5"})
     assert got[0] == ref_tokens(oracle, prompt_ids[0], MoIConfig("moi", 0.5, 20), 16)
     assert got[1] == ref_tokens(oracle, prompt_ids[1], MoIConfig("standard"), 16)
-    direct = run_engine_subprocess({**job, "stats": False}, env={"MIXINPUTS_BETA": "-100"})
+    direct = run_engine_subprocess(job, env={"MIXINPUTS_BETA": "-100"})
     assert direct[0] == ref_tokens(oracle, prompt_ids[0], MoIConfig("direct", 1.0, 20), 16)
+
+
+# --- rewinds: wherever vLLM goes back on a request, MoI's history is cut to the tokens that stand ---------
+
+
+def _run_stepwise(llm, jobs, at_step: int, action) -> dict[str, list[int]]:
+    """Add (request id, prompt ids, params) jobs to the engine, step it `at_step` times, call action(engine),
+    then step to the end: the final token ids by request id."""
+    engine = llm.llm_engine
+    for req_id, ids, sp in jobs:
+        engine.add_request(req_id, {"prompt_token_ids": ids}, sp)
+    final: dict[str, list[int]] = {}
+    steps = 0
+    while engine.has_unfinished_requests():
+        if steps == at_step:
+            action(engine)
+        for out in engine.step():
+            if out.finished:
+                final[out.request_id] = list(out.outputs[0].token_ids)
+        steps += 1
+    return final
+
+
+def test_reset_prefix_cache_mid_run_preempts_and_recomputes_from_history(llm, oracle, prompt_ids):
+    """reset_prefix_cache(reset_running_requests=True) preempts every running request and drops stale
+    outputs: the MoI requests resume from their compact history and still equal the oracle."""
+    cfgs = {"r0": MoIConfig("moi", 0.5, 5), "r1": MoIConfig("direct", 1.0, 20), "r2": None}
+    jobs = [(rid, prompt_ids[i], params(STEPS, **(xargs(c) if c else {}))) for i, (rid, c) in enumerate(cfgs.items())]
+    before = llm.collective_rpc("moi_stats")[0]
+    final = _run_stepwise(llm, jobs, 10, lambda engine: engine.reset_prefix_cache(reset_running_requests=True))
+    after = llm.collective_rpc("moi_stats")[0]
+    assert after["recomputed_steps"] > before["recomputed_steps"], "no MoI request was recomputed"
+    for i, (rid, cfg) in enumerate(cfgs.items()):
+        assert final[rid] == ref_tokens(oracle, prompt_ids[i], cfg or MoIConfig("standard")), rid
+
+
+def test_abort_and_resubmit_the_same_id_with_another_beta(llm, oracle, prompt_ids):
+    """The resubmitted request gets its own settings and a fresh history, not the aborted one's."""
+    first, second = MoIConfig("moi", 0.0, 5), MoIConfig("moi", 2.0, 20)
+
+    def resubmit(engine):
+        engine.abort_request(["same"])
+        engine.add_request("same", {"prompt_token_ids": prompt_ids[2]}, params(STEPS, **xargs(second)))
+
+    final = _run_stepwise(llm, [("same", prompt_ids[2], params(STEPS, **xargs(first)))], 8, resubmit)
+    assert final["same"] == ref_tokens(oracle, prompt_ids[2], second)
+    assert ref_tokens(oracle, prompt_ids[2], second) != ref_tokens(oracle, prompt_ids[2], first)

@@ -43,15 +43,20 @@ def params(max_tokens: int = 32, logprobs: int | None = None, **extra: Any):
                           n=n, seed=seed, extra_args=extra or None)
 
 
-def run_engine_subprocess(job: dict[str, Any], env: dict[str, str]) -> list[list[int]]:
-    """Run tests/engine_job.py in a fresh process (its own plugin set and environment)."""
+def run_engine_subprocess(job: dict[str, Any], env: dict[str, str], with_stats: bool = False) -> Any:
+    """Run tests/engine_job.py in a fresh process (its own plugin set and environment): its token ids, and
+    with `with_stats` also the workers' moi_stats."""
     out = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "engine_job.py"), json.dumps(job)],
+        [sys.executable, str(ROOT / "tests" / "engine_job.py"), json.dumps({**job, "stats": with_stats})],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     assert out.returncode == 0 and lines, out.stderr[-4000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    tokens = json.loads(lines[-1][len("RESULT "):])
+    if not with_stats:
+        return tokens
+    stats = [ln for ln in out.stdout.splitlines() if ln.startswith("STATS ")]
+    return tokens, json.loads(stats[-1][len("STATS "):])
 
 
 def free_port() -> int:
