@@ -146,6 +146,7 @@ class BatchState:
         self.max_finished = 4096
         self.tokens_total = self.bytes_total = 0  # history held by finished requests, summed
         self.host_reads: HostReadCounter | None = None
+        self.hook_seconds = 0.0  # wall time of the engine hooks' own code (set by the engine adapter)
 
     # -- batch changes (vLLM's BatchUpdate: removed, then added, then moved) ------------------------------
 
@@ -323,7 +324,7 @@ class BatchState:
             return None
         if not np.array_equal(num_computed[rows], self.prompt_len[rows] + length - 1):
             return None
-        self.applied_steps += np.count_nonzero(self.fed[rows] < length)
+        self.applied_steps += int(np.count_nonzero(self.fed[rows] < length))
         self.fed[rows] = length
         flat = self.page[rows] * PAGE + length % PAGE
         self.plan_ = self._finish_plan(rows, num_reqs, flat)
@@ -504,16 +505,17 @@ class BatchState:
         buffer_bytes = 0 if self.buffer is None else self.buffer.numel() * self.buffer.element_size()
         all_tokens, all_bytes = tokens + self.tokens_total, history_bytes + self.bytes_total
         out: dict[str, Any] = {
-            "applied_steps": self.applied_steps,
-            "recomputed_steps": self.recomputed_steps,
-            "rewound_tokens": self.rewound_tokens,
-            "requests": {**self.finished, **{r: h.fed for r, h in self.requests.items()}},
+            "applied_steps": int(self.applied_steps),  # plain ints: the stats cross process boundaries
+            "recomputed_steps": int(self.recomputed_steps),
+            "rewound_tokens": int(self.rewound_tokens),
+            "requests": {**self.finished, **{r: int(h.fed) for r, h in self.requests.items()}},
             "memory": {  # live: what MoI holds now; bytes_per_token: over every request so far
                 "history_tokens": tokens, "history_bytes": history_bytes, "pool_bytes": pool_bytes,
                 "buffer_bytes": buffer_bytes, "total_bytes": pool_bytes + buffer_bytes,
                 "bytes_per_token": all_bytes / all_tokens if all_tokens else 0.0,
             },
             "host_reads": None if self.host_reads is None else dict(self.host_reads.counts),
+            "hook_seconds": self.hook_seconds,
         }
         if records:
             out["records"] = {**self.finished_records, **{r: self.history(h) for r, h in self.requests.items()}}

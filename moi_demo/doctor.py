@@ -29,6 +29,8 @@ PROMPTS = [
 MOI = {"moi_mode": "moi", "moi_beta": 1.0, "moi_top_k": 20}
 LOW_BETA = {"moi_mode": "moi", "moi_beta": 0.0, "moi_top_k": 20}
 DIRECT = {"moi_mode": "direct", "moi_top_k": 20}
+PREEMPT_EXTRAS = [MOI, DIRECT, LOW_BETA, None]
+PREEMPT_STEPS = 48
 PASS, FAIL, NA = "pass", "FAIL", "n/a here"
 
 
@@ -37,13 +39,6 @@ class Check:
     name: str
     status: str
     detail: str
-
-
-def _worker_device_memory(worker: Any) -> int:
-    """Bytes allocated on the worker's accelerator (0 on a CPU): run inside each worker by collective_rpc."""
-    import torch
-
-    return int(torch.cuda.memory_allocated()) if torch.cuda.is_available() else 0
 
 
 class Doctor:
@@ -126,23 +121,41 @@ class Doctor:
     # -- the run -------------------------------------------------------------------------------------------
 
     def run(self) -> list[Check]:
+        from moi_demo.stock import StockEngine
+
+        stock_kwargs = {k: v for k, v in self.kwargs(enforce_eager=True, async_scheduling=False).items()
+                        if k != "model"}
+        with StockEngine(self.model, **stock_kwargs) as stock:  # first: one engine at a time on a GPU
+            tok = _tokenizer(self.model)
+            self.prompts = [tok(p)["input_ids"] for p in PROMPTS]
+            self.preempt_prompts = [(self.prompts[i] * 20)[:40] for i in range(4)]
+            stock_tokens = stock.generate(self.prompts, self.tokens)
         env = {"MOI_DEMO_HOST_READS": "1"}
         if self.cuda:
             env["VLLM_GPU_SYNC_CHECK"] = "error"  # vLLM's own: a device sync in a checked step raises
         with self.engine(env=env, enforce_eager=True, async_scheduling=False) as llm:
-            tok = llm.get_tokenizer()
-            self.prompts = [tok(p)["input_ids"] for p in PROMPTS]
             self.run_check("plugin hooked on every rank", lambda: self.check_hooked(llm))
+            self.run_check("standard requests token-identical to stock vLLM (no plugin)",
+                           lambda: self.check_stock(llm, stock_tokens))
             self.run_check("mixed batch: MoI and direct differ from standard", lambda: self.check_differs(llm))
             self.run_check("prefix caching never shares MoI blocks", lambda: self.check_prefix_cache(llm))
             self.run_check("memory flat over a long multi-request run", lambda: self.check_memory(llm))
+            self.eager = self.generate(llm, self.prompts, [MOI, DIRECT, LOW_BETA, None])
+            self.preempt_expected = self.generate(llm, self.preempt_prompts, PREEMPT_EXTRAS, tokens=PREEMPT_STEPS)
             self.run_check("hooks make no host read of a tensor (no device sync)", lambda: self.check_host_reads(llm))
-        self.run_check("standard requests token-identical to stock vLLM (no plugin)", self.check_stock)
         self.run_check("forced preemption: recomputed from history, same tokens", self.check_preemption)
-        self.run_check("MoI tokens: eager vs compiled" + (" + CUDA graphs + async scheduling" if self.cuda else ""),
-                       self.check_compiled)
+        compiled_name = "MoI tokens: eager vs compiled" + (" + CUDA graphs + async scheduling" if self.cuda else "")
+        if self.compiled:
+            with self.engine(enforce_eager=False) as llm:  # compiled; CUDA graphs and async scheduling on CUDA
+                self.run_check(compiled_name, lambda: self.check_compiled(llm))
+                self.run_check(f"speed: MoI / standard tok/s at batch {self.speed_batch} (>= 0.90)",
+                               lambda: self.check_speed(llm))
+        else:
+            self.add(compiled_name, None, "skipped (--no-compiled)")
+            with self.engine(enforce_eager=True) as llm:
+                self.run_check(f"speed: MoI / standard tok/s at batch {self.speed_batch} (>= 0.90)",
+                               lambda: self.check_speed(llm))
         self.run_check("MoI tokens: async scheduling on vs off", self.check_async)
-        self.run_check(f"speed: MoI / standard tok/s at batch {self.speed_batch} (>= 0.90)", self.check_speed)
         return self.checks
 
     def check_hooked(self, llm: Any) -> tuple[bool, str]:
@@ -180,7 +193,7 @@ class Doctor:
         for _ in range(self.long_rounds):
             self.generate(llm, prompts, extras, tokens=4 * self.tokens)
             mem = self.stats(llm)[0]["memory"]
-            device = sum(llm.collective_rpc(_worker_device_memory))
+            device = sum(s["device_allocated"] or 0 for s in self.stats(llm))
             readings.append((mem["total_bytes"], mem["history_tokens"], device))
         moi_flat = len({r[0] for r in readings[1:]}) == 1 and all(r[1] == 0 for r in readings)
         dev = [r[2] for r in readings]
@@ -200,69 +213,56 @@ class Doctor:
         extra = "; VLLM_GPU_SYNC_CHECK=error was on" if self.cuda else "; VLLM_GPU_SYNC_CHECK: n/a here (CPU)"
         return ok, f"host reads counted in the hooks during every step above: {reads}{extra}"
 
-    def check_stock(self) -> tuple[bool, str]:
-        from moi_demo.stock import StockEngine
-
-        kwargs = {k: v for k, v in self.kwargs(enforce_eager=True, async_scheduling=False).items() if k != "model"}
-        with StockEngine(self.model, **kwargs) as stock:
-            stock_tokens = stock.generate(self.prompts, self.tokens)
-        with self.engine(enforce_eager=True, async_scheduling=False) as llm:  # standard among MoI requests
-            mixed = self.generate(llm, self.prompts * 2, [None] * 4 + [MOI, DIRECT, LOW_BETA, MOI])[:4]
+    def check_stock(self, llm: Any, stock_tokens: list[list[int]]) -> tuple[bool, str]:
+        mixed = self.generate(llm, self.prompts * 2, [None] * 4 + [MOI, DIRECT, LOW_BETA, MOI])[:4]
         same = sum(a == b for a, b in zip(stock_tokens, mixed, strict=True))
         return same == len(stock_tokens), f"{same}/{len(stock_tokens)} standard requests identical (batched with MoI)"
 
     def check_preemption(self) -> tuple[bool, str]:
         block = 32 if self.cpu else 16
-        prompts = [(self.prompts[i] * 20)[:40] for i in range(4)]
-        extras = [MOI, DIRECT, LOW_BETA, None]
-        steps = 48
-        per_req = -(-(40 + steps) // block)
-        with self.engine(enforce_eager=True, async_scheduling=False) as llm:
-            expected = self.generate(llm, prompts, extras, tokens=steps)
+        per_req = -(-(40 + PREEMPT_STEPS) // block)
         with self.engine(enforce_eager=True, async_scheduling=False, num_gpu_blocks_override=2 * per_req,
                          max_num_seqs=4, max_num_batched_tokens=max(block, 32), enable_prefix_caching=False,
                          max_model_len=128, block_size=block) as llm:
-            got = self.generate(llm, prompts, extras, tokens=steps)
+            got = self.generate(llm, self.preempt_prompts, PREEMPT_EXTRAS, tokens=PREEMPT_STEPS)
             recomputed = self.stats(llm)[0]["recomputed_steps"]
-        same = sum(a == b for a, b in zip(expected, got, strict=True))
+        same = sum(a == b for a, b in zip(self.preempt_expected, got, strict=True))
         return recomputed > 0 and same == 4, (f"recomputed_steps {recomputed}; {same}/4 requests identical to an "
                                               "engine with room for all")
 
-    def _moi_tokens(self, **over: Any) -> list[list[int]]:
-        with self.engine(**over) as llm:
-            return self.generate(llm, self.prompts, [MOI, DIRECT, LOW_BETA, None])
-
-    def check_compiled(self) -> tuple[bool | None, str]:
-        if not self.compiled:
-            return None, "skipped (--no-compiled)"
-        eager = self._moi_tokens(enforce_eager=True, async_scheduling=False)
-        compiled = self._moi_tokens(enforce_eager=False)  # compiled; CUDA graphs and async scheduling on CUDA
-        same = sum(a == b for a, b in zip(eager, compiled, strict=True))
+    def check_compiled(self, llm: Any) -> tuple[bool, str]:
+        compiled = self.generate(llm, self.prompts, [MOI, DIRECT, LOW_BETA, None])
+        same = sum(a == b for a, b in zip(self.eager, compiled, strict=True))
         what = "torch.compile + CUDA graphs, async scheduling default" if self.cuda else "torch.compile (CPU)"
         return same == 4, f"{same}/4 requests (MoI, direct, beta 0, standard) identical; {what}"
 
     def check_async(self) -> tuple[bool | None, str]:
         if not self.cuda:
             return None, "this platform forces async scheduling off"
-        off = self._moi_tokens(enforce_eager=True, async_scheduling=False)
-        on = self._moi_tokens(enforce_eager=True, async_scheduling=True)
-        same = sum(a == b for a, b in zip(off, on, strict=True))
-        return same == 4, f"{same}/4 requests identical"
+        with self.engine(enforce_eager=True, async_scheduling=True) as llm:
+            on = self.generate(llm, self.prompts, [MOI, DIRECT, LOW_BETA, None])
+        same = sum(a == b for a, b in zip(self.eager, on, strict=True))
+        return same == 4, f"{same}/4 requests identical (eager, async scheduling on vs off)"
 
-    def check_speed(self) -> tuple[bool, str]:
+    def check_speed(self, llm: Any) -> tuple[bool, str]:
         from moi_demo.benchmark import offline_tps
         from moi_demo.mixing import MoIConfig
 
-        with self.engine(enforce_eager=self.cpu or not self.compiled) as llm:
-            ids = self.prompts[1]
-            offline_tps(llm, ids, 4, 8, MoIConfig())  # warm-up
-            ratios = []
-            for _ in range(3):
-                moi = offline_tps(llm, ids, self.speed_batch, self.tokens, MoIConfig())
-                std = offline_tps(llm, ids, self.speed_batch, self.tokens, None)
-                ratios.append(moi / std)
+        ids = self.prompts[1]
+        offline_tps(llm, ids, 4, 8, MoIConfig())  # warm-up
+        ratios = []
+        for _ in range(3):
+            moi = offline_tps(llm, ids, self.speed_batch, self.tokens, MoIConfig())
+            std = offline_tps(llm, ids, self.speed_batch, self.tokens, None)
+            ratios.append(moi / std)
         med = statistics.median(ratios)
         return med >= 0.90, f"median of 3 interleaved pairs: {med:.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})"
+
+
+def _tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model)
 
 
 def render(checks: Sequence[Check], model: str, seconds: float) -> str:

@@ -30,6 +30,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -74,9 +75,24 @@ def _state(runner: Any) -> BatchState:
     return state
 
 
-def _checked(state: BatchState) -> Any:
-    """The hooks' own code runs under this: a host-read counter when MOI_DEMO_HOST_READS=1."""
-    return state.host_reads if state.host_reads is not None else contextlib.nullcontext()
+class _checked:  # noqa: N801 - used as `with _checked(state):`
+    """The hooks' own code runs under this: timed (moi_stats "hook_seconds"), and under a host-read counter
+    when MOI_DEMO_HOST_READS=1. A plain class: a generator context manager costs more than it measures."""
+
+    __slots__ = ("state", "start")
+
+    def __init__(self, state: BatchState):
+        self.state = state
+
+    def __enter__(self) -> None:
+        if self.state.host_reads is not None:
+            self.state.host_reads.__enter__()
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.state.hook_seconds += time.perf_counter() - self.start
+        if self.state.host_reads is not None:
+            self.state.host_reads.__exit__(*exc)
 
 
 def _params_config(params: Any) -> MoIConfig | None:
@@ -222,7 +238,9 @@ def _patch_runner(cls: type) -> None:
 def _worker_stats(worker: Any, records: bool = False) -> dict[str, Any]:
     runner = getattr(worker, "model_runner", None)
     state = getattr(runner, "_moi_state", None) or BatchState(1)
-    return {"hooked": bool(getattr(type(runner), _PATCHED, False)), **state.stats(records)}
+    device = torch.cuda.memory_allocated() if torch.cuda.is_available() else None  # what the process holds there
+    return {"hooked": bool(getattr(type(runner), _PATCHED, False)), "device_allocated": device,
+            **state.stats(records)}
 
 
 # --- front end: engine config, request validation, prefix-cache keys -----------------------------------

@@ -258,7 +258,7 @@ def test_steady_steps_take_the_fast_plan_and_reuse_the_config():
     sim.step()
     first = sim.state._cached[0]
     assert sim.state._steady is not None and first.k_max == 6 and not first.uniform_k
-    for t in range(PAGE + 2):  # across a page boundary (the general plan takes that step)
+    for _ in range(PAGE + 2):  # across a page boundary (the general plan takes that step)
         fed = sim.step()
         assert sim.state._cached[0] is first
         for rid in ("r0", "r1", "r2"):
@@ -267,3 +267,23 @@ def test_steady_steps_take_the_fast_plan_and_reuse_the_config():
     hist = sim.state.history(sim.state.requests["r2"])
     rebuilt = sim.state.mixed_from_history(2, np.arange(len(hist)), embed, torch.float64)
     torch.testing.assert_close(rebuilt, torch.stack(sim.fed["r2"]), atol=1e-6, rtol=0)
+
+
+def test_stats_are_plain_json():
+    """moi_stats crosses process boundaries (msgspec): no numpy scalars, whatever path the steps took."""
+    import json
+
+    sim = Sim(rows=2)
+    sim.add("a", 0, MoIConfig())
+    for _ in range(5):
+        sim.step()
+    stats = sim.state.stats(records=True)
+
+    def plain(x):
+        if isinstance(x, dict):
+            return all(isinstance(k, str) and plain(v) for k, v in x.items())
+        if isinstance(x, (list, tuple)):
+            return all(plain(v) for v in x)
+        return x is None or type(x) in (int, float, bool, str)
+
+    assert plain(stats) and json.loads(json.dumps(stats)) == json.loads(json.dumps(stats))
