@@ -53,9 +53,12 @@ def engine_options(args: argparse.Namespace):
 def start_engine(args: argparse.Namespace):
     """The one engine of the app, started once (not at import)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from moi_demo import lifecycle
     from moi_demo.engine import MoIEngine
 
+    lifecycle.install_signal_handlers()  # SIGTERM/SIGINT: no engine process outlives the app, even mid-start
     engine = MoIEngine(resolve_model(args.model or default_model()), engine_options(args), layout=args.layout)
+    lifecycle.on_shutdown(engine.shutdown)
     return engine.start()
 
 

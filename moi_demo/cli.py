@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from moi_demo import lifecycle
+
+    lifecycle.install_signal_handlers()  # SIGTERM/SIGINT end every engine process a command started
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PASSTHROUGH:  # commands with their own argument parsers
         logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -31,15 +31,16 @@ def sdk_version() -> str:
     return match.group(1)
 
 
-def resolve(report: Path) -> subprocess.CompletedProcess:
+def resolve(report: Path, requirements: Path) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as tmp:
         venv.create(tmp, with_pip=True)
         python = Path(tmp) / "bin" / "python"
-        env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        env.pop("PIP_CONSTRAINT", None)
+        # Like a Space: PyPI alone (no local wheel folders, constraints or config of this machine).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+        env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
         return subprocess.run(
             [str(python), "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report",
-             str(report), "-r", "requirements.txt"],
+             str(report), "-r", str(requirements)],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
         )
 
@@ -47,11 +48,12 @@ def resolve(report: Path) -> subprocess.CompletedProcess:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--report", type=Path, default=None, help="keep pip's JSON report here")
+    p.add_argument("--requirements", type=Path, default=ROOT / "requirements.txt")
     a = p.parse_args(argv)
     report = a.report or Path(tempfile.mkstemp(suffix=".json")[1])
-    out = resolve(report)
+    out = resolve(report, a.requirements.resolve())
     if out.returncode != 0:
-        print(f"requirements.txt does not resolve:\n{out.stderr[-4000:]}", file=sys.stderr)
+        print(f"{a.requirements.name} does not resolve:\n{out.stderr[-4000:]}", file=sys.stderr)
         return 1
     resolved = json.loads(report.read_text())["install"]
     installs = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in resolved}
