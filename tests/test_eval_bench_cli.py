@@ -44,7 +44,9 @@ def test_sweep_end_to_end(tiny_models, tmp_path):
 
 def test_bench_smoke(tiny_models, tmp_path):
     stdout = run(["bench", "--model", tiny_models["llama"], "--repeats", "1", "--tokens", "4", "--batches", "1",
-                  "--no-compiled", "--no-split"], tmp_path)
+                  "--no-compiled", "--no-split", "--plugin-batches", "1"], tmp_path)
     for row in ("a. decode tokens/s, MoI vs standard, batch 1", "c. tokens/s, vLLM (MoI) vs reference decoder",
-                "b. side-by-side wall time", "f. time to first token, through the app", "peak RSS"):
+                "b. side-by-side wall time", "f. time to first token, through the app", "peak RSS",
+                "g. plugin's own cost: MoI vs standard tok/s, tiny model, batch 1",
+                "h. standard tok/s, plugin installed vs stock vLLM, tiny model, batch 1"):
         assert row in stdout
