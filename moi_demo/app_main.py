@@ -44,7 +44,7 @@ def engine_options(args: argparse.Namespace):
 
     gpu = torch.cuda.is_available()
     return EngineOptions(
-        dtype="auto", enforce_eager=not (args.compile or gpu), max_model_len=args.max_model_len,
+        dtype=None, enforce_eager=not (args.compile or gpu), max_model_len=args.max_model_len,
         # CPU: a fixed KV budget (vLLM's CPU default reserves most of RAM); GPU: vLLM's default utilisation
         kv_cache_memory_bytes=None if gpu else 1 << 30,
     )

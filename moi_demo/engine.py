@@ -45,7 +45,12 @@ class MoINotAppliedError(RuntimeError):
 class EngineOptions:
     """vLLM engine arguments that matter here; anything else goes through `extra`."""
 
-    dtype: str = "auto"
+    # None: float32 on a CPU, the model's own dtype on a GPU. bf16 on a CPU depends on the CPU's kernels (AMX,
+    # AVX512-BF16 or emulation): on an AMX host the default model's greedy answer to "What is the capital of
+    # France?" changed from "The capital of France is Paris." (float32, and the transformers oracle) to
+    # "L'Étoile, la Marseillaise, ..." in bf16. The demo compares two lanes token by token: it must not vary
+    # with the host's instruction set.
+    dtype: str | None = None
     enforce_eager: bool = True
     max_model_len: int = 2048
     kv_cache_memory_bytes: int | None = 1 << 30
@@ -56,7 +61,8 @@ class EngineOptions:
 
     def engine_kwargs(self, model: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(
-            model=model, dtype=self.dtype, enforce_eager=self.enforce_eager, max_model_len=self.max_model_len,
+            model=model, dtype=self.dtype or ("float32" if _is_cpu() else "auto"), enforce_eager=self.enforce_eager,
+            max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs, seed=self.seed, max_logprobs=MAX_TOP_K,
             tensor_parallel_size=self.tensor_parallel_size, enable_prompt_embeds=True,
         )

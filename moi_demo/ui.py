@@ -24,6 +24,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 MODES = {"MoI": "moi", "Direct mixture": "direct"}
 EVAL_TASKS = ["arithmetic-1", "arithmetic-2", "arithmetic-3", "arithmetic-4", "countdown-3", "countdown-4"]
 PLOT_INTERVAL_S = 0.5  # figures refresh at most this often while streaming; text streams per token
+MAX_PROMPT_CHARS = 20_000  # refused before tokenization (the context limit in tokens is checked after)
 
 INTRO = """
 # Mixture of Inputs, side by side
@@ -72,6 +73,35 @@ class FieldSlider(_NamedErrors, gr.Slider):
 class FieldRadio(_NamedErrors, gr.Radio):
     def allowed(self) -> str:
         return "one of " + ", ".join(str(c[1]) for c in self.choices)
+
+
+class FieldNumber(_NamedErrors, gr.Number):
+    def allowed(self) -> str:
+        kind = "an integer" if self.precision == 0 else "a number"
+        return kind + (f" from {self.minimum:g}" if self.minimum is not None else "") + (
+            f" to {self.maximum:g}" if self.maximum is not None else "")
+
+    def preprocess(self, payload: Any) -> Any:
+        if self.precision == 0 and isinstance(payload, float) and not payload.is_integer():  # no silent rounding
+            raise _field_error(self.field or str(self.label), f"must be {self.allowed()}; got {payload!r}")
+        return super().preprocess(payload)
+
+
+def check_prompt(value: Any) -> str:
+    """The prompt as the engine may take it, or an error naming the field: text, not empty, valid Unicode
+    (no unpaired surrogate: it cannot be encoded), at most MAX_PROMPT_CHARS characters."""
+    if not isinstance(value, str):
+        raise _field_error("prompt", f"must be text; got {type(value).__name__}")
+    if not value.strip():
+        raise _field_error("prompt", "must not be empty")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise _field_error("prompt", f"must be at most {MAX_PROMPT_CHARS} characters; got {len(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _field_error("prompt", f"must be valid Unicode text; character {e.start} is an unpaired "
+                                     f"surrogate ({value[e.start]!a})") from None
+    return value
 
 
 def _field_error(field: str, message: str) -> gr.Error:
@@ -132,9 +162,8 @@ class Callbacks:
                  max_tokens: Any, seed: Any, color_by: str, request: gr.Request) -> Iterator[tuple]:
         """Stream both lanes: texts every token, figures at most every PLOT_INTERVAL_S, everything at the end.
         The run is keyed by the session, so Stop (page or API, same session) aborts it."""
+        prompt = check_prompt(prompt)
         moi_cfg, settings = self.parse(mode, beta, top_k, temperature, top_p, max_tokens, seed)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise _field_error("prompt", "must not be empty")
         label = "Direct mixture (w = p)" if moi_cfg.mode == "direct" else f"Mixture of Inputs (beta = {moi_cfg.beta:g})"
         stream = self.engine.stream_pair(prompt, moi_cfg, settings, run_id=_session(request))
         start = time.perf_counter()
@@ -264,7 +293,7 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
                 top_p = named(FieldSlider(0.01, 1.0, value=1.0, step=0.01, label="top-p"), "top_p")
                 max_tokens = named(FieldSlider(1, max_new_tokens, value=min(128, max_new_tokens), step=1,
                                          label="max new tokens"), "max_new_tokens")
-                seed = gr.Number(value=0, precision=0, label="seed")
+                seed = named(FieldNumber(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="seed"), "seed")
     status = gr.Markdown("", elem_id="status")
     with gr.Row(equal_height=True):
         standard_text = gr.Textbox(label="Standard", lines=10, max_lines=20, interactive=False,
@@ -305,7 +334,7 @@ def evaluate_tab(cb: Callbacks) -> None:
         temperature = named(FieldSlider(0.0, 2.0, value=0.6, step=0.05, label="temperature"), "temperature")
         top_p = named(FieldSlider(0.01, 1.0, value=0.8, step=0.01, label="top-p"), "top_p")
         max_tokens = named(FieldSlider(8, 256, value=64, step=1, label="max new tokens"), "max_new_tokens")
-        seed = gr.Number(value=0, precision=0, label="seed")
+        seed = named(FieldNumber(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="seed"), "seed")
     run = gr.Button("Run evaluation", variant="primary", elem_id="run-eval")
     chart = gr.Plot(label="Accuracy", elem_id="eval-plot")
     summary = gr.Markdown(elem_id="eval-table")

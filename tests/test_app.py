@@ -109,6 +109,12 @@ def test_stop_aborts_both_requests(client, app):
         (ARGS[:5] + (0.0,) + ARGS[6:], "top_p: must be "),
         (ARGS[:6] + (0,) + ARGS[7:], "max_new_tokens: must be "),
         (ARGS[:7] + (-3,) + ARGS[8:], "seed: must be "),
+        # The public service's inputs: invalid Unicode, too many characters, NaN/inf and wrong types via the API.
+        (("x" * 20_001,) + ARGS[1:], "prompt: must be at most 20000 characters; got 20001"),
+        ((None,) + ARGS[1:], "prompt: must "),
+        (ARGS[:2] + ("abc",) + ARGS[3:], "beta: must be "),
+        (ARGS[:7] + ("abc",) + ARGS[8:], "seed: must be "),
+        (ARGS[:7] + (1.5,) + ARGS[8:], "seed: must be "),
     ],
 )
 def test_bad_input_names_the_field_and_app_keeps_serving(client, args, message):
@@ -118,6 +124,29 @@ def test_bad_input_names_the_field_and_app_keeps_serving(client, args, message):
         client.predict(*args, api_name="/generate")
     ok = client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 4, 0, "p", api_name="/generate")
     assert ok[-1].startswith("Done: 4 + 4 tokens")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ('"Hello \\ud800 world", "MoI", 1.0', "prompt: must be valid Unicode text; character 6 is an unpaired"),
+        ('"Hi", "MoI", NaN', "beta: must be "),
+        ('"Hi", "MoI", Infinity', "beta: must be "),
+        ('"Hi", "MoI", -Infinity', "beta: must be "),
+    ],
+)
+def test_raw_api_inputs_name_the_field(app, data, message):
+    """What gradio_client cannot even send (it encodes strictly): text that is not valid Unicode, NaN and
+    infinities, as raw JSON over Gradio's REST API."""
+    import httpx
+
+    url = app[0]
+    body = ('{"data": [' + data + ', 20, 0.0, 1.0, 8, 0, "p"]}').encode()
+    with httpx.Client(timeout=60) as http:
+        event = http.post(f"{url}gradio_api/call/generate", content=body,
+                          headers={"Content-Type": "application/json"}).json()["event_id"]
+        stream = http.get(f"{url}gradio_api/call/generate/{event}").text
+    assert "event: error" in stream and message in stream, stream[-2000:]
 
 
 def test_evaluate_tab_through_the_api(client):
