@@ -284,8 +284,9 @@ class BatchState:
         sizes = [a.size for a in arrays]
         total = sum(sizes)
         flat = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-        if not staged:
-            return list(torch.split(torch.from_numpy(flat.copy()).to(self.device), sizes))
+        if not staged:  # a fresh pinned tensor: torch's host allocator keeps it until the copy is done
+            pinned = torch.from_numpy(flat.copy()).pin_memory()
+            return list(torch.split(pinned.to(self.device, non_blocking=True), sizes))
         if self._pinned is None or self._pinned.numel() < self._stage_off + total:
             self._pinned = torch.empty(max(2 * (self._stage_off + total), 8 * self.max_rows), dtype=torch.int64,
                                        pin_memory=True)
@@ -298,7 +299,9 @@ class BatchState:
     def _device_settings(self) -> dict[str, torch.Tensor]:
         if self._dirty:
             mode, top_k = self._to_device(self.mode, self.top_k)
-            beta = torch.from_numpy(self.beta.copy()).to(self.device)  # on batch changes only
+            beta = torch.from_numpy(self.beta.copy())  # on batch changes only
+            if self.device.type != "cpu":
+                beta = beta.pin_memory().to(self.device, non_blocking=True)
             self._dev = {"mode": mode, "top_k": top_k, "beta": beta}
             self._dirty = False
             self._config_key = None
