@@ -63,5 +63,6 @@ def start_engine(args: argparse.Namespace):
 
 
 def launch(demo, args: argparse.Namespace) -> None:
-    """Serve the app (queued: the Generate stream and Stop run side by side)."""
-    demo.queue(default_concurrency_limit=8).launch(server_name=args.host, server_port=args.port, share=args.share)
+    """Serve the app (queued: the Generate stream and Stop run side by side). How many runs go at once is set
+    per event in build_demo from the engine's sequence budget (max_num_seqs / 2 lanes)."""
+    demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share)

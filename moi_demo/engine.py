@@ -27,6 +27,7 @@ from moi_demo.trace import SamplingSettings, Step, Trace
 logger = logging.getLogger(__name__)
 
 MAX_TOP_K = 50  # the largest top-k a request may ask for (vLLM's max_logprobs)
+LANES_PER_RUN = 2  # a side-by-side run holds two engine sequences (standard + MoI)
 
 
 class MoIInputError(ValueError):
@@ -35,6 +36,10 @@ class MoIInputError(ValueError):
     def __init__(self, field: str, reason: str):
         super().__init__(f"{field}: {reason}")
         self.field, self.reason = field, reason
+
+
+class RunStopped(RuntimeError):
+    """The run was stopped (`cancel(run_id)`) before it completed."""
 
 
 class MoINotAppliedError(RuntimeError):
@@ -111,6 +116,9 @@ class MoIEngine:
         self._engines: list[Any] = []
         self.tokenizer: Any = None
         self.start_seconds = 0.0
+        self.state = "starting"  # starting | ready | stopped (see health())
+        self.created_at = time.time()
+        self.restarts = 0
         self._runs: dict[str, list[tuple[Any, str]]] = {}  # run id -> (engine, request id) in flight
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -130,7 +138,20 @@ class MoIEngine:
         logger.info("moi-demo: %d vLLM engine(s) on %s ready in %.1f s", count, self.model, self.start_seconds)
         if self_check:
             self.self_check()
+        self.state = "ready"
         return self
+
+    @property
+    def max_concurrent_runs(self) -> int:
+        """Side-by-side runs the engine serves at once: its sequence budget over the lanes of a run. The app's
+        queue lets this many runs in; the rest wait in Gradio's queue (so vLLM never preempts for them)."""
+        return max(1, self.options.max_num_seqs // LANES_PER_RUN)
+
+    def health(self) -> dict[str, Any]:
+        """Engine state, runs in flight, model, uptime and restarts so far: for /health and the status line."""
+        return {"engine": self.state, "model": self.model, "uptime_s": round(time.time() - self.created_at, 1),
+                "restarts": self.restarts, "runs_in_flight": len(self._runs),
+                "max_concurrent_runs": self.max_concurrent_runs}
 
     async def _create(self, env: dict[str, str]) -> Any:
         from vllm import AsyncEngineArgs
@@ -149,6 +170,7 @@ class MoIEngine:
                     os.environ[k] = v
 
     def shutdown(self) -> None:
+        self.state = "stopped"
         for engine in self._engines:
             engine.shutdown()
         self._engines.clear()
@@ -285,10 +307,11 @@ class MoIEngine:
 
     def generate_many(
         self, jobs: list[tuple[str, MoIConfig, int | None]], settings: SamplingSettings,
-        on_done: Any = None,
+        on_done: Any = None, run_id: str | None = None,
     ) -> list[str]:
         """Complete many (prompt, config, seed) jobs concurrently (vLLM batches them); texts in job order.
-        `on_done(count)` is called as requests finish (progress bars)."""
+        `on_done(count)` is called as requests finish (progress bars). `cancel(run_id)` aborts them all:
+        then RunStopped is raised."""
         for _, cfg, _ in jobs:
             self.validate(cfg, settings)
         prompts = [self.prompt_ids(p, settings.max_tokens) for p, _, _ in jobs]
@@ -311,7 +334,16 @@ class MoIEngine:
         async def run_all() -> None:
             await asyncio.gather(*(one(i) for i in range(len(jobs))))
 
-        self._call(run_all())
+        if run_id is not None:
+            self._runs[run_id] = [(engine, f"eval-{tag}-{i}") for i in range(len(jobs))]
+        try:
+            self._call(run_all())
+        finally:
+            stopped = run_id is not None and run_id not in self._runs
+            if run_id is not None:
+                self._runs.pop(run_id, None)
+        if stopped:
+            raise RunStopped(f"stopped after {done} of {len(jobs)} generations")
         return texts
 
     def generate_pair_sync(self, prompt: str, moi: MoIConfig, settings: SamplingSettings) -> tuple[Trace, Trace]:

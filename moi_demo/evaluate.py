@@ -83,12 +83,13 @@ def mode_configs(modes: Sequence[str], betas: Sequence[float], top_k: int) -> li
 
 
 def evaluate(engine: Any, examples: list[Example], checker: Any, configs: list[tuple[str, MoIConfig]],
-             settings: SamplingSettings, progress: Any = None) -> tuple[list[ModeResult], list[Sample]]:
+             settings: SamplingSettings, progress: Any = None, run_id: str | None = None
+             ) -> tuple[list[ModeResult], list[Sample]]:
     """Every example under every config, batched through the engine; sample i uses seed settings.seed + i in
     every mode, so the comparison is paired."""
     jobs = [(ex.prompt, cfg, None if settings.seed is None else settings.seed + i)
             for _, cfg in configs for i, ex in enumerate(examples)]
-    texts = engine.generate_many(jobs, settings, on_done=progress)
+    texts = engine.generate_many(jobs, settings, on_done=progress, run_id=run_id)
     samples: list[Sample] = []
     for (label, cfg), chunk in zip(configs, _chunks(texts, len(examples)), strict=True):
         for i, (ex, text) in enumerate(zip(examples, chunk, strict=True)):

@@ -3,6 +3,7 @@ and `evaluate_tab`), callbacks in `Callbacks`; no math here (mixing.py) and no f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import tempfile
@@ -14,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from moi_demo import plots
-from moi_demo.engine import MAX_TOP_K, MoIEngine, MoIInputError
+from moi_demo.engine import MAX_TOP_K, MoIEngine, MoIInputError, RunStopped
 from moi_demo.mixing import MoIConfig, MoIConfigError
 from moi_demo.trace import SamplingSettings, Trace, first_divergence
 
@@ -141,6 +142,18 @@ class Callbacks:
     def __init__(self, engine: MoIEngine, max_new_tokens: int = 512):
         self.engine = engine
         self.max_new_tokens = max_new_tokens
+        self.demo: gr.Blocks | None = None  # set by build_demo: the queue's length for health()
+
+    def health(self) -> dict[str, Any]:
+        """/health: engine state (starting, ready, stopped), runs queued and in flight, model, uptime, restarts."""
+        queue = getattr(self.demo, "_queue", None)
+        return {**self.engine.health(), "runs_queued": len(queue) if queue is not None else 0}
+
+    def health_line(self) -> str:
+        h = self.health()
+        return (f"Engine **{h['engine']}** · {h['runs_in_flight']} run(s) in flight, {h['runs_queued']} queued "
+                f"(at most {h['max_concurrent_runs']} at once) · model `{Path(h['model']).name}` · up "
+                f"{h['uptime_s'] / 60:.0f} min · restarts: {h['restarts']}")
 
     def parse(self, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any,
               seed: Any) -> tuple[MoIConfig, SamplingSettings]:
@@ -205,9 +218,14 @@ class Callbacks:
             status,
         )
 
-    def stop(self, request: gr.Request) -> str:
-        aborted = self.engine.cancel(_session(request))
-        return f"Stopped ({aborted} request{'s' if aborted != 1 else ''} aborted)."
+    async def stop(self, request: gr.Request) -> str:
+        """Stop this session's runs wherever they are: still waiting in the queue (dropped: they never start),
+        or on the engine (aborted). For the page and for API clients alike (keyed by the session)."""
+        session = _session(request)
+        dropped = await _drop_queued_runs(self.demo, session)
+        aborted = await asyncio.to_thread(self.engine.cancel, session)
+        text = f"Stopped ({aborted} request{'s' if aborted != 1 else ''} aborted"
+        return text + (f", {dropped} queued run{'s' if dropped != 1 else ''} dropped)." if dropped else ").")
 
     def select_step(self, state: dict | None, index: Any, color_by: str) -> tuple[Any, Any]:
         traces = _traces(state)
@@ -218,7 +236,8 @@ class Callbacks:
         return plots.step_distribution(*traces, i), plots.token_map(*traces, color_by, i)
 
     def evaluate(self, task: str, n: Any, modes: list[str], beta: Any, temperature: Any, top_p: Any,
-                 max_tokens: Any, seed: Any, progress: gr.Progress = gr.Progress()) -> tuple[Any, str, str]:
+                 max_tokens: Any, seed: Any, request: gr.Request,
+                 progress: gr.Progress = gr.Progress()) -> tuple[Any, str, str]:
         """A small eval (n <= 50) of the chosen modes with a progress bar: accuracy bars, 95% intervals."""
         from moi_demo import evaluate as ev
         from moi_demo.tasks import get_task
@@ -235,9 +254,12 @@ class Callbacks:
         progress(0, desc="generating")
         try:
             results, samples = ev.evaluate(self.engine, examples, checker, configs, settings,
-                                           progress=lambda done: progress(done / total, desc="generating"))
+                                           progress=lambda done: progress(done / total, desc="generating"),
+                                           run_id=_session(request))
         except MoIInputError as e:
             raise _field_error(e.field, e.reason) from None
+        except RunStopped as e:
+            raise gr.Error(f"Evaluation stopped ({e}).", title="Stopped") from None
         title = f"{task}, n = {n}, T = {settings.temperature:g}, top-p = {settings.top_p:g}"
         path = Path(tempfile.mkdtemp(prefix="moi-eval-"))
         chart = ev.accuracy_chart(results, title)
@@ -256,6 +278,28 @@ def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "no-session"
 
 
+RUN_APIS = {"generate", "evaluate"}  # the events Stop drops from the queue (export etc. are cheap)
+
+
+async def _drop_queued_runs(demo: gr.Blocks | None, session: str) -> int:
+    """Remove this session's runs that still wait in Gradio's queue, telling each waiting client its job ended
+    (what Gradio's own /cancel route does for one event). Returns how many."""
+    from gradio.server_messages import ProcessCompletedMessage
+
+    queue = getattr(demo, "_queue", None)
+    if queue is None:
+        return 0
+    waiting = [event for event_queue in list(queue.event_queue_per_concurrency_id.values())
+               for event in list(event_queue.queue)
+               if event.session_hash == session and getattr(event.fn, "api_name", None) in RUN_APIS]
+    for event in waiting:
+        await queue.remove_from_queue(event._id)
+        messages = queue.pending_messages_per_session.get(session)
+        if messages is not None:
+            messages.put_nowait(ProcessCompletedMessage(output={}, success=True, event_id=event._id))
+    return len(waiting)
+
+
 def load_examples() -> list[str]:
     return json.loads((ASSETS / "examples.json").read_text())
 
@@ -265,10 +309,14 @@ def build_demo(engine: MoIEngine, max_new_tokens: int = 512, title: str = "Mixtu
     with gr.Blocks(title=title) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(f"Model: `{Path(engine.model).name}`", elem_id="model-name")
+        health_line = gr.Markdown(cb.health_line(), elem_id="health")
+        gr.Timer(5.0).tick(cb.health_line, None, health_line, api_name=False, queue=False)
+        gr.api(cb.health, api_name="health", queue=False)  # API only: engine state, queue, uptime, restarts
         with gr.Tab("Side by side"):
             side_by_side(cb, max_new_tokens)
         with gr.Tab("Evaluate"):
             evaluate_tab(cb)
+    cb.demo = demo
     return demo
 
 
@@ -313,10 +361,16 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
 
     outputs = [standard_text, moi_text, token_plot, step_plot, heatmap_plot, entropy_plot, traces, step, status]
     inputs = [prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, color_by]
-    run = generate_btn.click(cb.generate, inputs, outputs, api_name="generate")
+    # Runs share the engine's sequence budget: at most max_concurrent_runs at once, the rest wait in the queue.
+    limit = dict(concurrency_id="engine-runs", concurrency_limit=cb.engine.max_concurrent_runs)
+    run = generate_btn.click(cb.generate, inputs, outputs, api_name="generate", **limit)
     run.then(cb.export, traces, download, api_name="export")
-    prompt.submit(cb.generate, inputs, outputs, api_name=False).then(cb.export, traces, download, api_name=False)
+    prompt.submit(cb.generate, inputs, outputs, api_name=False, **limit).then(cb.export, traces, download,
+                                                                               api_name=False)
+    # The page also cancels its own pending events (Gradio's `cancels`); cb.stop covers API clients, the queue
+    # and the engine.
     stop_btn.click(cb.stop, None, status, api_name="stop", queue=False)
+    stop_btn.click(None, None, None, cancels=[run], api_name=False)
     step.release(cb.select_step, [traces, step, color_by], [step_plot, token_plot], api_name="select_step")
     color_by.change(cb.select_step, [traces, step, color_by], [step_plot, token_plot], api_name=False)
 
@@ -335,9 +389,13 @@ def evaluate_tab(cb: Callbacks) -> None:
         top_p = named(FieldSlider(0.01, 1.0, value=0.8, step=0.01, label="top-p"), "top_p")
         max_tokens = named(FieldSlider(8, 256, value=64, step=1, label="max new tokens"), "max_new_tokens")
         seed = named(FieldNumber(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="seed"), "seed")
-    run = gr.Button("Run evaluation", variant="primary", elem_id="run-eval")
+    with gr.Row():
+        run = gr.Button("Run evaluation", variant="primary", elem_id="run-eval")
+        stop = gr.Button("Stop", variant="stop", elem_id="stop-eval")
     chart = gr.Plot(label="Accuracy", elem_id="eval-plot")
     summary = gr.Markdown(elem_id="eval-table")
     samples = gr.File(label="Every sample (JSONL)")
-    run.click(cb.evaluate, [task, n, modes, beta, temperature, top_p, max_tokens, seed], [chart, summary, samples],
-              api_name="evaluate")
+    run.click(cb.evaluate, [task, n, modes, beta, temperature, top_p, max_tokens, seed],
+                           [chart, summary, samples], api_name="evaluate")
+    # The same Stop as the side-by-side tab: drops a queued evaluation, aborts a running one (its requests).
+    stop.click(cb.stop, None, summary, api_name=False, queue=False)

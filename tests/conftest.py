@@ -42,7 +42,7 @@ def app(default_model):
     engine = MoIEngine(default_model, EngineOptions(max_model_len=1024, kv_cache_memory_bytes=512 << 20)).start()
     demo = build_demo(engine, max_new_tokens=400)
     port = free_port()
-    demo.queue(default_concurrency_limit=8).launch(server_name="127.0.0.1", server_port=port,
+    demo.queue().launch(server_name="127.0.0.1", server_port=port,
                                                    prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", engine
     demo.close()

@@ -32,9 +32,20 @@ def export(client) -> tuple[Trace, Trace]:
 
 
 def test_api_endpoints(client):
-    assert {"/generate", "/stop", "/select_step", "/export"} <= set(client.view_api(print_info=False,
-                                                                                   return_format="dict")
-                                                                    ["named_endpoints"])
+    assert {"/generate", "/stop", "/select_step", "/export", "/health"} <= set(
+        client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+
+
+def test_health_reports_engine_state_queue_and_uptime(client, app):
+    health = client.predict(api_name="/health")
+    assert health["engine"] == "ready" and health["model"] == app[1].model
+    assert health["runs_in_flight"] == 0 and health["runs_queued"] == 0 and health["restarts"] == 0
+    assert health["max_concurrent_runs"] == app[1].options.max_num_seqs // 2 and health["uptime_s"] > 0
+    job = client.submit(*ARGS[:6], 200, 0, "p", api_name="/generate")
+    while not job.outputs():
+        time.sleep(0.05)
+    assert client.predict(api_name="/health")["runs_in_flight"] == 1
+    client.predict(api_name="/stop")
 
 
 def test_generate_streams_both_lanes_with_consistent_weights(client):
