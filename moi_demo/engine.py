@@ -301,8 +301,11 @@ class MoIEngine:
     def cancel(self, run_id: str) -> int:
         """Abort the requests of a run (both lanes); returns how many were still in flight."""
         requests = self._runs.pop(run_id, [])
+        by_engine: dict[int, tuple[Any, list[str]]] = {}
         for engine, rid in requests:
-            self._call(engine.abort(rid), timeout=30)
+            by_engine.setdefault(id(engine), (engine, []))[1].append(rid)
+        for engine, rids in by_engine.values():  # one abort per engine, whatever the number of requests
+            self._call(engine.abort(rids), timeout=30)
         return len(requests)
 
     def generate_many(

@@ -171,3 +171,51 @@ def test_evaluate_tab_through_the_api(client):
         client.predict("arithmetic-1", 80, ["standard"], 1.0, 0.6, 0.8, 16, 0, api_name="/evaluate")
     with pytest.raises(AppError, match="modes: choose one or more"):
         client.predict("arithmetic-1", 3, [], 1.0, 0.6, 0.8, 16, 0, api_name="/evaluate")
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, what
+        time.sleep(0.05)
+
+
+def test_stop_drops_a_queued_run_and_the_app_keeps_serving(app, client):
+    """The queue full (every run slot taken by other sessions), a run waits; /stop from its own client drops
+    it: it never starts, its job ends at once, and the app serves the next run."""
+    from gradio_client import Client
+
+    url, engine = app
+    others = [Client(url, verbose=False) for _ in range(engine.max_concurrent_runs)]
+    busy = [c.submit("Write a very long story about a lighthouse.", "MoI", 1.0, 20, 1.0, 1.0, 300, i, "p",
+                     api_name="/generate") for i, c in enumerate(others)]
+    try:
+        _wait(lambda: client.predict(api_name="/health")["runs_in_flight"] == engine.max_concurrent_runs, 120,
+              "the run slots did not fill")
+        job = client.submit(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 300, 0, "p", api_name="/generate")
+        _wait(lambda: client.predict(api_name="/health")["runs_queued"] >= 1, 30, "the run was not queued")
+        assert client.predict(api_name="/stop") == "Stopped (0 requests aborted, 1 queued run dropped)."
+        _wait(job.done, 10, "the dropped job did not end")
+        assert client.predict(api_name="/health")["runs_queued"] == 0
+    finally:
+        for c in others:
+            c.predict(api_name="/stop")
+    for j in busy:
+        j.result(timeout=60)
+    _wait(lambda: engine.num_unfinished_requests() == 0, 30, "requests left on the engine")
+    assert not any(o and o[0].get("value") for o in job.outputs() if isinstance(o, tuple | list))  # never ran
+    ok = client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 4, 0, "p", api_name="/generate")
+    assert ok[-1].startswith("Done: 4 + 4 tokens")
+
+
+def test_stop_ends_a_running_evaluation(app, client):
+    from gradio_client.exceptions import AppError
+
+    engine = app[1]
+    job = client.submit("arithmetic-1", 50, ["standard", "direct", "moi"], 1.0, 0.6, 0.8, 256, 0,
+                        api_name="/evaluate")
+    _wait(lambda: engine.num_unfinished_requests() > 0, 60, "the evaluation did not start")
+    assert client.predict(api_name="/stop").startswith("Stopped (150 requests aborted")
+    with pytest.raises(AppError, match="Evaluation stopped"):
+        job.result(timeout=30)
+    _wait(lambda: engine.num_unfinished_requests() == 0, 10, "requests left on the engine")
