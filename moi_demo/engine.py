@@ -9,6 +9,7 @@ engine serves the Gradio app, the CLI and the benchmarks. Both lanes get the sam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -28,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 MAX_TOP_K = 50  # the largest top-k a request may ask for (vLLM's max_logprobs)
 LANES_PER_RUN = 2  # a side-by-side run holds two engine sequences (standard + MoI)
+MAX_RESTART_ATTEMPTS = 5  # per death; backoff 2, 4, 8, 16 s between attempts
+WATCH_INTERVAL_S = 1.0  # how often the supervisor looks at an idle engine
 
 
 class MoIInputError(ValueError):
@@ -36,6 +39,10 @@ class MoIInputError(ValueError):
     def __init__(self, field: str, reason: str):
         super().__init__(f"{field}: {reason}")
         self.field, self.reason = field, reason
+
+
+class EngineUnavailableError(RuntimeError):
+    """The engine died (or is restarting): the message says so and when to try again."""
 
 
 class RunStopped(RuntimeError):
@@ -116,9 +123,12 @@ class MoIEngine:
         self._engines: list[Any] = []
         self.tokenizer: Any = None
         self.start_seconds = 0.0
-        self.state = "starting"  # starting | ready | stopped (see health())
+        self.state = "starting"  # starting | ready | restarting | failed | stopped (see health())
         self.created_at = time.time()
         self.restarts = 0
+        self.last_error = ""
+        self._restart_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
         self._runs: dict[str, list[tuple[Any, str]]] = {}  # run id -> (engine, request id) in flight
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -139,7 +149,69 @@ class MoIEngine:
         if self_check:
             self.self_check()
         self.state = "ready"
+        self._watcher = threading.Thread(target=self._watch, name="moi-engine-supervisor", daemon=True)
+        self._watcher.start()
         return self
+
+    # -- supervision: an engine that dies is restarted, and every caller hears it by name -----------------
+
+    def unavailable(self) -> EngineUnavailableError:
+        eta = max(5, round(self.start_seconds) + 5)
+        if self.state == "failed":
+            return EngineUnavailableError(f"engine: stopped ({self.last_error}); restarting failed "
+                                          f"{MAX_RESTART_ATTEMPTS} times, the app needs attention")
+        return EngineUnavailableError(f"engine: stopped ({self.last_error or self.state}); restarting, "
+                                      f"try again in ~{eta} s")
+
+    def _watch(self) -> None:
+        """Notices an engine that died while idle (a killed process, an out-of-memory kill)."""
+        while self.state not in ("stopped",):
+            time.sleep(WATCH_INTERVAL_S)
+            if self.state == "ready" and any(getattr(e, "errored", False) for e in self._engines):
+                self._on_dead(_death_reason(self._engines))
+
+    def _on_dead(self, reason: str) -> None:
+        """Start a restart in the background, once per death."""
+        with self._restart_lock:
+            if self.state != "ready":
+                return
+            self.state, self.last_error = "restarting", reason
+        logger.error("moi-demo: engine stopped (%s); restarting", reason)
+        threading.Thread(target=self._restart, name="moi-engine-restart", daemon=True).start()
+
+    def _restart(self) -> None:
+        dead, self._engines = self._engines, []
+        self._runs.clear()
+        for engine in dead:
+            with contextlib.suppress(Exception):
+                engine.shutdown()
+        count = 2 if self.layout == "split" else 1
+        for attempt in range(1, MAX_RESTART_ATTEMPTS + 1):
+            try:
+                t0 = time.perf_counter()
+                for lane in range(count):
+                    env = {"VLLM_CPU_OMP_THREADS_BIND": str(lane)} if count == 2 and _is_cpu() else {}
+                    self._engines.append(self._call(self._create(env), timeout=600))
+                self.self_check()
+                self.restarts += 1
+                self.state = "ready"
+                logger.warning("moi-demo: engine restarted (attempt %d, %.1f s; %d restart(s) so far)", attempt,
+                               time.perf_counter() - t0, self.restarts)
+                return
+            except Exception as e:  # logged, retried with backoff
+                logger.error("moi-demo: engine restart attempt %d of %d failed: %r", attempt, MAX_RESTART_ATTEMPTS, e)
+                for engine in self._engines:
+                    with contextlib.suppress(Exception):
+                        engine.shutdown()
+                self._engines = []
+                if attempt < MAX_RESTART_ATTEMPTS:
+                    time.sleep(2 ** attempt)
+        self.state = "failed"
+        logger.critical("moi-demo: the engine could not be restarted (%s)", self.last_error)
+
+    def _check_available(self) -> None:
+        if self.state != "ready":
+            raise self.unavailable()
 
     @property
     def max_concurrent_runs(self) -> int:
@@ -170,7 +242,7 @@ class MoIEngine:
                     os.environ[k] = v
 
     def shutdown(self) -> None:
-        self.state = "stopped"
+        self.state = "stopped"  # also ends the supervisor
         for engine in self._engines:
             engine.shutdown()
         self._engines.clear()
@@ -293,6 +365,7 @@ class MoIEngine:
         """Standard and MoI lanes of one prompt, streamed together: yields (standard, moi) traces as tokens
         arrive. Closing the iterator, or `cancel(run_id)` (Stop in the UI), aborts both requests."""
         self.validate(moi, settings)
+        self._check_available()
         ids = self.prompt_ids(prompt, settings.max_tokens, chat)
         standard = MoIConfig("standard", moi.beta, moi.top_k)
         lanes = [("standard", self.engine_for("standard"), standard), ("moi", self.engine_for("moi"), moi)]
@@ -317,6 +390,7 @@ class MoIEngine:
         then RunStopped is raised."""
         for _, cfg, _ in jobs:
             self.validate(cfg, settings)
+        self._check_available()
         prompts = [self.prompt_ids(p, settings.max_tokens) for p, _, _ in jobs]
         engine = self.engine_for("moi")
         tag = uuid.uuid4().hex[:12]
@@ -341,6 +415,11 @@ class MoIEngine:
             self._runs[run_id] = [(engine, f"eval-{tag}-{i}") for i in range(len(jobs))]
         try:
             self._call(run_all())
+        except Exception as e:
+            if _is_engine_dead(e):
+                self._on_dead(_death_reason(self._engines, e))
+                raise self.unavailable() from None
+            raise
         finally:
             stopped = run_id is not None and run_id not in self._runs
             if run_id is not None:
@@ -396,6 +475,9 @@ class MoIEngine:
                             finished[i] = True
                         continue
                     if isinstance(completion, BaseException):
+                        if _is_engine_dead(completion):
+                            self._on_dead(_death_reason([engine for _, engine, _ in lanes], completion))
+                            raise self.unavailable() from None
                         raise _user_error(completion)
                     for step in steps_from_output(completion, len(trace.steps), trace.top_k):
                         trace.steps.append(complete_step(trace, step))
@@ -407,10 +489,11 @@ class MoIEngine:
         finally:
             if run_id is not None:
                 self._runs.pop(run_id, None)
-            if not all(finished):
+            if not all(finished) and self.state == "ready":
                 for (_, engine, _), rid, done in zip(lanes, request_ids, finished, strict=True):
                     if not done:
-                        self._call(engine.abort(rid), timeout=30)
+                        with contextlib.suppress(Exception):  # a dead engine has nothing left to abort
+                            self._call(engine.abort(rid), timeout=30)
             for f in futures:
                 f.cancel()
 
@@ -430,6 +513,26 @@ def _user_error(error: BaseException) -> BaseException:
         message = raw.removeprefix(f"{parameter}: ")
         return MoIInputError(parameter, message)
     return error
+
+
+def _is_engine_dead(error: BaseException) -> bool:
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return isinstance(error, EngineDeadError) or type(error).__name__ == "EngineDeadError"
+
+
+def _death_reason(engines: list[Any], error: BaseException | None = None) -> str:
+    """What killed the engine, as far as the front end can tell: the engine core's exit code, else the error."""
+    for engine in engines:
+        try:
+            procs = engine.engine_core.resources.engine_manager.processes
+            codes = [p.exitcode for p in procs if p.exitcode is not None]
+        except AttributeError:
+            codes = []
+        if codes:
+            code = codes[0]
+            return f"engine core exited with signal {-code}" if code < 0 else f"engine core exited with code {code}"
+    return type(error).__name__ if error is not None else "engine core died"
 
 
 def _is_cpu() -> bool:

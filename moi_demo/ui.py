@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from moi_demo import plots
-from moi_demo.engine import MAX_TOP_K, MoIEngine, MoIInputError, RunStopped
+from moi_demo.engine import MAX_TOP_K, EngineUnavailableError, MoIEngine, MoIInputError, RunStopped
 from moi_demo.mixing import MoIConfig, MoIConfigError
 from moi_demo.trace import SamplingSettings, Trace, first_divergence
 
@@ -193,6 +193,8 @@ class Callbacks:
                            *[gr.skip()] * 7)
         except MoIInputError as e:
             raise _field_error(e.field, e.reason) from None
+        except EngineUnavailableError as e:
+            raise gr.Error(str(e), title="Engine unavailable") from None
         if standard is not None and moi is not None:
             yield self._outputs(standard, moi, label, color_by, time.perf_counter() - start, final=True)
 
@@ -260,6 +262,8 @@ class Callbacks:
             raise _field_error(e.field, e.reason) from None
         except RunStopped as e:
             raise gr.Error(f"Evaluation stopped ({e}).", title="Stopped") from None
+        except EngineUnavailableError as e:
+            raise gr.Error(str(e), title="Engine unavailable") from None
         title = f"{task}, n = {n}, T = {settings.temperature:g}, top-p = {settings.top_p:g}"
         path = Path(tempfile.mkdtemp(prefix="moi-eval-"))
         chart = ev.accuracy_chart(results, title)
