@@ -378,8 +378,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-plugin", action="store_true", help="skip the plugin's own cost (tiny model, stock vLLM)")
     p.add_argument("--plugin-only", action="store_true", help="only the plugin's own cost")
     p.add_argument("--plugin-batches", default="1,8,64")
+    p.add_argument("--load", action="store_true", help="only the load test of the app (gradio_client sessions)")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--requests", type=int, default=500)
+    p.add_argument("--load-tokens", type=int, default=24)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if a.load:
+        from moi_demo.loadtest import LoadSettings
+        from moi_demo.loadtest import main as load_main
+
+        print(load_main(a.model, LoadSettings(a.clients, a.requests, a.load_tokens)))  # noqa: T201
+        return 0
     settings = BenchSettings(a.model, a.repeats, a.tokens, tuple(int(b) for b in a.batches.split(",")),
                              not a.no_compiled, not a.no_app, not a.no_split, not a.no_reference,
                              plugin=not a.no_plugin, plugin_batches=tuple(int(b) for b in a.plugin_batches.split(",")),

@@ -24,7 +24,6 @@ logger = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 MODES = {"MoI": "moi", "Direct mixture": "direct"}
 EVAL_TASKS = ["arithmetic-1", "arithmetic-2", "arithmetic-3", "arithmetic-4", "countdown-3", "countdown-4"]
-PLOT_INTERVAL_S = 0.5  # figures refresh at most this often while streaming; text streams per token
 MAX_PROMPT_CHARS = 20_000  # refused before tokenization (the context limit in tokens is checked after)
 
 INTRO = """
@@ -173,24 +172,19 @@ class Callbacks:
 
     def generate(self, prompt: str, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any,
                  max_tokens: Any, seed: Any, color_by: str, request: gr.Request) -> Iterator[tuple]:
-        """Stream both lanes: texts every token, figures at most every PLOT_INTERVAL_S, everything at the end.
-        The run is keyed by the session, so Stop (page or API, same session) aborts it."""
+        """Stream both lanes' texts every token, then the traces and status. Figures are not built here: the page
+        draws them after the run (`figures`, chained), so API clients never pay for plots they do not want (the
+        load test measured a run through the app at 0.69x the engine's pace while figures were built for every
+        run). The run is keyed by the session, so Stop (page or API, same session) stops it."""
         prompt = check_prompt(prompt)
         moi_cfg, settings = self.parse(mode, beta, top_k, temperature, top_p, max_tokens, seed)
         label = "Direct mixture (w = p)" if moi_cfg.mode == "direct" else f"Mixture of Inputs (beta = {moi_cfg.beta:g})"
         stream = self.engine.stream_pair(prompt, moi_cfg, settings, run_id=_session(request))
         start = time.perf_counter()
-        last_plot = start  # the first tokens go out as text alone: figures only after PLOT_INTERVAL_S
         standard = moi = None
         try:
             for standard, moi in stream:
-                now = time.perf_counter()
-                if now - last_plot >= PLOT_INTERVAL_S:
-                    last_plot = now
-                    yield self._outputs(standard, moi, label, color_by, now - start, final=False)
-                else:
-                    yield (gr.update(value=standard.text), gr.update(value=moi.text, label=label),
-                           *[gr.skip()] * 7)
+                yield (gr.update(value=standard.text), gr.update(value=moi.text, label=label), *[gr.skip()] * 7)
         except MoIInputError as e:
             raise _field_error(e.field, e.reason) from None
         except EngineUnavailableError as e:
@@ -211,14 +205,22 @@ class Callbacks:
         return (
             gr.update(value=standard.text),
             gr.update(value=moi.text, label=label),
-            plots.token_map(standard, moi, color_by, selected),
-            plots.step_distribution(standard, moi, selected),
-            plots.weights_heatmap(moi),
-            plots.entropy_chart(standard, moi, diverge),
+            *[gr.skip()] * 4,  # figures: drawn for the page by `figures` after the run
             state,
             gr.update(maximum=max(last, 1), value=selected) if final else gr.skip(),
             status,
         )
+
+    def figures(self, state: dict | None, color_by: str) -> tuple[Any, Any, Any, Any]:
+        """The four views of a finished run, from its traces (the page chains this after Generate)."""
+        traces = _traces(state)
+        if traces is None:
+            return (gr.skip(),) * 4
+        standard, moi = traces
+        diverge = first_divergence(standard, moi)
+        selected = diverge if diverge is not None else 0
+        return (plots.token_map(standard, moi, color_by, selected), plots.step_distribution(standard, moi, selected),
+                plots.weights_heatmap(moi), plots.entropy_chart(standard, moi, diverge))
 
     async def stop(self, request: gr.Request) -> str:
         """Stop this session's runs wherever they are: still waiting in the queue (dropped: they never start),
@@ -367,10 +369,12 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
     inputs = [prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, color_by]
     # Runs share the engine's sequence budget: at most max_concurrent_runs at once, the rest wait in the queue.
     limit = dict(concurrency_id="engine-runs", concurrency_limit=cb.engine.max_concurrent_runs)
+    figures = [token_plot, step_plot, heatmap_plot, entropy_plot]
     run = generate_btn.click(cb.generate, inputs, outputs, api_name="generate", **limit)
-    run.then(cb.export, traces, download, api_name="export")
-    prompt.submit(cb.generate, inputs, outputs, api_name=False, **limit).then(cb.export, traces, download,
-                                                                               api_name=False)
+    run.then(cb.figures, [traces, color_by], figures, api_name=False).then(cb.export, traces, download,
+                                                                            api_name="export")
+    prompt.submit(cb.generate, inputs, outputs, api_name=False, **limit).then(
+        cb.figures, [traces, color_by], figures, api_name=False).then(cb.export, traces, download, api_name=False)
     # The page also cancels its own pending events (Gradio's `cancels`); cb.stop covers API clients, the queue
     # and the engine.
     stop_btn.click(cb.stop, None, status, api_name="stop", queue=False)

@@ -50,3 +50,14 @@ def test_bench_smoke(tiny_models, tmp_path):
                 "g. plugin's own cost: MoI vs standard tok/s, tiny model, batch 1",
                 "h. standard tok/s, plugin installed vs stock vLLM, tiny model, batch 1"):
         assert row in stdout
+
+
+def test_bench_load_smoke(tiny_models, tmp_path):
+    """The load test at smoke size: concurrent sessions, a stop and a bad input; every greedy output equals the
+    same request run alone, and nothing fails unnamed."""
+    stdout = run(["bench", "--load", "--model", tiny_models["llama"], "--clients", "3", "--requests", "10",
+                  "--load-tokens", "6"], tmp_path)
+    assert "| runs/s through the app (runs and stopped runs) |" in stdout
+    assert "| errors by kind (bad inputs refused by name are not errors) | none |" in stdout
+    assert "| greedy outputs different from the same request alone | 0 |" in stdout
+    assert "'bad': 1" in stdout and "'stop': 1" in stdout
