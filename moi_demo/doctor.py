@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -68,18 +67,14 @@ class Doctor:
     def engine(self, env: dict[str, str] | None = None, **over: Any) -> Iterator[Any]:
         from vllm import LLM
 
-        saved = {k: os.environ.get(k) for k in env or {}}
-        os.environ.update(env or {})  # read by the engine's worker processes when they start
+        from moi_demo.lifecycle import temporary_env
+
         llm = None
         try:
-            llm = LLM(**self.kwargs(**over))
+            with temporary_env(env):  # read by the engine's worker processes when they start
+                llm = LLM(**self.kwargs(**over))
             yield llm
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
             if llm is not None:
                 llm.llm_engine.engine_core.shutdown()
                 del llm

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -229,17 +228,10 @@ class MoIEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # read by the engine processes spawned now
-        try:
-            args = AsyncEngineArgs(**self.options.engine_kwargs(self.model))
-            return AsyncLLM.from_engine_args(args)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        from moi_demo.lifecycle import temporary_env
+
+        with temporary_env(env):  # read by the engine processes spawned now
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**self.options.engine_kwargs(self.model)))
 
     def shutdown(self) -> None:
         self.state = "stopped"  # also ends the supervisor

@@ -14,13 +14,28 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 logger = logging.getLogger("moi_demo.lifecycle")
 
 DEADLINE_S = 12.0  # everything is gone well within 15 s of the signal
 _cleanups: list[Callable[[], None]] = []
 _installed = False
+
+
+@contextlib.contextmanager
+def temporary_env(env: dict[str, str] | None) -> Iterator[None]:
+    """Set environment variables for what starts inside (engine processes read theirs when spawned)."""
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def on_shutdown(cleanup: Callable[[], None]) -> None:
