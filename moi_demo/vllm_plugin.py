@@ -13,12 +13,14 @@ starts (front end, engine core, workers). What it installs, all of it re-entrant
 * **Prefix caching** (`generate_block_hash_extra_keys`): KV blocks that hold a MoI request's generated
   positions get the request id as an extra hash key, so they are never shared with blocks computed from
   token ids (prompt-only blocks are shared as usual).
-* **Model runner** (V1 `GPUModelRunner`, which `CPUModelRunner` subclasses; one code path for both):
-  `_sample` takes the top-k of the raw logits before the sampler runs, then mixes (mixing.py) after it
-  and appends the mixed embedding to the request's history; `_preprocess` overwrites the input row of
-  every scheduled position that holds a generated token of a MoI request with its mixed embedding. The
-  history is keyed by request id, so a preempted request that is recomputed reads the same mixed inputs.
-* **Worker RPC** `moi_stats` (for `collective_rpc`): how many steps MoI was applied, per request.
+* **Model runner** (V1 `GPUModelRunner`, which `CPUModelRunner` subclasses; one code path for both): MoI's
+  per-row state (`batch_state.BatchState`) follows vLLM's persistent batch through the `BatchUpdate` vLLM builds
+  for its logits processors. `_preprocess` plans the step on the host and overwrites the input rows of generated
+  MoI tokens with their mixed inputs (the last sample's from a per-row buffer; after a preemption, rebuilt from
+  the compact history). `_sample` takes the top-k of the raw logits before the sampler runs, mixes after it, and
+  records (k + 1) candidate ids and weights per token. No hook reads a tensor back to the host.
+* **Worker RPC** `moi_stats` (for `collective_rpc`): steps applied and recomputed, per request, memory held,
+  hook time, host reads counted (MOI_DEMO_HOST_READS=1).
 
 Requests that name no MoI key are left alone, unless `MIXINPUTS_BETA` is set in the environment: then
 they get MoI at that beta (`-100`: direct mixture), as with the reference implementation.
