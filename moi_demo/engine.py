@@ -138,13 +138,11 @@ class MoIEngine:
         vllm_plugin.register()  # in this process too (vLLM does it on engine creation; idempotent)
         t0 = time.perf_counter()
         self._thread.start()
-        count = 2 if self.layout == "split" else 1
-        for lane in range(count):
-            env = {"VLLM_CPU_OMP_THREADS_BIND": str(lane)} if count == 2 and _is_cpu() else {}
-            self._engines.append(self._call(self._create(env)))
+        self._create_engines()
         self.tokenizer = self._engines[0].get_tokenizer()
         self.start_seconds = time.perf_counter() - t0
-        logger.info("moi-demo: %d vLLM engine(s) on %s ready in %.1f s", count, self.model, self.start_seconds)
+        logger.info("moi-demo: %d vLLM engine(s) on %s ready in %.1f s", len(self._engines), self.model,
+                    self.start_seconds)
         if self_check:
             self.self_check()
         self.state = "ready"
@@ -184,13 +182,10 @@ class MoIEngine:
         for engine in dead:
             with contextlib.suppress(Exception):
                 engine.shutdown()
-        count = 2 if self.layout == "split" else 1
         for attempt in range(1, MAX_RESTART_ATTEMPTS + 1):
             try:
                 t0 = time.perf_counter()
-                for lane in range(count):
-                    env = {"VLLM_CPU_OMP_THREADS_BIND": str(lane)} if count == 2 and _is_cpu() else {}
-                    self._engines.append(self._call(self._create(env), timeout=600))
+                self._create_engines(timeout=600)
                 self.self_check()
                 self.restarts += 1
                 self.state = "ready"
@@ -223,6 +218,13 @@ class MoIEngine:
         return {"engine": self.state, "model": self.model, "uptime_s": round(time.time() - self.created_at, 1),
                 "restarts": self.restarts, "runs_in_flight": len(self._runs),
                 "max_concurrent_runs": self.max_concurrent_runs}
+
+    def _create_engines(self, timeout: float | None = None) -> None:
+        """One engine (shared layout) or one per lane (split; on a CPU, each bound to its own core)."""
+        count = 2 if self.layout == "split" else 1
+        for lane in range(count):
+            env = {"VLLM_CPU_OMP_THREADS_BIND": str(lane)} if count == 2 and _is_cpu() else {}
+            self._engines.append(self._call(self._create(env), timeout=timeout))
 
     async def _create(self, env: dict[str, str]) -> Any:
         from vllm import AsyncEngineArgs

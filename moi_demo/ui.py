@@ -190,15 +190,15 @@ class Callbacks:
         except EngineUnavailableError as e:
             raise gr.Error(str(e), title="Engine unavailable") from None
         if standard is not None and moi is not None:
-            yield self._outputs(standard, moi, label, color_by, time.perf_counter() - start, final=True)
+            yield self._final_outputs(standard, moi, label, time.perf_counter() - start)
 
-    def _outputs(self, standard: Trace, moi: Trace, label: str, color_by: str, elapsed: float, final: bool):
+    def _final_outputs(self, standard: Trace, moi: Trace, label: str, elapsed: float) -> tuple:
         diverge = first_divergence(standard, moi)
         last = max(len(standard.steps), len(moi.steps)) - 1
         selected = diverge if diverge is not None else 0
         state = {"traces": [standard.to_dict(), moi.to_dict()]}
         tokens = len(standard.steps) + len(moi.steps)
-        status = (f"{'Done' if final else 'Generating'}: {len(standard.steps)} + {len(moi.steps)} tokens in "
+        status = (f"Done: {len(standard.steps)} + {len(moi.steps)} tokens in "
                   f"{elapsed:.1f} s ({tokens / max(elapsed, 1e-6):.1f} tokens/s for both lanes). "
                   + (f"The lanes diverge at step **{diverge}**." if diverge is not None else
                      "The lanes have not diverged."))
@@ -207,7 +207,7 @@ class Callbacks:
             gr.update(value=moi.text, label=label),
             *[gr.skip()] * 4,  # figures: drawn for the page by `figures` after the run
             state,
-            gr.update(maximum=max(last, 1), value=selected) if final else gr.skip(),
+            gr.update(maximum=max(last, 1), value=selected),
             status,
         )
 

@@ -3,8 +3,6 @@ hooks during decode, and memory per generated token that does not grow with the 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from moi_demo.batch_state import HostReadCounter
@@ -38,10 +36,12 @@ def test_hooks_read_no_tensor_on_the_host(tiny_models):
 
 
 @pytest.fixture(scope="module")
-def wide_model(default_model, tmp_path_factory) -> str:
-    from tests.tiny_models import build_llama
+def wide_model(tmp_path_factory) -> str:
+    from moi_demo.models import tiny_random_llama
 
-    return build_llama(Path(default_model), tmp_path_factory.mktemp("wide"), hidden=2048, heads=16)
+    # head_dim 128, bf16: memory per token must not grow with the hidden size
+    return tiny_random_llama(tmp_path_factory.mktemp("wide") / "llama-h2048", hidden=2048, layers=1, heads=16,
+                             dtype="bfloat16")
 
 
 def test_memory_per_token_is_k_plus_one_ids_and_weights_whatever_the_hidden_size(tiny_models, wide_model):

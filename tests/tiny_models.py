@@ -42,10 +42,3 @@ def build_tiny_models(tokenizer_dir: Path, out: Path) -> dict[str, str]:
         tokenizer.save_pretrained(path)
         paths[name] = str(path)
     return paths
-
-
-def build_llama(tokenizer_dir: Path, out: Path, hidden: int, heads: int, layers: int = 1) -> str:
-    """A random llama of another hidden size (head_dim 128), bfloat16: for memory that must not grow with it."""
-    from moi_demo.models import tiny_random_llama
-
-    return tiny_random_llama(out / f"llama-h{hidden}", hidden=hidden, layers=layers, heads=heads, dtype="bfloat16")

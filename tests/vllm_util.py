@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from moi_demo.stock import PLUGINS_WITHOUT_MOI  # noqa: F401 - the allowlist without "moi", for the tests
+
 ROOT = Path(__file__).resolve().parents[1]
-# An allowlist without "moi": vLLM then loads every general plugin but ours.
-PLUGINS_WITHOUT_MOI = "lora_filesystem_resolver"
 KV_BYTES = 256 << 20
 BLOCK = 32  # CPU attention needs a multiple of 32
 
