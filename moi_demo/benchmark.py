@@ -137,6 +137,20 @@ def lane_time(engine: Any, prompt: str, tokens: int, pair: bool) -> float:
     return time.perf_counter() - start
 
 
+SWEEP = [MoIConfig("moi", b, 20) for b in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)] + [MoIConfig("direct", 0.0, 20)]
+
+
+def sweep_time(engine: Any, prompt: str, tokens: int, configs: list[MoIConfig]) -> float:
+    """Wall time until every lane (one engine batch) has finished `tokens` tokens."""
+    settings = SamplingSettings(max_tokens=tokens, seed=0)
+    ids = engine.prompt_ids(prompt, tokens)
+    lanes = [("moi" if c.mixes else "standard", engine.engine_for("moi"), c) for c in configs]
+    start = time.perf_counter()
+    for _ in engine._stream_lanes(lanes, ids, settings, prompt, ignore_eos=True):
+        pass
+    return time.perf_counter() - start
+
+
 def first_token_time(engine: Any, prompt: str) -> float:
     """The engine's own time from request to the first streamed token of both lanes."""
     start = time.perf_counter()
@@ -298,6 +312,12 @@ def run(s: BenchSettings) -> str:
                     target="<= 1.15"), s.repeats,
                 lambda e=engine: lane_time(e, PROMPT, s.tokens, True),
                 lambda e=engine: lane_time(e, PROMPT, s.tokens, False)))
+            if layout == "shared":
+                rows_b.append(paired(
+                    Row("i. beta sweep to completion, standard + 7 MoI lanes vs one lane", "sweep", "one", unit="s",
+                        target="<= 2.0"), s.repeats,
+                    lambda e=engine: sweep_time(e, PROMPT, s.tokens, [MoIConfig("standard"), *SWEEP]),
+                    lambda e=engine: sweep_time(e, PROMPT, s.tokens, [MOI])))
             if layout == "shared" and s.app:
                 rows_b.append(app_overhead(engine, s.repeats))
             engine.shutdown()
@@ -382,8 +402,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--requests", type=int, default=500)
     p.add_argument("--load-tokens", type=int, default=24)
+    p.add_argument("--page", action="store_true", help="only the page in Chromium (long tasks, time to first token)")
+    p.add_argument("--page-runs", type=int, default=5)
+    p.add_argument("--screenshot", default=None, help="with --page: save the page after the sweep here")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if a.page:
+        from moi_demo.pagebench import PageSettings
+        from moi_demo.pagebench import main as page_main
+
+        print(page_main(a.model, PageSettings(runs=a.page_runs, screenshot=a.screenshot)))  # noqa: T201
+        return 0
     if a.load:
         from moi_demo.loadtest import LoadSettings
         from moi_demo.loadtest import main as load_main

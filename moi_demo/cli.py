@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from moi_demo.mixing import DEFAULT_TOP_K, MoIConfig, MoIConfigError
-from moi_demo.trace import Trace, save_traces
+from moi_demo.trace import SamplingSettings, Trace, save_traces
 
 logger = logging.getLogger("moi_demo")
 
@@ -49,29 +49,61 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"error: --{e.field.replace('_', '-')}: {e.reason}", file=sys.stderr)
         return 2
     from moi_demo.models import resolve_model
-    from moi_demo.trace import SamplingSettings
 
     settings = SamplingSettings(args.temperature, args.top_p, args.max_tokens, args.seed)
     model = resolve_model(args.model)
+    if args.betas is not None:
+        return _generate_sweep(args, model, settings)
     if args.engine == "reference":
         from moi_demo.reference import ReferenceDecoder
 
         standard, mixed = ReferenceDecoder(model).generate_pair(args.prompt, moi, settings)
     else:
-        from moi_demo.engine import MoIEngine
+        from moi_demo.engine import EngineOptions, MoIEngine
 
-        with MoIEngine(model) as engine:
+        with MoIEngine(model, EngineOptions(max_model_len=args.max_model_len)) as engine:
             standard, mixed = engine.generate_pair_sync(args.prompt, moi, settings)
     label = f"Mixture of Inputs ({moi.mode}, beta = {moi.beta:g}, top-k = {moi.top_k})"
-    for title, trace in (("Standard", standard), (label, mixed)):
+    _print_lanes(args, [("Standard", standard), (label, mixed)])
+    return 0
+
+
+def _print_lanes(args: argparse.Namespace, lanes: list[tuple[str, Trace]]) -> None:
+    """Each lane's title line and text (and its step table with --steps); every trace to --json."""
+    for title, trace in lanes:
         print(f"=== {title} [{len(trace.steps)} tokens, {trace.finish_reason}]")
         print(trace.text)
         if args.steps:
             print(step_table(trace))
         print()
     if args.json:
-        save_traces(args.json, [standard, mixed])
+        save_traces(args.json, [trace for _, trace in lanes])
         print(f"traces written to {args.json}")
+
+
+def _generate_sweep(args: argparse.Namespace, model: str, settings: SamplingSettings) -> int:
+    """`--betas 0,0.5,1,direct`: the standard lane and one MoI lane per beta, one engine batch."""
+    from moi_demo.engine import EngineOptions, MoIEngine
+    from moi_demo.explorer import SweepInputError, lane_label, parse_betas
+    from moi_demo.trace import first_divergence
+
+    try:
+        configs = parse_betas(args.betas, args.top_k)
+    except SweepInputError as e:
+        print(f"error: --{e.field.replace('_', '-')}: {e.reason}", file=sys.stderr)
+        return 2
+    if args.engine != "vllm":
+        print("error: --betas runs on the vllm engine", file=sys.stderr)
+        return 2
+    with MoIEngine(model, EngineOptions(max_model_len=args.max_model_len)) as engine:
+        *_, traces = engine.stream_lanes(args.prompt, [MoIConfig("standard", 1.0, args.top_k), *configs], settings)
+    standard = traces[0]
+    titles = []
+    for trace in traces:
+        diverge = first_divergence(standard, trace)
+        titles.append(lane_label(trace.config) + ("" if trace is standard else (
+            ", same tokens as standard" if diverge is None else f", first differs from standard at step {diverge}")))
+    _print_lanes(args, list(zip(titles, traces, strict=True)))
     return 0
 
 
@@ -98,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(gen)
     gen.add_argument("--engine", choices=["reference", "vllm"], default="vllm")
     gen.add_argument("--steps", action="store_true", help="print a per-step table")
-    gen.add_argument("--json", metavar="FILE", help="write both traces as JSON")
+    gen.add_argument("--max-model-len", type=int, default=2048, help="the engine's context length (default 2048)")
+    gen.add_argument("--betas", metavar="LIST", default=None,
+                     help="a beta sweep instead of one MoI lane: e.g. 0,0.5,1,2,direct (each 0 to 4, or direct)")
+    gen.add_argument("--json", metavar="FILE", help="write the traces (every lane) as JSON")
     gen.set_defaults(func=cmd_generate)
 
     serve = sub.add_parser("serve", help="launch the side-by-side app (same as python app.py)", add_help=False)

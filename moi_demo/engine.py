@@ -358,16 +358,32 @@ class MoIEngine:
     ) -> Iterator[tuple[Trace, Trace]]:
         """Standard and MoI lanes of one prompt, streamed together: yields (standard, moi) traces as tokens
         arrive. Closing the iterator, or `cancel(run_id)` (Stop in the UI), aborts both requests."""
-        self.validate(moi, settings)
+        standard = MoIConfig("standard", moi.beta, moi.top_k)
+        yield from self.stream_lanes(prompt, [standard, moi], settings, chat, run_id)  # type: ignore[misc]
+
+    def stream_lanes(
+        self, prompt: str, configs: list[MoIConfig], settings: SamplingSettings, chat: bool = True,
+        run_id: str | None = None,
+    ) -> Iterator[tuple[Trace, ...]]:
+        """Any lanes of one prompt (a standard lane is `MoIConfig("standard", ...)`), submitted together so vLLM
+        decodes them in one batch, same prompt ids and seed: a beta sweep, or a MoI lane alone when the standard
+        lane is reused. Yields one trace per config, in order, as tokens arrive."""
+        if not configs:
+            raise MoIInputError("lanes", "must name at least one lane")
+        for cfg in configs:
+            self.validate(cfg, settings)
         self._check_available()
         ids = self.prompt_ids(prompt, settings.max_tokens, chat)
-        standard = MoIConfig("standard", moi.beta, moi.top_k)
-        lanes = [("standard", self.engine_for("standard"), standard), ("moi", self.engine_for("moi"), moi)]
-        yield from self._stream_lanes(lanes, ids, settings, prompt, run_id=run_id)  # type: ignore[misc]
+        lanes = [("moi" if cfg.mixes else "standard", self.engine_for("moi" if cfg.mixes else "standard"), cfg)
+                 for cfg in configs]
+        yield from self._stream_lanes(lanes, ids, settings, prompt, run_id=run_id)
 
     def cancel(self, run_id: str) -> int:
-        """Abort the requests of a run (both lanes); returns how many were still in flight."""
-        requests = self._runs.pop(run_id, [])
+        """Abort the requests of a run (all its lanes), and of its sub-runs (ids `run_id/...`: a session's live
+        re-runs and sweeps); returns how many were still in flight."""
+        requests = []
+        for rid in [r for r in list(self._runs) if r == run_id or r.startswith(run_id + "/")]:
+            requests += self._runs.pop(rid, [])
         by_engine: dict[int, tuple[Any, list[str]]] = {}
         for engine, rid in requests:
             by_engine.setdefault(id(engine), (engine, []))[1].append(rid)
@@ -438,7 +454,7 @@ class MoIEngine:
                   max_tokens=settings.max_tokens)
             for lane, _, cfg in lanes
         ]
-        request_ids = [f"{lane}-{tag}" for lane, _, _ in lanes]
+        request_ids = [f"{lane}-{i}-{tag}" for i, (lane, _, _) in enumerate(lanes)]
         for trace, rid in zip(traces, request_ids, strict=True):
             trace.request_id = rid
 

@@ -13,6 +13,7 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from moi_demo.explorer import summarize
 from moi_demo.trace import Step, Trace, first_divergence
 
 COLORS = {"standard": "#64748b", "moi": "#7c3aed", "prior": "#94a3b8", "posterior": "#7c3aed",
@@ -173,3 +174,53 @@ def entropy_chart(standard: Trace, moi: Trace, diverge: int | None = None) -> go
     fig.update_layout(**_LAYOUT, height=320, title="Normalised entropy H and the weight kept on the sampled token",
                       xaxis_title="step", yaxis=dict(range=[0, 1.05]), legend=dict(orientation="h", y=-0.3))
     return fig
+
+
+# -- the beta sweep -------------------------------------------------------------------------------------
+
+
+def _sweep_color(i: int, n: int) -> str:
+    """Lanes in sweep order, light to dark purple."""
+    t = i / max(n - 1, 1)
+    return f"rgb({int(196 - 120 * t)},{int(181 - 143 * t)},{int(253 - 16 * t)})"
+
+
+def sweep_summary(standard: Trace, lanes: list[Trace]) -> go.Figure:
+    """Per lane of a sweep: the step at which it first leaves the standard lane's tokens, and the mean weight kept
+    on the sampled token and the mean H over its steps."""
+    if not lanes:
+        return _empty("Beta sweep", "Sweep beta to see this chart")
+    summaries = [summarize(standard, t) for t in lanes]
+    labels = [_label(t) for t in lanes]
+    diverge = [s.diverge for s in summaries]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=[
+        "First step that differs from standard", "Mean weight on the sampled token, mean H"])
+    fig.add_trace(go.Bar(
+        x=labels, y=[len(t.steps) if d is None else d for t, d in zip(lanes, diverge, strict=True)],
+        text=["never" if d is None else str(d) for d in diverge], textposition="outside",
+        marker=dict(color=[COLORS["prior"] if d is None else COLORS["diverge"] for d in diverge]),
+        name="first divergence", showlegend=False,
+        hovertemplate="%{x}: %{text}<extra></extra>"), row=1, col=1)
+    for name, values, color in (
+            ("mean w on sampled token", [s.mean_sampled_weight for s in summaries], COLORS["sampled"]),
+            ("mean H", [s.mean_entropy for s in summaries], COLORS["moi"])):
+        fig.add_trace(go.Scatter(x=labels, y=values, mode="lines+markers", name=name, line=dict(color=color),
+                                 hovertemplate="%{x}: %{y:.3f}<extra>" + name + "</extra>"), row=1, col=2)
+    fig.update_layout(**_LAYOUT, height=340, legend=dict(orientation="h", y=-0.3))
+    fig.update_yaxes(title_text="step", row=1, col=1)
+    fig.update_yaxes(range=[0, 1.05], row=1, col=2)
+    return fig
+
+
+def sweep_curves(lanes: list[Trace]) -> go.Figure:
+    """The weight kept on the sampled token at every step, one line per lane (WebGL)."""
+    if not lanes:
+        return _empty("Weight on the sampled token per step", "Sweep beta to see this chart")
+    fig = go.Figure()
+    for i, t in enumerate(lanes):
+        fig.add_trace(go.Scattergl(x=[s.index for s in t.steps], y=[s.sampled_weight for s in t.steps],
+                                   mode="lines", name=_label(t), line=dict(color=_sweep_color(i, len(lanes)))))
+    fig.update_layout(**_LAYOUT, height=320, title="Weight kept on the sampled token, per step and beta",
+                      xaxis_title="step", yaxis=dict(range=[0, 1.05]), legend=dict(orientation="h", y=-0.3))
+    return fig
+

@@ -16,6 +16,7 @@ import gradio as gr
 
 from moi_demo import plots
 from moi_demo.engine import MAX_TOP_K, EngineUnavailableError, MoIEngine, MoIInputError, RunStopped
+from moi_demo.explorer import DEFAULT_SWEEP, MAX_SWEEP_LANES, Lanes, SweepInputError, parse_betas, standard_key
 from moi_demo.mixing import MoIConfig, MoIConfigError
 from moi_demo.trace import SamplingSettings, Trace, first_divergence
 
@@ -24,6 +25,9 @@ logger = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 MODES = {"MoI": "moi", "Direct mixture": "direct"}
 EVAL_TASKS = ["arithmetic-1", "arithmetic-2", "arithmetic-3", "arithmetic-4", "countdown-3", "countdown-4"]
+# Streamed texts reach the page at most this often: every update costs the page a layout and a frame (measured in
+# `moi-demo bench --page`), and ten a second reads as live.
+UPDATE_INTERVAL_S = 0.1
 MAX_PROMPT_CHARS = 20_000  # refused before tokenization (the context limit in tokens is checked after)
 
 INTRO = """
@@ -128,11 +132,12 @@ def _float(value: Any, field: str, lo: float, hi: float) -> float:
     return number
 
 
-def _traces(state: dict | None) -> tuple[Trace, Trace] | None:
-    if not state or "traces" not in state:
-        return None
-    standard, moi = (Trace.from_dict(t) for t in state["traces"])
-    return standard, moi
+def _moi_label(cfg: MoIConfig) -> str:
+    return "Direct mixture (w = p)" if cfg.mode == "direct" else f"Mixture of Inputs (beta = {cfg.beta:g})"
+
+
+def _standard_label(reused: Trace | None) -> str:
+    return "Standard (reused: same inputs)" if reused is not None else "Standard"
 
 
 class Callbacks:
@@ -142,6 +147,7 @@ class Callbacks:
         self.engine = engine
         self.max_new_tokens = max_new_tokens
         self.demo: gr.Blocks | None = None  # set by build_demo: the queue's length for health()
+        self._tickets: dict[tuple[str, str], int] = {}  # (session, "run" | "sweep") -> its newest run
 
     def health(self) -> dict[str, Any]:
         """/health: engine state (starting, ready, stopped), runs queued and in flight, model, uptime, restarts."""
@@ -170,57 +176,168 @@ class Callbacks:
             raise _field_error(e.field, e.reason) from None
         return moi, settings
 
-    def generate(self, prompt: str, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any,
-                 max_tokens: Any, seed: Any, color_by: str, request: gr.Request) -> Iterator[tuple]:
-        """Stream both lanes' texts every token, then the traces and status. Figures are not built here: the page
-        draws them after the run (`figures`, chained), so API clients never pay for plots they do not want (the
-        load test measured a run through the app at 0.69x the engine's pace while figures were built for every
-        run). The run is keyed by the session, so Stop (page or API, same session) stops it."""
-        prompt = check_prompt(prompt)
-        moi_cfg, settings = self.parse(mode, beta, top_k, temperature, top_p, max_tokens, seed)
-        label = "Direct mixture (w = p)" if moi_cfg.mode == "direct" else f"Mixture of Inputs (beta = {moi_cfg.beta:g})"
-        stream = self.engine.stream_pair(prompt, moi_cfg, settings, run_id=_session(request))
-        start = time.perf_counter()
-        standard = moi = None
+    def generate(self, prompt: str, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any,
+                 seed: Any, color_by: str, lanes: Lanes | None, request: gr.Request) -> Iterator[tuple]:
+        """Generate: stream the MoI lane (and the standard lane, unless it is reused: same model, prompt, sampling
+        settings, seed and max tokens as the last finished one) every token, then the state and status. Figures are
+        not built here: the page draws them after the run (`figures`, chained), so API clients never pay for plots
+        they do not want. The run is keyed by the session: Stop (page or API) stops it, a newer run supersedes it."""
+        yield from self._run(prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, lanes, request,
+                             live=False)
+
+    def live(self, prompt: str, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any,
+             seed: Any, color_by: str, lanes: Lanes | None, request: gr.Request) -> Iterator[tuple]:
+        """A beta, mode or top-k change after a run (the live slider): the MoI lane again, shown at once with no
+        engine call when this session already ran that setting (a sweep's lanes too), the standard lane reused.
+        A newer change supersedes (and aborts) an older one. Nothing happens before the session's first run."""
+        if lanes is None or lanes.shown is None:
+            yield (gr.skip(),) * 9
+            return
+        yield from self._run(prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, lanes, request,
+                             live=True)
+
+    def _supersede(self, session: str, kind: str) -> str:
+        """A new run of this kind for the session: older ones are aborted, and stop updating the page."""
+        ticket = self._tickets[(session, kind)] = self._tickets.get((session, kind), 0) + 1
+        self.engine.cancel(f"{session}/{kind}")
+        return f"{session}/{kind}/{ticket}"
+
+    def _current(self, run_id: str) -> bool:
+        session, kind, ticket = run_id.rsplit("/", 2)
+        return self._tickets.get((session, kind)) == int(ticket)
+
+    def _stream(self, prompt: str, configs: list[MoIConfig], settings: SamplingSettings,
+                run_id: str) -> Iterator[tuple[Trace, ...]]:
+        """The engine's lanes paced for the page, ending quietly once a newer run of the session supersedes this
+        one (the newer run owns the page; this one was aborted); input and engine errors shown by name."""
         try:
-            for standard, moi in stream:
-                yield (gr.update(value=standard.text), gr.update(value=moi.text, label=label), *[gr.skip()] * 7)
+            for traces in _paced(self.engine.stream_lanes(prompt, configs, settings, run_id=run_id)):
+                if not self._current(run_id):
+                    return
+                yield traces
         except MoIInputError as e:
             raise _field_error(e.field, e.reason) from None
         except EngineUnavailableError as e:
             raise gr.Error(str(e), title="Engine unavailable") from None
-        if standard is not None and moi is not None:
-            yield self._final_outputs(standard, moi, label, time.perf_counter() - start)
 
-    def _final_outputs(self, standard: Trace, moi: Trace, label: str, elapsed: float) -> tuple:
+    def _run(self, prompt: str, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any,
+             seed: Any, lanes: Lanes | None, request: gr.Request, live: bool) -> Iterator[tuple]:
+        prompt = check_prompt(prompt)
+        moi_cfg, settings = self.parse(mode, beta, top_k, temperature, top_p, max_tokens, seed)
+        lanes = lanes if lanes is not None else Lanes()
+        key = standard_key(self.engine.model, prompt, settings)
+        run_id = self._supersede(_session(request), "run")
+        label = _moi_label(moi_cfg)
+        standard = lanes.reusable_standard(key, moi_cfg.top_k)
+        cached = lanes.cached(key, moi_cfg) if live else None
+        if standard is not None and cached is not None:
+            yield self._final_outputs(lanes, standard, cached, label, reused=True, elapsed=None)
+            return
+        configs = [moi_cfg] if standard is not None else [MoIConfig("standard", moi_cfg.beta, moi_cfg.top_k), moi_cfg]
+        standard_update = gr.update(value=standard.text if standard else "", label=_standard_label(standard))
+        start = time.perf_counter()
+        traces: tuple[Trace, ...] = ()
+        for traces in self._stream(prompt, configs, settings, run_id):
+            if standard is None:
+                standard_update = gr.update(value=traces[0].text)
+            yield (standard_update, gr.update(value=traces[-1].text, label=label), *[gr.skip()] * 7)
+            standard_update = gr.skip()
+        if not traces or not self._current(run_id):
+            return
+        lanes.keep(key, traces[0] if standard is None else None, [traces[-1]])
+        yield self._final_outputs(lanes, standard or traces[0], traces[-1], label, reused=standard is not None,
+                                  elapsed=time.perf_counter() - start)
+
+    def _final_outputs(self, lanes: Lanes, standard: Trace, moi: Trace, label: str, reused: bool,
+                       elapsed: float | None) -> tuple:
+        lanes.show(standard, moi)
         diverge = first_divergence(standard, moi)
         last = max(len(standard.steps), len(moi.steps)) - 1
         selected = diverge if diverge is not None else 0
-        state = {"traces": [standard.to_dict(), moi.to_dict()]}
-        tokens = len(standard.steps) + len(moi.steps)
-        status = (f"Done: {len(standard.steps)} + {len(moi.steps)} tokens in "
-                  f"{elapsed:.1f} s ({tokens / max(elapsed, 1e-6):.1f} tokens/s for both lanes). "
-                  + (f"The lanes diverge at step **{diverge}**." if diverge is not None else
-                     "The lanes have not diverged."))
+        if elapsed is None:
+            done = f"Shown from this session's lanes (no engine call): {len(moi.steps)} MoI tokens"
+        elif reused:
+            done = (f"Done: {len(moi.steps)} MoI tokens in {elapsed:.1f} s "
+                    f"({len(moi.steps) / max(elapsed, 1e-6):.1f} tokens/s)")
+        else:
+            tokens = len(standard.steps) + len(moi.steps)
+            done = (f"Done: {len(standard.steps)} + {len(moi.steps)} tokens in {elapsed:.1f} s "
+                    f"({tokens / max(elapsed, 1e-6):.1f} tokens/s for both lanes)")
+        status = (done + (" · standard lane reused (same prompt, sampling settings and seed)" if reused else "")
+                  + ". " + (f"The lanes diverge at step **{diverge}**." if diverge is not None else
+                            "The lanes have not diverged."))
         return (
-            gr.update(value=standard.text),
+            gr.update(value=standard.text, label=_standard_label(standard if reused else None)),
             gr.update(value=moi.text, label=label),
             *[gr.skip()] * 4,  # figures: drawn for the page by `figures` after the run
-            state,
+            lanes,
             gr.update(maximum=max(last, 1), value=selected),
             status,
         )
 
-    def figures(self, state: dict | None, color_by: str) -> tuple[Any, Any, Any, Any]:
-        """The four views of a finished run, from its traces (the page chains this after Generate)."""
-        traces = _traces(state)
-        if traces is None:
+    def figures(self, lanes: Lanes | None, color_by: str) -> tuple[Any, Any, Any, Any]:
+        """The four views of the pair on display (the page chains this after a run); nothing is sent when the page
+        already shows them."""
+        if lanes is None or lanes.shown is None or lanes.drawn == (lanes.version, color_by):
             return (gr.skip(),) * 4
-        standard, moi = traces
+        lanes.drawn = (lanes.version, color_by)
+        standard, moi = lanes.shown
         diverge = first_divergence(standard, moi)
         selected = diverge if diverge is not None else 0
         return (plots.token_map(standard, moi, color_by, selected), plots.step_distribution(standard, moi, selected),
                 plots.weights_heatmap(moi), plots.entropy_chart(standard, moi, diverge))
+
+    def sweep(self, prompt: str, betas: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any, seed: Any,
+              lanes: Lanes | None, request: gr.Request) -> Iterator[tuple]:
+        """The beta sweep: the standard lane (reused when its inputs are unchanged) and a MoI lane per entry of
+        `betas` (e.g. "0, 0.5, 1, direct"), in one engine batch, streamed. Every lane is kept: the slider then
+        shows a swept beta at once, and Export writes them all."""
+        prompt = check_prompt(prompt)
+        moi_cfg, settings = self.parse("MoI", 1.0, top_k, temperature, top_p, max_tokens, seed)
+        try:
+            configs = parse_betas(betas, moi_cfg.top_k)
+        except SweepInputError as e:
+            raise _field_error(e.field, e.reason) from None
+        lanes = lanes if lanes is not None else Lanes()
+        key = standard_key(self.engine.model, prompt, settings)
+        run_id = self._supersede(_session(request), "sweep")
+        standard = lanes.reusable_standard(key, moi_cfg.top_k)
+        runs = configs if standard is not None else [MoIConfig("standard", 1.0, moi_cfg.top_k), *configs]
+        first = len(runs) - len(configs)  # index of the first MoI lane in the engine's traces
+        hidden = MAX_SWEEP_LANES - len(configs)
+        standard_update = gr.update(value=standard.text if standard else "", label=_standard_label(standard))
+        start = time.perf_counter()
+        traces: tuple[Trace, ...] = ()
+        for i, traces in enumerate(self._stream(prompt, runs, settings, run_id)):
+            if standard is None:
+                standard_update = gr.update(value=traces[0].text)
+            if i == 0:  # the first update names and shows the lanes; later ones only extend their texts
+                boxes = [gr.update(visible=True, value=t.text, label=_moi_label(t.config))
+                         for t in traces[first:]] + [gr.update(visible=False, value="")] * hidden
+            else:
+                boxes = [gr.update(value=t.text) for t in traces[first:]] + [gr.skip()] * hidden
+            tokens = sum(len(t.steps) for t in traces)
+            yield (standard_update, *boxes, gr.skip(), f"Sweeping {len(configs)} lanes: {tokens} tokens so far")
+            standard_update = gr.skip()
+        if not traces or not self._current(run_id):
+            return
+        std, mixed = standard or traces[0], list(traces[first:])
+        lanes.keep(key, traces[0] if standard is None else None, mixed)
+        lanes.sweep = mixed
+        elapsed = time.perf_counter() - start
+        tokens = sum(len(t.steps) for t in traces)
+        same = [_moi_label(t.config) for t in mixed if first_divergence(std, t) is None]
+        status = (f"Swept {len(mixed)} lanes: {tokens} tokens in {elapsed:.1f} s ({tokens / max(elapsed, 1e-6):.1f} "
+                  f"tokens/s)" + (", standard lane reused" if standard is not None else "") + ". "
+                  + (f"Same tokens as standard: {', '.join(same)}. " if same else "")
+                  + "Move the beta slider (or the mode) to a swept setting to inspect its lane.")
+        yield (gr.update(value=std.text), *[gr.update(value=t.text) for t in mixed], *[gr.skip()] * hidden,
+               lanes, status)
+
+    def sweep_figures(self, lanes: Lanes | None) -> tuple[Any, Any]:
+        if lanes is None or lanes.standard is None or not lanes.sweep:
+            return gr.skip(), gr.skip()
+        return plots.sweep_summary(lanes.standard, lanes.sweep), plots.sweep_curves(lanes.sweep)
 
     async def stop(self, request: gr.Request) -> str:
         """Stop this session's runs wherever they are: still waiting in the queue (dropped: they never start),
@@ -231,12 +348,14 @@ class Callbacks:
         text = f"Stopped ({aborted} request{'s' if aborted != 1 else ''} aborted"
         return text + (f", {dropped} queued run{'s' if dropped != 1 else ''} dropped)." if dropped else ").")
 
-    def select_step(self, state: dict | None, index: Any, color_by: str) -> tuple[Any, Any]:
-        traces = _traces(state)
+    def select_step(self, lanes: Lanes | None, index: Any, color_by: str) -> tuple[Any, Any]:
+        traces = lanes.shown if lanes is not None else None
         if traces is None:
             raise gr.Error("Generate first: there is no step to inspect yet.")
         last = max(len(traces[0].steps), len(traces[1].steps)) - 1
         i = _int(index, "step", 0, max(last, 0))
+        if lanes is not None:
+            lanes.drawn = None  # the page's figures no longer show the run's first view
         return plots.step_distribution(*traces, i), plots.token_map(*traces, color_by, i)
 
     def evaluate(self, task: str, n: Any, modes: list[str], beta: Any, temperature: Any, top_p: Any,
@@ -272,19 +391,32 @@ class Callbacks:
         files = ev.write_outputs(path, "eval", samples, chart)
         return chart, ev.table(results), str(files[0])
 
-    def export(self, state: dict | None) -> str:
-        if _traces(state) is None:
+    def export(self, lanes: Lanes | None) -> str:
+        """The pair on display ("traces": standard, MoI) and every lane of this prompt and settings ("lanes":
+        the standard lane, then each MoI lane kept, a sweep's included)."""
+        if lanes is None or lanes.shown is None and not lanes.mixed:
             raise gr.Error("Generate first: there are no traces to export.")
         path = Path(tempfile.mkdtemp(prefix="moi-traces-")) / "moi_traces.json"
-        path.write_text(json.dumps(state, indent=1))
+        path.write_text(json.dumps(lanes.export(), indent=1))
         return str(path)
+
+
+def _paced(stream: Iterator[tuple[Trace, ...]], interval: float = UPDATE_INTERVAL_S) -> Iterator[tuple[Trace, ...]]:
+    """The first update at once, then at most one per `interval` (tokens that arrive between are coalesced: the
+    traces are cumulative). The stream's end shows in its final update, which the callers send after the loop."""
+    last = 0.0
+    for traces in stream:
+        now = time.perf_counter()
+        if now - last >= interval:
+            last = now
+            yield traces
 
 
 def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "no-session"
 
 
-RUN_APIS = {"generate", "evaluate"}  # the events Stop drops from the queue (export etc. are cheap)
+RUN_APIS = {"generate", "live", "sweep", "evaluate"}  # the events Stop drops from the queue (export etc. are cheap)
 
 
 async def _drop_queued_runs(demo: gr.Blocks | None, session: str) -> int:
@@ -327,7 +459,8 @@ def build_demo(engine: MoIEngine, max_new_tokens: int = 512, title: str = "Mixtu
 
 
 def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
-    traces = gr.State()
+    # This session's lanes (per session, server side): the standard lane, the MoI lanes run for it, the pair shown.
+    lanes = gr.State(None, time_to_live=3600)  # a Lanes after the first run
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask the model something...",
@@ -337,10 +470,11 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
         with gr.Column(scale=2):
-            beta = named(FieldSlider(0.0, 4.0, value=1.0, step=0.05,
-                                     label="beta (higher keeps more of the sample)"), "beta")
-            mode = named(FieldRadio(list(MODES), value="MoI", label="Mode"), "mode")
-            top_k = named(FieldSlider(1, MAX_TOP_K, value=20, step=1, label="top-k candidates mixed"), "top_k")
+            beta = named(FieldSlider(0.0, 4.0, value=1.0, step=0.05, elem_id="beta",
+                                     label="beta (higher keeps more of the sample) · live after a run"), "beta")
+            mode = named(FieldRadio(list(MODES), value="MoI", label="Mode", elem_id="mode"), "mode")
+            top_k = named(FieldSlider(1, MAX_TOP_K, value=20, step=1, label="top-k candidates mixed",
+                                      elem_id="top-k"), "top_k")
             with gr.Accordion("Sampling", open=False):
                 temperature = named(FieldSlider(0.0, 2.0, value=0.0, step=0.05,
                                                 label="temperature (0 = greedy)"), "temperature")
@@ -350,10 +484,10 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
                 seed = named(FieldNumber(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="seed"), "seed")
     status = gr.Markdown("", elem_id="status")
     with gr.Row(equal_height=True):
-        standard_text = gr.Textbox(label="Standard", lines=10, max_lines=20, interactive=False,
-                                   elem_id="standard-text")
-        moi_text = gr.Textbox(label="Mixture of Inputs (beta = 1)", lines=10, max_lines=20, interactive=False,
-                              elem_id="moi-text")
+        standard_text = gr.Textbox(label="Standard", lines=12, max_lines=12, interactive=False,
+                                   elem_id="standard-text", autoscroll=False)
+        moi_text = gr.Textbox(label="Mixture of Inputs (beta = 1)", lines=12, max_lines=12, interactive=False,
+                              elem_id="moi-text", autoscroll=False)
     color_by = named(FieldRadio([("p(sampled)", "p"), ("entropy H", "entropy")], value="p",
                                 label="Colour tokens by"), "color_by")
     token_plot = gr.Plot(label="Tokens", elem_id="token-plot")
@@ -363,24 +497,58 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
     with gr.Row():
         heatmap_plot = gr.Plot(label="Mix weights", elem_id="heatmap-plot")
         entropy_plot = gr.Plot(label="Entropy", elem_id="entropy-plot")
-    download = gr.File(label="Both traces (JSON)", elem_id="download")
+    with gr.Accordion("Beta sweep: every beta at once, one batch", open=True):
+        with gr.Row():
+            betas = gr.Textbox(DEFAULT_SWEEP, label=f"betas (each 0 to 4, or direct; at most {MAX_SWEEP_LANES})",
+                               elem_id="betas", scale=4)
+            sweep_btn = gr.Button("Sweep beta", elem_id="sweep", scale=1)
+        sweep_status = gr.Markdown("", elem_id="sweep-status")
+        sweep_boxes = []
+        for row in range(2):
+            with gr.Row(equal_height=True):
+                for i in range(row * 4, row * 4 + 4):
+                    sweep_boxes.append(gr.Textbox(label=f"lane {i + 1}", lines=8, max_lines=8, interactive=False,
+                                                  visible=False, elem_id=f"sweep-lane-{i}", autoscroll=False))
+        with gr.Row():
+            sweep_summary = gr.Plot(label="Divergence, kept weight and H per beta", elem_id="sweep-summary-plot")
+            sweep_curves = gr.Plot(label="Weight on the sampled token per step", elem_id="sweep-curves-plot")
+    download = gr.File(label="Every lane (JSON)", elem_id="download")
 
-    outputs = [standard_text, moi_text, token_plot, step_plot, heatmap_plot, entropy_plot, traces, step, status]
-    inputs = [prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, color_by]
-    # Runs share the engine's sequence budget: at most max_concurrent_runs at once, the rest wait in the queue.
-    limit = dict(concurrency_id="engine-runs", concurrency_limit=cb.engine.max_concurrent_runs)
+    outputs = [standard_text, moi_text, token_plot, step_plot, heatmap_plot, entropy_plot, lanes, step, status]
+    inputs = [prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, color_by, lanes]
     figures = [token_plot, step_plot, heatmap_plot, entropy_plot]
+    # Runs share the engine's sequence budget: at most max_concurrent_runs at once, the rest wait in the queue.
+    # Progress shows on the status line only: a loading overlay and timer on every output (four plots among them)
+    # re-rendered at every streamed token is what kept the page's main thread busy.
+    limit = dict(concurrency_id="engine-runs", concurrency_limit=cb.engine.max_concurrent_runs,
+                 show_progress="minimal", show_progress_on=[status])
+    quiet = dict(api_name=False, show_progress="hidden")
     run = generate_btn.click(cb.generate, inputs, outputs, api_name="generate", **limit)
-    run.then(cb.figures, [traces, color_by], figures, api_name=False).then(cb.export, traces, download,
-                                                                            api_name="export")
+    run.then(cb.figures, [lanes, color_by], figures, **quiet).then(cb.export, lanes, download, api_name="export",
+                                                                    show_progress="hidden")
     prompt.submit(cb.generate, inputs, outputs, api_name=False, **limit).then(
-        cb.figures, [traces, color_by], figures, api_name=False).then(cb.export, traces, download, api_name=False)
+        cb.figures, [lanes, color_by], figures, **quiet).then(cb.export, lanes, download, **quiet)
+    # The live controls: every change runs (a newer one supersedes the older server side, so "multiple").
+    live_events = []
+    for trigger, api in ((beta.release, "live"), (mode.input, False), (top_k.release, False)):
+        event = trigger(cb.live, inputs, outputs, api_name=api, trigger_mode="multiple", **limit)
+        event.then(cb.figures, [lanes, color_by], figures, **quiet).then(cb.export, lanes, download, **quiet)
+        live_events.append(event)
+    # A sweep holds up to MAX_SWEEP_LANES + 1 sequences: fewer sweeps than pair runs at once.
+    sweep_limit = max(1, cb.engine.options.max_num_seqs // (2 * (MAX_SWEEP_LANES + 1)))
+    sweep = sweep_btn.click(cb.sweep, [prompt, betas, top_k, temperature, top_p, max_tokens, seed, lanes],
+                            [standard_text, *sweep_boxes, lanes, sweep_status], api_name="sweep",
+                            concurrency_id="engine-sweeps", concurrency_limit=sweep_limit, show_progress="minimal",
+                            show_progress_on=[sweep_status])
+    sweep.then(cb.sweep_figures, lanes, [sweep_summary, sweep_curves], **quiet).then(cb.export, lanes, download,
+                                                                                     **quiet)
     # The page also cancels its own pending events (Gradio's `cancels`); cb.stop covers API clients, the queue
     # and the engine.
     stop_btn.click(cb.stop, None, status, api_name="stop", queue=False)
-    stop_btn.click(None, None, None, cancels=[run], api_name=False)
-    step.release(cb.select_step, [traces, step, color_by], [step_plot, token_plot], api_name="select_step")
-    color_by.change(cb.select_step, [traces, step, color_by], [step_plot, token_plot], api_name=False)
+    stop_btn.click(None, None, None, cancels=[run, sweep, *live_events], api_name=False)
+    step.release(cb.select_step, [lanes, step, color_by], [step_plot, token_plot], api_name="select_step",
+                 show_progress="hidden")
+    color_by.change(cb.select_step, [lanes, step, color_by], [step_plot, token_plot], **quiet)
 
 
 def evaluate_tab(cb: Callbacks) -> None:

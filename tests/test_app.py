@@ -219,3 +219,96 @@ def test_stop_ends_a_running_evaluation(app, client):
     with pytest.raises(AppError, match="Evaluation stopped"):
         job.result(timeout=30)
     _wait(lambda: engine.num_unfinished_requests() == 0, 10, "requests left on the engine")
+
+
+def _export_all(client) -> list[Trace]:
+    path = client.predict(api_name="/export")
+    return [Trace.from_dict(t) for t in json.loads(Path(path).read_text())["lanes"]]
+
+
+def test_sweep_lanes_match_the_same_betas_run_one_by_one(client, app):
+    """/sweep: the standard lane and every beta in one batch, streamed; each lane equals that beta run alone
+    (greedy, token for token), and Export holds every lane."""
+    from gradio_client import Client
+
+    job = client.submit(PROMPT, "0, 0.5, 2, direct", 20, 0.0, 1.0, 24, 0, api_name="/sweep")
+    final = job.result(timeout=180)
+    assert len(job.outputs()) >= 2  # streamed
+    assert final[-1].startswith("Swept 4 lanes") and "Paris" in final[0]["value"]
+    labels = [o["label"] for o in job.outputs()[0][1:5]]
+    assert labels == ["Mixture of Inputs (beta = 0)", "Mixture of Inputs (beta = 0.5)",
+                      "Mixture of Inputs (beta = 2)", "Direct mixture (w = p)"]
+    standard, *swept = _export_all(client)
+    assert standard.mode == "standard" and [(t.mode, t.beta) for t in swept] == [
+        ("moi", 0.0), ("moi", 0.5), ("moi", 2.0), ("direct", 0.0)]
+    assert [t.text for t in swept] == [o["value"] if isinstance(o, dict) else o for o in final[1:5]]
+    alone = Client(app[0], verbose=False)  # a fresh session: nothing to reuse
+    for trace in swept:
+        mode = "Direct mixture" if trace.mode == "direct" else "MoI"
+        alone.predict(PROMPT, mode, trace.beta, 20, 0.0, 1.0, 24, 0, "p", api_name="/generate")
+        single_standard, single = export(alone)
+        assert single.token_ids == trace.token_ids, (trace.mode, trace.beta)
+        assert single_standard.token_ids == standard.token_ids
+
+
+def test_live_beta_change_reruns_only_the_moi_lane_then_reuses_kept_lanes(client, app):
+    engine = app[1]
+    first = client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 16, 0, "p", api_name="/generate")
+    assert "reused" not in first[-1]
+    applied = engine.stats()["applied_steps"]
+    changed = client.predict(PROMPT, "MoI", 0.0, 20, 0.0, 1.0, 16, 0, "p", api_name="/live")
+    assert changed[0]["label"] == "Standard (reused: same inputs)" and changed[0]["value"] == first[0]["value"]
+    assert "standard lane reused" in changed[-1] and changed[1]["label"] == "Mixture of Inputs (beta = 0)"
+    standard, moi = export(client)
+    assert moi.beta == 0.0 and engine.stats()["applied_steps"] > applied
+    # Back to beta 1, then a smaller top-k: beta 1 is shown from the session's lanes with no engine call; the
+    # standard lane is reused (trimmed) for top-k 5, whose MoI lane runs.
+    applied = engine.stats()["applied_steps"]
+    back = client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 16, 0, "p", api_name="/live")
+    assert "no engine call" in back[-1] and back[1]["value"] == first[1]["value"]
+    assert engine.stats()["applied_steps"] == applied
+    smaller = client.predict(PROMPT, "MoI", 1.0, 5, 0.0, 1.0, 16, 0, "p", api_name="/live")
+    assert "standard lane reused" in smaller[-1]
+    standard5, moi5 = export(client)
+    assert standard5.top_k == 5 and all(len(s.topk_ids) == 5 for s in standard5.steps)
+    assert standard5.token_ids == standard.token_ids and moi5.top_k == 5
+    # A new prompt: nothing is reused.
+    other = client.predict("Name three colours.", "MoI", 1.0, 20, 0.0, 1.0, 8, 0, "p", api_name="/live")
+    assert "reused" not in other[-1] and other[0]["label"] == "Standard"
+
+
+def test_live_before_any_run_does_nothing(app):
+    from gradio_client import Client
+
+    fresh = Client(app[0], verbose=False)
+    applied = app[1].stats()["applied_steps"]
+    result = fresh.predict(PROMPT, "MoI", 0.5, 20, 0.0, 1.0, 8, 0, "p", api_name="/live")
+    assert all(o == {"__type__": "update"} for o in result)  # every output left as it was
+    assert app[1].stats()["applied_steps"] == applied
+
+
+def test_a_newer_live_change_supersedes_the_older_run(client, app):
+    engine = app[1]
+    client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 8, 0, "p", api_name="/generate")
+    long_prompt_args = (PROMPT, "MoI", 0.0, 20, 1.0, 1.0, 8, 0, "p")  # temperature 1: a new standard key
+    old = client.submit(*long_prompt_args[:6], 300, 0, "p", api_name="/live")
+    _wait(lambda: engine.num_unfinished_requests() >= 1, 60, "the older run did not start")
+    new = client.predict(PROMPT, "MoI", 0.25, 20, 0.0, 1.0, 8, 0, "p", api_name="/live")
+    assert new[-1].startswith(("Done", "Shown"))
+    old.result(timeout=60)
+    _wait(lambda: engine.num_unfinished_requests() == 0, 30, "the older run was not aborted")
+    _, moi = export(client)
+    assert moi.beta == 0.25  # the page shows the newer run
+
+
+@pytest.mark.parametrize(("betas", "message"), [
+    ("", "betas: must list at least one beta"),
+    ("0, 1, 5", "betas: each beta must be from 0 to 4; got 5"),
+    ("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8", "betas: at most 8 lanes in one sweep; got 9"),
+    ("0, one", "betas: each entry must be a beta from 0 to 4 or `direct`"),
+])
+def test_bad_sweep_input_names_the_field(client, betas, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message.replace("(", r"\(")):
+        client.predict(PROMPT, betas, 20, 0.0, 1.0, 8, 0, api_name="/sweep")

@@ -49,3 +49,58 @@ def test_generate_in_the_browser(page, app):
     page.screenshot(path=str(SHOTS / "app.png"), full_page=True)
     assert (SHOTS / "app.png").stat().st_size > 50_000
     assert engine.num_unfinished_requests() == 0
+
+
+def _set_number(page, elem_id: str, value: str) -> None:
+    """Type in a slider's number box and leave it: the slider's release event, as a user's edit fires it."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(value)
+    box.blur()
+
+
+def _status_changes(page, selector: str, word: str):
+    """A waiter for the element's text to change (from now) to one containing `word`."""
+    before = page.locator(selector).inner_text()
+    return lambda: page.wait_for_function(
+        "([s, before, word]) => { const t = document.querySelector(s).innerText; "
+        "return t !== before && t.includes(word); }", arg=[selector, before, word], timeout=120_000)
+
+
+def test_beta_change_reruns_the_moi_lane_alone(page, app):
+    engine = app[1]
+    standard_before = page.locator("#standard-text textarea").input_value()
+    moi_before = page.locator("#moi-text textarea").input_value()
+    applied = engine.stats()["applied_steps"]
+    done = _status_changes(page, "#status", "standard lane reused")
+    _set_number(page, "beta", "0")  # no click on Generate
+    done()
+    assert "Mixture of Inputs (beta = 0)" in page.locator("#moi-text").inner_text()
+    assert "Standard (reused: same inputs)" in page.locator("#standard-text").inner_text()
+    assert page.locator("#standard-text textarea").input_value() == standard_before
+    assert page.locator("#moi-text textarea").input_value() != moi_before  # beta 0 keeps the least of the sample
+    assert engine.stats()["applied_steps"] > applied and engine.num_unfinished_requests() == 0
+
+
+def test_sweep_renders_every_lane_and_its_charts_then_the_slider_shows_a_swept_lane(page, app):
+    engine = app[1]
+    page.locator("#betas textarea").fill("0.5, 2, direct")
+    done = _status_changes(page, "#sweep-status", "Swept 3 lanes")
+    page.locator("#sweep").click()
+    done()
+    page.wait_for_function("() => document.querySelectorAll('#sweep-summary-plot .js-plotly-plot, "
+                           "#sweep-curves-plot .js-plotly-plot').length === 2", timeout=60_000)
+    texts = [page.locator(f"#sweep-lane-{i} textarea").input_value() for i in range(3)]
+    assert all(texts) and page.locator("#sweep-lane-3").count() == 0 or not page.locator("#sweep-lane-3").is_visible()
+    assert "Direct mixture (w = p)" in page.locator("#sweep-lane-2").inner_text()
+    assert page.locator("#sweep-summary-plot .bars .point").count() == 3  # a divergence bar per lane
+    assert page.locator("#sweep-curves-plot .legendtext").count() == 3
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#sweep-summary-plot").scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "sweep.png"), full_page=True)
+    # The slider to a swept beta: that lane at once, from the session's lanes.
+    applied = engine.stats()["applied_steps"]
+    done = _status_changes(page, "#status", "no engine call")
+    _set_number(page, "beta", "2")
+    done()
+    assert page.locator("#moi-text textarea").input_value() == texts[1]
+    assert engine.stats()["applied_steps"] == applied

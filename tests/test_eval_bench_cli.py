@@ -47,6 +47,7 @@ def test_bench_smoke(tiny_models, tmp_path):
                   "--no-compiled", "--no-split", "--plugin-batches", "1"], tmp_path)
     for row in ("a. decode tokens/s, MoI vs standard, batch 1", "c. tokens/s, vLLM (MoI) vs reference decoder",
                 "b. side-by-side wall time", "f. time to first token, through the app", "peak RSS",
+                "i. beta sweep to completion, standard + 7 MoI lanes vs one lane",
                 "g. plugin's own cost: MoI vs standard tok/s, tiny model, batch 1",
                 "h. standard tok/s, plugin installed vs stock vLLM, tiny model, batch 1"):
         assert row in stdout
@@ -61,3 +62,21 @@ def test_bench_load_smoke(tiny_models, tmp_path):
     assert "| errors by kind (bad inputs refused by name are not errors) | none |" in stdout
     assert "| greedy outputs different from the same request alone | 0 |" in stdout
     assert "'bad': 1" in stdout and "'stop': 1" in stdout
+
+
+def test_generate_with_betas_prints_every_lane_and_its_divergence(tiny_models, tmp_path):
+    from moi_demo.trace import first_divergence, load_traces
+
+    stdout = run(["generate", "Count to ten.", "--model", tiny_models["llama"], "--betas", "0,2,direct",
+                  "--max-tokens", "12", "--max-model-len", "256", "--json", str(tmp_path / "sweep.json")], tmp_path)
+    standard, *lanes = load_traces(tmp_path / "sweep.json")
+    assert [(t.mode, t.beta) for t in lanes] == [("moi", 0.0), ("moi", 2.0), ("direct", 0.0)]
+    for trace, label in zip(lanes, ["MoI (beta = 0)", "MoI (beta = 2)", "Direct mixture (w = p)"], strict=True):
+        d = first_divergence(standard, trace)
+        where = "same tokens as standard" if d is None else f"first differs from standard at step {d}"
+        assert f"=== {label}, {where} [{len(trace.steps)} tokens" in stdout
+        assert trace.text in stdout
+    assert stdout.index("=== Standard [") < stdout.index("=== MoI (beta = 0)")
+    bad = subprocess.run([MOI_DEMO, "generate", "hi", "--betas", "0,9", "--model", tiny_models["llama"]],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert bad.returncode == 2 and "--betas: each beta must be from 0 to 4; got 9" in bad.stderr

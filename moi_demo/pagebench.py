@@ -1,0 +1,232 @@
+"""`moi-demo bench --page`: the page as a user feels it, in headless Chromium (Debian's, driven by Playwright).
+
+Against the real app (engine + Gradio server started here, ended with its processes), in one tab:
+- Generate, repeated with a fresh prompt each time (both lanes run): click to the first token visible in the MoI
+  box, and the page's main-thread long tasks (PerformanceObserver `longtask`) from the click until the figures
+  are drawn and the page is quiet again;
+- the live slider: a new beta entered and released, to the first new MoI token on the page;
+- a beta sweep (standard + 7 MoI lanes): its long tasks;
+- the bytes the page receives per run (Chrome's network events) and the size of the four figures' JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("moi_demo.bench")
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--disable-quic"]
+PROMPTS = ["Write a long story about a dragon who learns to bake bread.",
+           "Write a long story about a lighthouse keeper and a storm.",
+           "Write a long story about a robot who wants to paint.",
+           "Write a long story about two friends crossing a desert.",
+           "Write a long story about a city under the sea.",
+           "Write a long story about a clockmaker's apprentice."]
+# Recorded in the page from its first script: long tasks, and when the MoI box first shows new text after a mark.
+INIT_SCRIPT = """
+window.__long = [];
+new PerformanceObserver(list => { for (const e of list.getEntries()) window.__long.push([e.startTime, e.duration]); })
+  .observe({type: 'longtask', buffered: true});
+window.__changed = (selector, word) => {  // the element's text changed since __watch and now contains word
+  const el = document.querySelector(selector);
+  return !!el && el.innerText !== window.__before[selector] && el.innerText.includes(word);
+};
+window.__watch = (selector, statuses) => {
+  window.__before = {};
+  for (const s of statuses) { const el = document.querySelector(s); window.__before[s] = el ? el.innerText : ''; }
+  const value = () => { const box = document.querySelector(selector); return box ? box.value : ''; };
+  const before = value();
+  window.__mark = performance.now(); window.__first = null;
+  const tick = () => {
+    const now = value();
+    if (now !== before && now.length > 0) { window.__first = performance.now(); return; }
+    requestAnimationFrame(tick);
+  };
+  requestAnimationFrame(tick);
+};
+"""
+
+
+def chromium_path() -> str | None:
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    return path if Path(path).exists() else None
+
+
+@contextlib.contextmanager
+def browser_page(width: int = 1400, height: int = 1000) -> Iterator[Any]:
+    """A page in headless Debian Chromium with the long-task recorder installed; the browser ends with the block."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    if executable is None:
+        raise RuntimeError("Debian's chromium is not installed (scripts/setup.sh --dev installs it)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.add_init_script(INIT_SCRIPT)
+            yield page
+        finally:
+            browser.close()
+
+
+@dataclass
+class Window:
+    """What happened on the page between a user action and quiet."""
+
+    first_token_s: float | None
+    long_tasks: list[float] = field(default_factory=list)  # durations, ms
+    bytes_received: int = 0
+
+    @property
+    def long_total_ms(self) -> float:
+        return sum(self.long_tasks)
+
+    @property
+    def long_max_ms(self) -> float:
+        return max(self.long_tasks, default=0.0)
+
+
+class PageProbe:
+    """Drives the side-by-side page and measures each action."""
+
+    def __init__(self, page: Any, url: str):
+        self.page = page
+        self.bytes = 0
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.on("Network.dataReceived", self._on_data)
+        page.goto(url, wait_until="load")
+        page.locator("#prompt textarea").wait_for(timeout=60_000)
+        self.page.wait_for_timeout(500)
+
+    def _on_data(self, event: dict) -> None:
+        self.bytes += int(event.get("encodedDataLength") or event.get("dataLength") or 0)
+
+    def _window(self, action: Any, watch: str, status: str, word: str, timeout_ms: int = 300_000) -> Window:
+        """Do `action`; wait for the first new text in `watch`, for `status` to change to a text with `word`, and
+        for the page to be quiet (no bytes received for a second, then settled): the window's measures."""
+        page = self.page
+        start_bytes = self.bytes
+        t0 = page.evaluate("() => performance.now()")
+        page.evaluate("([s, statuses]) => window.__watch(s, statuses)", [watch, [status]])
+        action()
+        page.wait_for_function("([s, w]) => window.__changed(s, w)", arg=[status, word], timeout=timeout_ms)
+        page.wait_for_function("() => window.__first !== null", timeout=timeout_ms)
+        self.quiet()
+        first = page.evaluate("() => window.__first - window.__mark")
+        tasks = page.evaluate("t0 => window.__long.filter(e => e[0] + e[1] >= t0).map(e => e[1])", t0)
+        return Window(first / 1000, tasks, self.bytes - start_bytes)
+
+    def quiet(self, idle_s: float = 1.0, settle_ms: int = 500) -> None:
+        """Wait until the page has received nothing for `idle_s` (the chained figure events included), then
+        let it settle (render what it received)."""
+        last, since = self.bytes, time.monotonic()
+        while time.monotonic() - since < idle_s:
+            self.page.wait_for_timeout(100)
+            if self.bytes != last:
+                last, since = self.bytes, time.monotonic()
+        self.page.wait_for_timeout(settle_ms)
+
+    def generate(self, prompt: str) -> Window:
+        self.page.locator("#prompt textarea").fill(prompt)
+        return self._window(lambda: self.page.locator("#generate").click(), "#moi-text textarea", "#status", "Done")
+
+    def set_beta(self, beta: float) -> Window:
+        """Type a beta in the slider's number box and leave it (the slider's release event)."""
+        box = self.page.locator("#beta input[type=number]")
+
+        def act() -> None:
+            box.fill(f"{beta:g}")
+            box.blur()
+
+        return self._window(act, "#moi-text textarea", "#status", "Done")
+
+    def sweep(self, betas: str) -> Window:
+        self.page.locator("#betas textarea").fill(betas)
+        return self._window(lambda: self.page.locator("#sweep").click(), "#sweep-lane-0 textarea", "#sweep-status",
+                            "Swept")
+
+
+@dataclass
+class PageSettings:
+    runs: int = 5
+    tokens: int = 128  # the page's default max new tokens
+    betas: tuple[float, ...] = (0.5, 2.0, 0.25, 3.0, 1.5)
+    sweep: str = "0, 0.25, 0.5, 1, 2, 4, direct"
+    screenshot: str | None = None
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def run_page(url: str, s: PageSettings) -> str:
+    with browser_page() as page:
+        probe = PageProbe(page, url)
+        runs = [probe.generate(PROMPTS[i % len(PROMPTS)]) for i in range(s.runs + 1)][1:]  # the first warms up
+        live = [probe.set_beta(b) for b in s.betas]
+        sweep = probe.sweep(s.sweep)
+        if s.screenshot:
+            page.locator("#sweep-summary-plot").scroll_into_view_if_needed()
+            page.screenshot(path=s.screenshot, full_page=True)
+    lines = ["### The page in Chromium (one tab, repeated runs; long tasks = main-thread tasks over 50 ms)",
+             "| action | n | to first token p50 / p95 | long tasks: total per action p50 (max) | longest task | "
+             "bytes received per action p50 |", "|---|---|---|---|---|---|"]
+    for name, windows in ((f"Generate ({s.tokens} + {s.tokens} tokens)", runs),
+                          ("beta change (number box, release)", live), ("beta sweep (standard + 7 lanes)", [sweep])):
+        first = [w.first_token_s for w in windows if w.first_token_s is not None]
+        lines.append(
+            f"| {name} | {len(windows)} | {_pct(first, 0.5) * 1000:.0f} / {_pct(first, 0.95) * 1000:.0f} ms | "
+            f"{statistics.median(w.long_total_ms for w in windows):.0f} ms "
+            f"({max(w.long_total_ms for w in windows):.0f} ms) | {max(w.long_max_ms for w in windows):.0f} ms | "
+            f"{statistics.median(w.bytes_received for w in windows) / 1024:.0f} KiB |")
+    lines.append("targets: longest task <= 200 ms, total <= 500 ms per action; first token p50 <= 300 ms, "
+                 "p95 <= 1 s")
+    return "\n".join(lines)
+
+
+def figure_bytes(engine: Any, tokens: int) -> str:
+    """The JSON the page receives for the four figures of one run, each (what Gradio's Plot sends)."""
+    from moi_demo import plots
+    from moi_demo.mixing import MoIConfig
+    from moi_demo.trace import SamplingSettings, first_divergence
+
+    standard, moi = engine.generate_pair_sync(PROMPTS[0], MoIConfig("moi", 1.0, 20),
+                                              SamplingSettings(max_tokens=tokens))
+    d = first_divergence(standard, moi)
+    figs = {"token map": plots.token_map(standard, moi, "p", d or 0),
+            "inside a step": plots.step_distribution(standard, moi, d or 0),
+            "mix weights": plots.weights_heatmap(moi), "entropy": plots.entropy_chart(standard, moi, d)}
+    sizes = {name: len(fig.to_json()) for name, fig in figs.items()}
+    return (f"figure JSON per run ({len(standard.steps)} + {len(moi.steps)} tokens): "
+            + ", ".join(f"{k} {v / 1024:.1f} KiB" for k, v in sizes.items())
+            + f"; total {sum(sizes.values()) / 1024:.1f} KiB")
+
+
+def main(model: str | None, s: PageSettings) -> str:
+    from moi_demo.engine import EngineOptions, MoIEngine
+    from moi_demo.models import resolve_model
+    from moi_demo.ui import build_demo
+
+    engine = MoIEngine(resolve_model(model), EngineOptions(max_model_len=2048, kv_cache_memory_bytes=1 << 30)).start()
+    demo = build_demo(engine, max_new_tokens=max(512, s.tokens))
+    try:
+        demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+        start = time.perf_counter()
+        table = run_page(demo.local_url, s)
+        logger.info("page bench took %.0f s", time.perf_counter() - start)
+        return table + "\n\n" + figure_bytes(engine, s.tokens)
+    finally:
+        demo.close()
+        engine.shutdown()
