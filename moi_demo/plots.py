@@ -74,7 +74,7 @@ def token_map(standard: Trace, moi: Trace, color_by: str = "p", selected: int | 
         hover = [[""] * TOKENS_PER_ROW for _ in range(n_rows)]
         for s in trace.steps:
             r, c = divmod(s.index, TOKENS_PER_ROW)
-            z[r][c] = metric(s)
+            z[r][c] = round(metric(s), 4)
             mark = "▶" if s.index == selected else ("✕" if s.index == diverge else "")
             text[r][c] = mark + _show(s.token)
             hover[r][c] = f"step {s.index}<br>{s.token!r}<br>p = {s.p_sampled:.3f}<br>H = {s.entropy:.3f}"
@@ -146,9 +146,9 @@ def weights_heatmap(moi: Trace) -> go.Figure:
     for j, s in enumerate(steps):
         w = dict(zip(s.candidate_ids or [], s.weights or [], strict=True))
         for rank, tid in enumerate(s.topk_ids):
-            z[rank][j] = w.get(tid, 0.0)
+            z[rank][j] = round(w.get(tid, 0.0), 4)  # 4 digits: what the eye and the hover need, a third of the JSON
         if not s.sampled_in_topk:
-            z[k][j] = w.get(s.token_id, 0.0)
+            z[k][j] = round(w.get(s.token_id, 0.0), 4)
     fig = go.Figure(go.Heatmap(
         z=z, x=[s.index for s in steps], y=[f"rank {r + 1}" for r in range(k)] + ["y outside top-k"],
         colorscale="Magma", zmin=0, zmax=1, colorbar=dict(title="w"),
@@ -165,9 +165,10 @@ def entropy_chart(standard: Trace, moi: Trace, diverge: int | None = None) -> go
         return _empty("Entropy and kept weight")
     fig = go.Figure()
     for trace in (standard, moi):
-        fig.add_trace(go.Scatter(x=[s.index for s in trace.steps], y=[s.entropy for s in trace.steps],
+        fig.add_trace(go.Scatter(x=[s.index for s in trace.steps], y=[round(s.entropy, 4) for s in trace.steps],
                                  mode="lines", name=f"H, {_label(trace)}", line=dict(color=COLORS[trace.lane])))
-    fig.add_trace(go.Scatter(x=[s.index for s in moi.steps], y=[s.sampled_weight for s in moi.steps], mode="lines",
+    fig.add_trace(go.Scatter(x=[s.index for s in moi.steps], y=[round(s.sampled_weight, 4) for s in moi.steps],
+                             mode="lines",
                              name=f"w on sampled token, {_label(moi)}",
                              line=dict(color=COLORS["sampled"], dash="dot")))
     _mark_divergence(fig, first_divergence(standard, moi) if diverge is None else diverge)

@@ -211,7 +211,8 @@ class Callbacks:
         """The engine's lanes paced for the page, ending quietly once a newer run of the session supersedes this
         one (the newer run owns the page; this one was aborted); input and engine errors shown by name."""
         try:
-            for traces in _paced(self.engine.stream_lanes(prompt, configs, settings, run_id=run_id)):
+            interval = UPDATE_INTERVAL_S * max(1.0, len(configs) / 2)  # a sweep's 8 boxes: every 0.4 s
+            for traces in _paced(self.engine.stream_lanes(prompt, configs, settings, run_id=run_id), interval):
                 if not self._current(run_id):
                     return
                 yield traces
@@ -275,17 +276,22 @@ class Callbacks:
             status,
         )
 
-    def figures(self, lanes: Lanes | None, color_by: str) -> tuple[Any, Any, Any, Any]:
-        """The four views of the pair on display (the page chains this after a run); nothing is sent when the page
-        already shows them."""
+    def figures(self, lanes: Lanes | None, color_by: str) -> Iterator[tuple[Any, Any, Any, Any]]:
+        """The four views of the pair on display (the page chains this after a run), sent one at a time: the page
+        draws each in its own task (all four in one update was one long task of the page's main thread, measured
+        in `moi-demo bench --page`). Nothing is sent when the page already shows them."""
         if lanes is None or lanes.shown is None or lanes.drawn == (lanes.version, color_by):
-            return (gr.skip(),) * 4
+            yield (gr.skip(),) * 4
+            return
         lanes.drawn = (lanes.version, color_by)
         standard, moi = lanes.shown
         diverge = first_divergence(standard, moi)
         selected = diverge if diverge is not None else 0
-        return (plots.token_map(standard, moi, color_by, selected), plots.step_distribution(standard, moi, selected),
-                plots.weights_heatmap(moi), plots.entropy_chart(standard, moi, diverge))
+        views = [lambda: plots.token_map(standard, moi, color_by, selected),
+                 lambda: plots.step_distribution(standard, moi, selected),
+                 lambda: plots.weights_heatmap(moi), lambda: plots.entropy_chart(standard, moi, diverge)]
+        for i, view in enumerate(views):
+            yield tuple(view() if j == i else gr.skip() for j in range(4))
 
     def sweep(self, prompt: str, betas: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any, seed: Any,
               lanes: Lanes | None, request: gr.Request) -> Iterator[tuple]:
