@@ -405,13 +405,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--page", action="store_true", help="only the page in Chromium (long tasks, time to first token)")
     p.add_argument("--page-runs", type=int, default=5)
     p.add_argument("--screenshot", default=None, help="with --page: save the page after the sweep here")
+    p.add_argument("--page-cores", choices=["own", "shared"], default="own",
+                   help="with --page: the browser on a core of its own (default) or sharing every core with the engine")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if a.page:
         from moi_demo.pagebench import PageSettings
         from moi_demo.pagebench import main as page_main
 
-        print(page_main(a.model, PageSettings(runs=a.page_runs, screenshot=a.screenshot)))  # noqa: T201
+        print(page_main(a.model, PageSettings(runs=a.page_runs, screenshot=a.screenshot,
+                                                      cores=a.page_cores)))  # noqa: T201
         return 0
     if a.load:
         from moi_demo.loadtest import LoadSettings

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import statistics
 import time
@@ -61,9 +62,20 @@ def chromium_path() -> str | None:
     return path if Path(path).exists() else None
 
 
+def _pin_browser(cpus: list[int]) -> None:
+    """Move every Chromium process (children of this process's Playwright driver) to `cpus`."""
+    import psutil
+
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "chrom" in proc.name().lower():
+                proc.cpu_affinity(cpus)
+
+
 @contextlib.contextmanager
-def browser_page(width: int = 1400, height: int = 1000) -> Iterator[Any]:
-    """A page in headless Debian Chromium with the long-task recorder installed; the browser ends with the block."""
+def browser_page(width: int = 1400, height: int = 1000, cpus: list[int] | None = None) -> Iterator[Any]:
+    """A page in headless Debian Chromium with the long-task recorder installed; the browser ends with the block.
+    `cpus`: the cores the browser may run on (the engine is kept off them by the caller)."""
     from playwright.sync_api import sync_playwright
 
     executable = chromium_path()
@@ -73,6 +85,8 @@ def browser_page(width: int = 1400, height: int = 1000) -> Iterator[Any]:
         browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": width, "height": height})
+            if cpus is not None:
+                _pin_browser(cpus)
             page.add_init_script(INIT_SCRIPT)
             yield page
         finally:
@@ -167,6 +181,13 @@ class PageSettings:
     betas: tuple[float, ...] = (0.5, 2.0, 0.25, 3.0, 1.5)
     sweep: str = "0, 0.25, 0.5, 1, 2, 4, direct"
     screenshot: str | None = None
+    # "own": the browser on a core of its own, the engine and server on the others (a user's browser is not on the
+    # server); "shared": everything on every core (what a 2-core machine running both does).
+    cores: str = "own"
+
+    @property
+    def browser_cpus(self) -> list[int] | None:
+        return [max(os.sched_getaffinity(0))] if self.cores == "own" else None
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -175,7 +196,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run_page(url: str, s: PageSettings) -> str:
-    with browser_page() as page:
+    with browser_page(cpus=s.browser_cpus) as page:
         probe = PageProbe(page, url)
         runs = [probe.generate(PROMPTS[i % len(PROMPTS)]) for i in range(s.runs + 1)][1:]  # the first warms up
         live = [probe.set_beta(b) for b in s.betas]
@@ -183,7 +204,9 @@ def run_page(url: str, s: PageSettings) -> str:
         if s.screenshot:
             page.locator("#sweep-summary-plot").scroll_into_view_if_needed()
             page.screenshot(path=s.screenshot, full_page=True)
-    lines = ["### The page in Chromium (one tab, repeated runs; long tasks = main-thread tasks over 50 ms)",
+    where = ("the browser on a core of its own, engine and server on the others" if s.cores == "own" else
+             "browser, engine and server sharing every core")
+    lines = [f"### The page in Chromium ({where}; one tab, repeated runs; long tasks = main-thread tasks > 50 ms)",
              "| action | n | to first token p50 / p95 | long tasks: total per action p50 (max) | after the run p50 "
              "| longest task | bytes received per action p50 |", "|---|---|---|---|---|---|---|"]
     for name, windows in ((f"Generate ({s.tokens} + {s.tokens} tokens)", runs),
@@ -221,10 +244,19 @@ def figure_bytes(engine: Any, tokens: int) -> str:
 
 def main(model: str | None, s: PageSettings) -> str:
     from moi_demo.engine import EngineOptions, MoIEngine
+    from moi_demo.lifecycle import temporary_env
     from moi_demo.models import resolve_model
     from moi_demo.ui import build_demo
 
-    engine = MoIEngine(resolve_model(model), EngineOptions(max_model_len=2048, kv_cache_memory_bytes=1 << 30)).start()
+    env: dict[str, str] = {}
+    cpus = sorted(os.sched_getaffinity(0))
+    if s.cores == "own" and len(cpus) > 1:
+        server = cpus[:-1]
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, server))  # the engine's threads off the browser's core
+        os.sched_setaffinity(0, server)  # the Gradio server too
+    with temporary_env(env):
+        engine = MoIEngine(resolve_model(model),
+                           EngineOptions(max_model_len=2048, kv_cache_memory_bytes=1 << 30)).start()
     demo = build_demo(engine, max_new_tokens=max(512, s.tokens))
     try:
         demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
@@ -235,3 +267,4 @@ def main(model: str | None, s: PageSettings) -> str:
     finally:
         demo.close()
         engine.shutdown()
+        os.sched_setaffinity(0, cpus)

@@ -194,8 +194,8 @@ def sweep_summary(standard: Trace, lanes: list[Trace]) -> go.Figure:
     summaries = [summarize(standard, t) for t in lanes]
     labels = [_label(t) for t in lanes]
     diverge = [s.diverge for s in summaries]
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=[
-        "First step that differs from standard", "Mean weight on the sampled token, mean H"])
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.15, subplot_titles=[
+        "First step unlike standard", "Mean w on sample, mean H"])
     fig.add_trace(go.Bar(
         x=labels, y=[len(t.steps) if d is None else d for t, d in zip(lanes, diverge, strict=True)],
         text=["never" if d is None else str(d) for d in diverge], textposition="outside",
