@@ -150,8 +150,16 @@ def load_jsonl(path: str | Path, n: int | None = None) -> list[Example]:
 
 
 def check_jsonl(example: Example, output: str) -> tuple[str | None, bool]:
+    """The final answer against the gold one: equal as numbers or as text, else (math-verify installed, the `eval`
+    extra) equal as mathematics (`\\frac{1}{2}` = `0.5`, sets, intervals), checked in a bounded worker."""
     extracted = extract_answer(output)
-    return extracted, answers_match(extracted, example.answer)
+    if answers_match(extracted, example.answer):
+        return extracted, True
+    from moi_demo.tasks import latex_verify
+
+    if extracted is not None and latex_verify.available():
+        return extracted, latex_verify.shared().check(example.answer, extracted)
+    return extracted, False
 
 
 def get_task(name: str, n: int, seed: int = 0) -> tuple[list[Example], Any]:
