@@ -28,6 +28,7 @@ EVAL_TASKS = ["arithmetic-1", "arithmetic-2", "arithmetic-3", "arithmetic-4", "c
 # Streamed texts reach the page at most this often: every update costs the page a layout and a frame (measured in
 # `moi-demo bench --page`), and ten a second reads as live.
 UPDATE_INTERVAL_S = 0.1
+MAX_TICKETS = 10_000  # (session, kind) entries kept to tell a run whether a newer one superseded it
 MAX_PROMPT_CHARS = 20_000  # refused before tokenization (the context limit in tokens is checked after)
 
 INTRO = """
@@ -198,7 +199,10 @@ class Callbacks:
 
     def _supersede(self, session: str, kind: str) -> str:
         """A new run of this kind for the session: older ones are aborted, and stop updating the page."""
-        ticket = self._tickets[(session, kind)] = self._tickets.get((session, kind), 0) + 1
+        ticket = self._tickets.pop((session, kind), 0) + 1
+        self._tickets[(session, kind)] = ticket  # newest last: the oldest sessions' entries go first
+        while len(self._tickets) > MAX_TICKETS:
+            self._tickets.pop(next(iter(self._tickets)))
         self.engine.cancel(f"{session}/{kind}")
         return f"{session}/{kind}/{ticket}"
 
