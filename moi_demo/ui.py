@@ -28,6 +28,7 @@ EVAL_TASKS = ["arithmetic-1", "arithmetic-2", "arithmetic-3", "arithmetic-4", "c
 # Streamed texts reach the page at most this often: every update costs the page a layout and a frame (measured in
 # `moi-demo bench --page`), and ten a second reads as live.
 UPDATE_INTERVAL_S = 0.1
+FIGURE_GAP_S = 0.05  # between the four figures after a run: each arrives, and is drawn, on its own
 MAX_TICKETS = 10_000  # (session, kind) entries kept to tell a run whether a newer one superseded it
 MAX_PROMPT_CHARS = 20_000  # refused before tokenization (the context limit in tokens is checked after)
 
@@ -295,6 +296,8 @@ class Callbacks:
                  lambda: plots.step_distribution(standard, moi, selected),
                  lambda: plots.weights_heatmap(moi), lambda: plots.entropy_chart(standard, moi, diverge)]
         for i, view in enumerate(views):
+            if i:
+                time.sleep(FIGURE_GAP_S)  # let the page draw the previous figure in a task of its own
             yield tuple(view() if j == i else gr.skip() for j in range(4))
 
     def sweep(self, prompt: str, betas: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any, seed: Any,
