@@ -120,31 +120,17 @@ def reference_tps(decoder: Any, ids: list[int], batch: int, tokens: int) -> floa
     return n / (time.perf_counter() - start)
 
 
-def lane_time(engine: Any, prompt: str, tokens: int, pair: bool) -> float:
-    """Wall time until both lanes (pair) or the standard lane alone have finished `tokens` tokens."""
-    settings = SamplingSettings(max_tokens=tokens, seed=0)
-    ids = engine.prompt_ids(prompt, tokens)
-    start = time.perf_counter()
-    if pair:
-        lanes = [("standard", engine.engine_for("standard"), MoIConfig("standard")),
-                 ("moi", engine.engine_for("moi"), MOI)]
-        for _ in engine._stream_lanes(lanes, ids, settings, prompt, ignore_eos=True):
-            pass
-    else:
-        for _ in engine._stream(engine.engine_for("standard"), ids, MoIConfig("standard"), settings,
-                                ignore_eos=True):
-            pass
-    return time.perf_counter() - start
-
-
+STANDARD = MoIConfig("standard")
 SWEEP = [MoIConfig("moi", b, 20) for b in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)] + [MoIConfig("direct", 0.0, 20)]
 
 
-def sweep_time(engine: Any, prompt: str, tokens: int, configs: list[MoIConfig]) -> float:
-    """Wall time until every lane (one engine batch) has finished `tokens` tokens."""
+def lanes_time(engine: Any, prompt: str, tokens: int, configs: list[MoIConfig]) -> float:
+    """Wall time until every lane (submitted together, each on its engine) has finished `tokens` tokens: both
+    lanes of a pair, the standard lane alone, or a sweep."""
     settings = SamplingSettings(max_tokens=tokens, seed=0)
     ids = engine.prompt_ids(prompt, tokens)
-    lanes = [("moi" if c.mixes else "standard", engine.engine_for("moi"), c) for c in configs]
+    names = ["moi" if c.mixes else "standard" for c in configs]
+    lanes = [(name, engine.engine_for(name), c) for name, c in zip(names, configs, strict=True)]
     start = time.perf_counter()
     for _ in engine._stream_lanes(lanes, ids, settings, prompt, ignore_eos=True):
         pass
@@ -306,18 +292,18 @@ def run(s: BenchSettings) -> str:
             engine = MoIEngine(model, EngineOptions(max_model_len=s.max_model_len, kv_cache_memory_bytes=kv),
                                layout=layout).start()
             started = time.perf_counter() - start
-            lane_time(engine, PROMPT, 4, True)
+            lanes_time(engine, PROMPT, 4, [STANDARD, MOI])
             rows_b.append(paired(
                 Row(f"b. side-by-side wall time, both lanes vs one lane, {layout} engine", "both", "one", unit="s",
                     target="<= 1.15"), s.repeats,
-                lambda e=engine: lane_time(e, PROMPT, s.tokens, True),
-                lambda e=engine: lane_time(e, PROMPT, s.tokens, False)))
+                lambda e=engine: lanes_time(e, PROMPT, s.tokens, [STANDARD, MOI]),
+                lambda e=engine: lanes_time(e, PROMPT, s.tokens, [STANDARD])))
             if layout == "shared":
                 rows_b.append(paired(
                     Row("i. beta sweep to completion, standard + 7 MoI lanes vs one lane", "sweep", "one", unit="s",
                         target="<= 2.0"), s.repeats,
-                    lambda e=engine: sweep_time(e, PROMPT, s.tokens, [MoIConfig("standard"), *SWEEP]),
-                    lambda e=engine: sweep_time(e, PROMPT, s.tokens, [MOI])))
+                    lambda e=engine: lanes_time(e, PROMPT, s.tokens, [STANDARD, *SWEEP]),
+                    lambda e=engine: lanes_time(e, PROMPT, s.tokens, [MOI])))
             if layout == "shared" and s.app:
                 rows_b.append(app_overhead(engine, s.repeats))
             engine.shutdown()

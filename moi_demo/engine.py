@@ -349,7 +349,7 @@ class MoIEngine:
     def _stream(
         self, engine: Any, ids: list[int], moi: MoIConfig, settings: SamplingSettings, *, ignore_eos: bool = False
     ) -> Iterator[Trace]:
-        """One lane alone (used by the self-check and the benchmarks)."""
+        """One lane alone (used by the self-check)."""
         lane = "moi" if moi.mixes else "standard"
         yield from (pair[0] for pair in self._stream_lanes([(lane, engine, moi)], ids, settings, "", ignore_eos))
 
