@@ -228,14 +228,12 @@ def figure_bytes(engine: Any, tokens: int) -> str:
     """The JSON the page receives for the four figures of one run, each (what Gradio's Plot sends)."""
     from moi_demo import plots
     from moi_demo.mixing import MoIConfig
-    from moi_demo.trace import SamplingSettings, first_divergence
+    from moi_demo.trace import SamplingSettings
 
     standard, moi = engine.generate_pair_sync(PROMPTS[0], MoIConfig("moi", 1.0, 20),
                                               SamplingSettings(max_tokens=tokens))
-    d = first_divergence(standard, moi)
-    figs = {"token map": plots.token_map(standard, moi, "p", d or 0),
-            "inside a step": plots.step_distribution(standard, moi, d or 0),
-            "mix weights": plots.weights_heatmap(moi), "entropy": plots.entropy_chart(standard, moi, d)}
+    names = ["token map", "inside a step", "mix weights", "entropy"]
+    figs = {name: view() for name, view in zip(names, plots.pair_views(standard, moi), strict=True)}
     sizes = {name: len(fig.to_json()) for name, fig in figs.items()}
     return (f"figure JSON per run ({len(standard.steps)} + {len(moi.steps)} tokens): "
             + ", ".join(f"{k} {v / 1024:.1f} KiB" for k, v in sizes.items())

@@ -9,6 +9,7 @@ lanes diverge is marked on every chart that has a step axis.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -225,3 +226,11 @@ def sweep_curves(lanes: list[Trace]) -> go.Figure:
                       xaxis_title="step", yaxis=dict(range=[0, 1.05]), legend=dict(orientation="h", y=-0.3))
     return fig
 
+
+def pair_views(standard: Trace, moi: Trace, color_by: str = "p") -> list[Callable[[], go.Figure]]:
+    """The four views of a pair as the page first shows them (the inspected step: the first divergence), each
+    built when called: token map, inside a step, mix weights, entropy."""
+    diverge = first_divergence(standard, moi)
+    selected = diverge if diverge is not None else 0
+    return [lambda: token_map(standard, moi, color_by, selected), lambda: step_distribution(standard, moi, selected),
+            lambda: weights_heatmap(moi), lambda: entropy_chart(standard, moi, diverge)]

@@ -245,7 +245,7 @@ class Callbacks:
         traces: tuple[Trace, ...] = ()
         for traces in self._stream(prompt, configs, settings, run_id):
             if standard is None:
-                standard_update = gr.update(value=traces[0].text)
+                standard_update = gr.update(value=traces[0].text, label=_standard_label(None))
             yield (standard_update, gr.update(value=traces[-1].text, label=label), *[gr.skip()] * 7)
             standard_update = gr.skip()
         if not traces or not self._current(run_id):
@@ -289,13 +289,7 @@ class Callbacks:
             yield (gr.skip(),) * 4
             return
         lanes.drawn = (lanes.version, color_by)
-        standard, moi = lanes.shown
-        diverge = first_divergence(standard, moi)
-        selected = diverge if diverge is not None else 0
-        views = [lambda: plots.token_map(standard, moi, color_by, selected),
-                 lambda: plots.step_distribution(standard, moi, selected),
-                 lambda: plots.weights_heatmap(moi), lambda: plots.entropy_chart(standard, moi, diverge)]
-        for i, view in enumerate(views):
+        for i, view in enumerate(plots.pair_views(*lanes.shown, color_by)):
             if i:
                 time.sleep(FIGURE_GAP_S)  # let the page draw the previous figure in a task of its own
             yield tuple(view() if j == i else gr.skip() for j in range(4))
@@ -323,7 +317,7 @@ class Callbacks:
         traces: tuple[Trace, ...] = ()
         for i, traces in enumerate(self._stream(prompt, runs, settings, run_id)):
             if standard is None:
-                standard_update = gr.update(value=traces[0].text)
+                standard_update = gr.update(value=traces[0].text, label=_standard_label(None))
             if i == 0:  # the first update names and shows the lanes; later ones only extend their texts
                 boxes = [gr.update(visible=True, value=t.text, label=_moi_label(t.config))
                          for t in traces[first:]] + [gr.update(visible=False, value="")] * hidden

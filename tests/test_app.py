@@ -273,8 +273,10 @@ def test_live_beta_change_reruns_only_the_moi_lane_then_reuses_kept_lanes(client
     assert standard5.top_k == 5 and all(len(s.topk_ids) == 5 for s in standard5.steps)
     assert standard5.token_ids == standard.token_ids and moi5.top_k == 5
     # A new prompt: nothing is reused.
-    other = client.predict("Name three colours.", "MoI", 1.0, 20, 0.0, 1.0, 8, 0, "p", api_name="/live")
+    job = client.submit("Name three colours.", "MoI", 1.0, 20, 0.0, 1.0, 8, 0, "p", api_name="/live")
+    other = job.result(timeout=120)
     assert "reused" not in other[-1] and other[0]["label"] == "Standard"
+    assert job.outputs()[0][0]["label"] == "Standard"  # from the first streamed text on, not only at the end
 
 
 def test_live_before_any_run_does_nothing(app):

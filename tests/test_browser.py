@@ -4,29 +4,22 @@ Generate, wait for both columns and the plots, save a screenshot."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.vllm, pytest.mark.browser]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-quic"]
 SHOTS = Path(os.environ.get("MOI_DEMO_SCREENSHOTS", Path(__file__).resolve().parents[1] / "out"))
 
 
 @pytest.fixture(scope="module")
 def page():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (scripts/setup.sh --dev installs it)")
-    from playwright.sync_api import sync_playwright
+    from moi_demo.pagebench import browser_page, chromium_path
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    if chromium_path() is None:
+        pytest.skip("Debian's chromium is not installed (scripts/setup.sh --dev installs it)")
+    with browser_page() as page:
         yield page
-        browser.close()
 
 
 def test_generate_in_the_browser(page, app):

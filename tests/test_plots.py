@@ -85,3 +85,10 @@ def test_empty_traces_give_placeholders():
 def test_traces_json_round_trip(pair, tmp_path):
     save_traces(tmp_path / "t.json", list(pair))
     assert load_traces(tmp_path / "t.json") == list(pair)
+
+
+def test_pair_views_are_the_four_figures_at_the_first_divergence(pair):
+    token, step, heat, entropy = (view() for view in plots.pair_views(*pair, "entropy"))
+    assert "step 2" in step.layout.annotations[0].text  # the lanes diverge at step 2
+    assert "entropy" in token.layout.title.text and heat.data[0].type == "heatmap"
+    assert entropy.layout.shapes[0].x0 == 2
