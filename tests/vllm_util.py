@@ -63,3 +63,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def lm_eval_samples(args: list[str], out: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the `lm_eval` command (from the repository root, with the local tasks of tests/data/lm_eval) in its own
+    process group, ended whole afterwards (an engine core and its workers included). Returns each task's
+    outputs in document order, the prompts of the last task, and the log."""
+    import contextlib
+    import signal
+
+    cmd = [os.path.join(os.path.dirname(sys.executable), "lm_eval"), *args, "--include_path", "tests/data/lm_eval",
+           "--log_samples", "--output_path", str(out)]
+    full_env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    if "MIXINPUTS_BETA" not in (env or {}):
+        full_env.pop("MIXINPUTS_BETA", None)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, log[-4000:]
+    result: dict[str, Any] = {"log": log}
+    for samples in sorted(out.rglob("samples_*.jsonl")):
+        task = samples.name[len("samples_"):].rsplit("_", 1)[0]
+        rows = sorted((json.loads(line) for line in samples.read_text().splitlines()), key=lambda r: r["doc_id"])
+        result[task] = [r["resps"][0][0] for r in rows]
+        result["prompts"] = [r["arguments"]["gen_args_0"]["arg_0"] for r in rows]
+    return result
