@@ -225,7 +225,8 @@ def run_page(url: str, s: PageSettings) -> str:
 
 
 def figure_bytes(engine: Any, tokens: int) -> str:
-    """The JSON the page receives for the four figures of one run, each (what Gradio's Plot sends)."""
+    """What the page receives for the four views of one run, each: the plotly JSON a Plot sends, the token
+    map's HTML."""
     from moi_demo import plots
     from moi_demo.mixing import MoIConfig
     from moi_demo.trace import SamplingSettings
@@ -234,7 +235,7 @@ def figure_bytes(engine: Any, tokens: int) -> str:
                                               SamplingSettings(max_tokens=tokens))
     names = ["token map", "inside a step", "mix weights", "entropy"]
     figs = {name: view() for name, view in zip(names, plots.pair_views(standard, moi), strict=True)}
-    sizes = {name: len(fig.to_json()) for name, fig in figs.items()}
+    sizes = {name: len(fig if isinstance(fig, str) else fig.to_json()) for name, fig in figs.items()}
     return (f"figure JSON per run ({len(standard.steps)} + {len(moi.steps)} tokens): "
             + ", ".join(f"{k} {v / 1024:.1f} KiB" for k, v in sizes.items())
             + f"; total {sum(sizes.values()) / 1024:.1f} KiB")

@@ -1,6 +1,6 @@
-"""Pure functions from traces to plotly figures (no engine, no UI state).
+"""Pure functions from traces to plotly figures, and to the token map's HTML (no engine, no UI state).
 
-Figures: the generated tokens of both lanes coloured by p(sampled) or by H; one step's top-k prior with the
+Views: the generated tokens of both lanes coloured by p(sampled) or by H (HTML); one step's top-k prior with the
 sampled token marked and, in the MoI lane, the posterior mix weights beside it; a heatmap of mix weights over
 steps x candidate rank; H and the weight kept on the sampled token over steps. The first step where the two
 lanes diverge is marked on every chart that has a step axis.
@@ -8,10 +8,11 @@ lanes diverge is marked on every chart that has a step axis.
 
 from __future__ import annotations
 
-import math
+import html
 from collections.abc import Callable
 
 import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from moi_demo.explorer import summarize
@@ -19,7 +20,6 @@ from moi_demo.trace import Step, Trace, first_divergence
 
 COLORS = {"standard": "#64748b", "moi": "#7c3aed", "prior": "#94a3b8", "posterior": "#7c3aed",
           "sampled": "#f59e0b", "diverge": "#ef4444"}
-TOKENS_PER_ROW = 16
 _LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=40), font=dict(size=12))
 
 
@@ -59,37 +59,50 @@ def _mark_divergence(fig: go.Figure, diverge: int | None, **kwargs) -> None:
                            showarrow=False, font=dict(color=COLORS["diverge"], size=11), xanchor="left")
 
 
-def token_map(standard: Trace, moi: Trace, color_by: str = "p", selected: int | None = None) -> go.Figure:
-    """Both lanes' tokens in rows of 16, coloured by p(sampled) (`color_by="p"`) or by H ("entropy")."""
+_VIRIDIS = sample_colorscale("Viridis", [i / 100 for i in range(101)])  # 'rgb(r, g, b)' at 0, 0.01, ..., 1
+TOKEN_MAP_CSS = """
+.moi-tokens { font: 13px/1.9 ui-monospace, SFMono-Regular, Menlo, monospace; }
+.moi-tokens h4 { margin: 6px 0 2px; font: 600 13px system-ui, sans-serif; }
+.moi-tokens .lane { display: flex; flex-wrap: wrap; gap: 2px 1px; }
+.moi-tokens .t { padding: 1px 2px; border-radius: 3px; white-space: pre; }
+.moi-tokens .sel { outline: 2px solid #f59e0b; }
+.moi-tokens .div { box-shadow: inset 0 -3px 0 #ef4444; }
+.moi-tokens .scale { display: inline-block; width: 160px; height: 10px; vertical-align: middle; margin: 0 6px;
+  background: linear-gradient(to right, rgb(68, 1, 84), rgb(59, 82, 139), rgb(33, 145, 140), rgb(94, 201, 98),
+  rgb(253, 231, 37)); }
+"""
+
+
+NO_TRACES = (Trace("standard", "standard", 1.0, 1), Trace("moi", "moi", 1.0, 1))
+
+
+def _text(value: str) -> str:
+    """HTML-escaped, and no `$`, `{`, `}` left for Gradio's HTML template to read as its own syntax."""
+    return html.escape(value).replace("$", "&#36;").replace("{", "&#123;").replace("}", "&#125;")
+
+
+def token_map(standard: Trace, moi: Trace, color_by: str = "p", selected: int | None = None) -> str:
+    """Both lanes' tokens as text, each on the Viridis colour of p(sampled) (`color_by="p"`) or of H
+    ("entropy"), the inspected step outlined, the first divergence underlined in red; a token's title (hover)
+    gives its step, p and H. HTML, not a plotly figure: 256 text cells cost the page a long task to lay out."""
     if not standard.steps and not moi.steps:
-        return _empty("Generated tokens")
+        return '<div class="moi-tokens"><em>Generate to see the tokens</em></div>'
     metric = (lambda s: s.p_sampled) if color_by == "p" else (lambda s: s.entropy)
-    title = "p(sampled token)" if color_by == "p" else "normalised entropy H"
+    name = "p(sampled token)" if color_by == "p" else "normalised entropy H"
     diverge = first_divergence(standard, moi)
-    lanes = [standard, moi]
-    fig = make_subplots(rows=2, cols=1, subplot_titles=[_label(t) for t in lanes], vertical_spacing=0.12)
-    for row, trace in enumerate(lanes, start=1):
-        n_rows = max(1, math.ceil(len(trace.steps) / TOKENS_PER_ROW))
-        z = [[None] * TOKENS_PER_ROW for _ in range(n_rows)]
-        text = [[""] * TOKENS_PER_ROW for _ in range(n_rows)]
-        hover = [[""] * TOKENS_PER_ROW for _ in range(n_rows)]
+    parts = [f'<div class="moi-tokens"><div>Coloured by {name}: 0<span class="scale"></span>1'
+             + (f"; lanes diverge at step {diverge} (underlined)" if diverge is not None else "") + "</div>"]
+    for trace in (standard, moi):
+        parts.append(f'<h4>{_text(_label(trace))}</h4><div class="lane">')
         for s in trace.steps:
-            r, c = divmod(s.index, TOKENS_PER_ROW)
-            z[r][c] = round(metric(s), 4)
-            mark = "▶" if s.index == selected else ("✕" if s.index == diverge else "")
-            text[r][c] = mark + _show(s.token)
-            hover[r][c] = f"step {s.index}<br>{s.token!r}<br>p = {s.p_sampled:.3f}<br>H = {s.entropy:.3f}"
-        fig.add_trace(go.Heatmap(
-            z=z, text=text, texttemplate="%{text}", customdata=hover, hovertemplate="%{customdata}<extra></extra>",
-            colorscale="Viridis", zmin=0, zmax=1, showscale=row == 1, xgap=2, ygap=2,
-            colorbar=dict(title=title, len=0.9),
-        ), row=row, col=1)
-        fig.update_yaxes(autorange="reversed", showticklabels=False, row=row, col=1)
-        fig.update_xaxes(showticklabels=False, row=row, col=1)
-    n = max(len(standard.steps), len(moi.steps))
-    height = 140 + 28 * 2 * max(1, math.ceil(n / TOKENS_PER_ROW))
-    fig.update_layout(**_LAYOUT, height=min(height, 900), title=f"Generated tokens, coloured by {title}")
-    return fig
+            value = min(max(metric(s), 0.0), 1.0)
+            marks = (" sel" if s.index == selected else "") + (" div" if s.index == diverge else "")
+            title = f"step {s.index}: {s.token!r}, p = {s.p_sampled:.3f}, H = {s.entropy:.3f}"
+            parts.append(f'<span class="t{marks}" style="background:{_VIRIDIS[round(value * 100)]};'
+                         f'color:{"#fff" if value < 0.55 else "#111"}" title="{_text(title)}">'
+                         f"{_text(_show(s.token))}</span>")
+        parts.append("</div>")
+    return "".join(parts) + "</div>"
 
 
 def _step(trace: Trace, index: int) -> Step | None:
@@ -227,7 +240,7 @@ def sweep_curves(lanes: list[Trace]) -> go.Figure:
     return fig
 
 
-def pair_views(standard: Trace, moi: Trace, color_by: str = "p") -> list[Callable[[], go.Figure]]:
+def pair_views(standard: Trace, moi: Trace, color_by: str = "p") -> list[Callable[[], go.Figure | str]]:
     """The four views of a pair as the page first shows them (the inspected step: the first divergence), each
     built when called: token map, inside a step, mix weights, entropy."""
     diverge = first_divergence(standard, moi)

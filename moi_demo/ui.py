@@ -497,7 +497,8 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
                               elem_id="moi-text", autoscroll=False)
     color_by = named(FieldRadio([("p(sampled)", "p"), ("entropy H", "entropy")], value="p",
                                 label="Colour tokens by"), "color_by")
-    token_plot = gr.Plot(label="Tokens", elem_id="token-plot")
+    token_plot = gr.HTML(plots.token_map(*plots.NO_TRACES), label="Tokens", elem_id="token-plot",
+                         css_template=plots.TOKEN_MAP_CSS, js_on_load=None, max_height=420)
     step = named(FieldSlider(0, max(max_new_tokens - 1, 1), value=0, step=1, label="Step to inspect",
                              elem_id="step"), "step")
     step_plot = gr.Plot(label="Inside a step", elem_id="step-plot")

@@ -33,7 +33,8 @@ def test_generate_in_the_browser(page, app):
     page.wait_for_function(
         "() => [...document.querySelectorAll('#standard-text textarea, #moi-text textarea')]"
         ".every(t => t.value.length > 10)", timeout=60_000)
-    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=60_000)
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3 && "
+                           "document.querySelectorAll('#token-plot .moi-tokens .t').length > 20", timeout=60_000)
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('Done')", timeout=60_000)
     assert standard.input_value() and moi.input_value()
     assert "Mixture of Inputs (beta = 1)" in page.locator("#moi-text").inner_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -39,14 +40,33 @@ def test_first_divergence(pair):
     assert first_divergence(pair[0], same) is None
 
 
+def _spans(page: str) -> list[tuple[str, str, str]]:
+    """(classes, style, text) of every token span of a token map."""
+    return re.findall(r'<span class="t([^"]*)" style="([^"]*)" title="[^"]*">([^<]*)</span>', page)
+
+
 def test_token_map_colours_by_p_or_entropy(pair):
-    fig = plots.token_map(*pair, color_by="p", selected=1)
-    z_moi = fig.data[1].z[0]
-    assert z_moi[0] == pytest.approx(0.6) and z_moi[2] == pytest.approx(0.05)
-    assert fig.data[1].text[0][2].startswith("✕")  # divergence marked
-    assert fig.data[0].text[0][1].startswith("▶")  # selected step marked
-    fig_h = plots.token_map(*pair, color_by="entropy")
-    assert fig_h.data[1].z[0][0] == pytest.approx(pair[1].steps[0].entropy, abs=5e-5)  # drawn to 4 digits
+    page = plots.token_map(*pair, color_by="p", selected=1)
+    spans = _spans(page)
+    assert len(spans) == 4 + 5  # standard's tokens, then MoI's
+    moi = spans[4:]
+    assert f"background:{plots._VIRIDIS[60]}" in moi[0][1]  # p(sampled) = 0.6
+    assert f"background:{plots._VIRIDIS[5]}" in moi[2][1]  # p = 0.05: a dark cell, white text
+    assert "color:#fff" in moi[2][1] and "color:#111" in moi[0][1]
+    assert "div" in moi[2][0] and "div" in spans[2][0]  # the first divergence (step 2) in both lanes
+    assert "sel" in spans[1][0] and "sel" in moi[1][0] and page.count(" sel") == 2  # the inspected step
+    assert [text for _, _, text in moi] == ["t10", "t10", "t13", "t12", "t10"]
+    assert "lanes diverge at step 2" in page and "Coloured by p(sampled token)" in page
+    h = pair[1].steps[0].entropy
+    assert f"background:{plots._VIRIDIS[round(h * 100)]}" in _spans(plots.token_map(*pair, "entropy"))[4][1]
+
+
+def test_token_map_escapes_token_text_and_template_syntax():
+    trace = make_trace("moi", [10], MoIConfig("moi", 1.0, 3))
+    trace.steps[0].token = "<b>${x}{{y}}"
+    page = plots.token_map(trace, trace)
+    assert "<b>" not in page and "${" not in page and "{{" not in page
+    assert "&lt;b&gt;&#36;&#123;x&#125;" in page
 
 
 def test_step_distribution_shows_prior_posterior_and_sampled(pair):
@@ -77,9 +97,9 @@ def test_entropy_chart_marks_divergence(pair):
 
 def test_empty_traces_give_placeholders():
     empty = Trace("standard", "standard", 1.0, 3), Trace("moi", "moi", 1.0, 3)
-    for fig in (plots.token_map(*empty), plots.step_distribution(*empty, 0), plots.weights_heatmap(empty[1]),
-                plots.entropy_chart(*empty)):
+    for fig in (plots.step_distribution(*empty, 0), plots.weights_heatmap(empty[1]), plots.entropy_chart(*empty)):
         assert fig.layout.annotations[0].text.startswith("Generate")
+    assert "Generate to see the tokens" in plots.token_map(*empty) and not _spans(plots.token_map(*empty))
 
 
 def test_traces_json_round_trip(pair, tmp_path):
@@ -90,5 +110,5 @@ def test_traces_json_round_trip(pair, tmp_path):
 def test_pair_views_are_the_four_figures_at_the_first_divergence(pair):
     token, step, heat, entropy = (view() for view in plots.pair_views(*pair, "entropy"))
     assert "step 2" in step.layout.annotations[0].text  # the lanes diverge at step 2
-    assert "entropy" in token.layout.title.text and heat.data[0].type == "heatmap"
+    assert "normalised entropy H" in token and heat.data[0].type == "heatmap"
     assert entropy.layout.shapes[0].x0 == 2
