@@ -119,7 +119,7 @@ def kv_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
 
 
 def throughput_options(jobs: int, seq_tokens: int, kv_per_token: int, on_cpu: bool, memory_available: int,
-                       max_model_len: int = 2048, **kwargs: Any) -> EngineOptions:
+                       max_model_len: int = 2048, max_seqs: int = MAX_BATCH_SEQS, **kwargs: Any) -> EngineOptions:
     """An engine sized for a batch job (eval, sweep) rather than the app's interactive lanes: as many
     sequences at once as there are jobs, up to MAX_BATCH_SEQS and, on a CPU, up to what a KV cache of at most
     CPU_KV_SHARE of the available memory holds (each sequence: `seq_tokens` = longest prompt + max new tokens,
@@ -127,7 +127,7 @@ def throughput_options(jobs: int, seq_tokens: int, kv_per_token: int, on_cpu: bo
     the KV cache itself (gpu_memory_utilization) and queues what does not fit."""
     blocks = -(-seq_tokens // KV_BLOCK_TOKENS) + 1  # + 1: a partly filled block at each end
     per_seq = blocks * KV_BLOCK_TOKENS * kv_per_token
-    seqs = max(1, min(jobs, MAX_BATCH_SEQS))
+    seqs = max(1, min(jobs, max_seqs, MAX_BATCH_SEQS))
     kwargs.setdefault("enforce_eager", jobs < COMPILE_MIN_JOBS)
     if not on_cpu:
         return EngineOptions(max_num_seqs=seqs, kv_cache_memory_bytes=None, max_model_len=max_model_len, **kwargs)
@@ -136,7 +136,8 @@ def throughput_options(jobs: int, seq_tokens: int, kv_per_token: int, on_cpu: bo
     kv = max(seqs * per_seq, (-(-max_model_len // KV_BLOCK_TOKENS) + 1) * KV_BLOCK_TOKENS * kv_per_token, MIN_KV_BYTES)
     # A batch job keeps the model busy: its threads get every core of this process (the engine core's
     # scheduling shares them).
-    cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)  # macOS
+    cores = ",".join(str(c) for c in sorted(cpus))
     return EngineOptions(max_num_seqs=seqs, kv_cache_memory_bytes=kv, max_model_len=max_model_len,
                          cpu_threads_bind=cores, **kwargs)
 
@@ -158,9 +159,9 @@ def batch_job_options(model: str, prompts: list[str], max_tokens: int, max_model
     on_cpu = _is_cpu()
     dtype = torch.float32 if on_cpu else (getattr(config.get_text_config(), "dtype", None) or torch.bfloat16)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    jobs = len(prompts) if max_num_seqs is None else min(len(prompts), max_num_seqs)
-    options = throughput_options(jobs, longest + max_tokens, kv_bytes_per_token(config, dtype.itemsize), on_cpu,
-                                 psutil.virtual_memory().available, max_model_len, **kwargs)
+    options = throughput_options(len(prompts), longest + max_tokens, kv_bytes_per_token(config, dtype.itemsize),
+                                 on_cpu, psutil.virtual_memory().available, max_model_len,
+                                 max_num_seqs or MAX_BATCH_SEQS, **kwargs)
     logger.info("moi-demo: batch engine: %d sequences at once, KV cache %s, longest prompt %d tokens, %s",
                 options.max_num_seqs, "vLLM's own" if options.kv_cache_memory_bytes is None
                 else f"{options.kv_cache_memory_bytes / 2**30:.2f} GiB", longest,

@@ -72,3 +72,9 @@ def test_gpu_leaves_the_kv_cache_to_vllm(jobs):
 
 def test_app_options_keep_vllms_core_choice():
     assert EngineOptions().cpu_threads_bind is None and EngineOptions().max_num_seqs == 16
+
+
+def test_a_sequence_cap_does_not_change_the_compile_choice():
+    o = throughput_options(jobs=300, seq_tokens=179, kv_per_token=46_080, on_cpu=True, memory_available=20 * GIB,
+                           max_seqs=16)
+    assert o.max_num_seqs == 16 and not o.enforce_eager  # 300 jobs: compiled, 16 at a time
