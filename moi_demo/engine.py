@@ -310,9 +310,8 @@ class MoIEngine:
         """One engine (shared layout) or one per lane (split; on a CPU, each bound to its own core)."""
         count = 2 if self.layout == "split" else 1
         for lane in range(count):
-            env = {"VLLM_CPU_OMP_THREADS_BIND": str(lane)} if count == 2 and _is_cpu() else {}
-            if count == 1 and self.options.cpu_threads_bind and _is_cpu():
-                env = {"VLLM_CPU_OMP_THREADS_BIND": self.options.cpu_threads_bind}
+            bind = str(lane) if count == 2 else self.options.cpu_threads_bind
+            env = {"VLLM_CPU_OMP_THREADS_BIND": bind} if bind and _is_cpu() else {}
             self._engines.append(self._call(self._create(env), timeout=timeout))
 
     async def _create(self, env: dict[str, str]) -> Any:

@@ -243,19 +243,16 @@ def figure_bytes(engine: Any, tokens: int) -> str:
 
 def main(model: str | None, s: PageSettings) -> str:
     from moi_demo.engine import EngineOptions, MoIEngine
-    from moi_demo.lifecycle import temporary_env
     from moi_demo.models import resolve_model
     from moi_demo.ui import build_demo
 
-    env: dict[str, str] = {}
+    options = EngineOptions(max_model_len=2048, kv_cache_memory_bytes=1 << 30)
     cpus = sorted(os.sched_getaffinity(0))
     if s.cores == "own" and len(cpus) > 1:
         server = cpus[:-1]
-        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, server))  # the engine's threads off the browser's core
+        options.cpu_threads_bind = ",".join(map(str, server))  # the engine's threads off the browser's core
         os.sched_setaffinity(0, server)  # the Gradio server too
-    with temporary_env(env):
-        engine = MoIEngine(resolve_model(model),
-                           EngineOptions(max_model_len=2048, kv_cache_memory_bytes=1 << 30)).start()
+    engine = MoIEngine(resolve_model(model), options).start()
     demo = build_demo(engine, max_new_tokens=max(512, s.tokens))
     try:
         demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
