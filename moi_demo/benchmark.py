@@ -346,7 +346,7 @@ def eval_throughput(s: EvalBenchSettings) -> str:
     examples, checker = get_task(s.task, s.n, 0)
     configs = mode_configs(["standard", "direct", "moi"], [1.0], 20)
     settings = SamplingSettings(0.6, 0.8, s.max_tokens, 0)
-    sized = batch_job_options(model, [ex.prompt for ex in examples] * len(configs), s.max_tokens)
+    sized = batch_job_options(model, [ex.prompt for ex in examples], len(configs), s.max_tokens)
     app = EngineOptions(max_num_seqs=s.app_seqs, max_model_len=sized.max_model_len)
 
     def rate(options: EngineOptions) -> tuple[float, list[bool]]:

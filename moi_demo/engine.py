@@ -125,15 +125,17 @@ def throughput_options(jobs: int, seq_tokens: int, kv_per_token: int, on_cpu: bo
     CPU_KV_SHARE of the available memory holds (each sequence: `seq_tokens` = longest prompt + max new tokens,
     rounded up to whole blocks); compiled (CUDA graphs on a GPU) from COMPILE_MIN_JOBS jobs. On a GPU vLLM sizes
     the KV cache itself (gpu_memory_utilization) and queues what does not fit."""
-    blocks = -(-seq_tokens // KV_BLOCK_TOKENS) + 1  # + 1: a partly filled block at each end
-    per_seq = blocks * KV_BLOCK_TOKENS * kv_per_token
+    def kv_bytes(tokens: int) -> int:  # whole blocks, + 1: a partly filled block at each end
+        return (-(-tokens // KV_BLOCK_TOKENS) + 1) * KV_BLOCK_TOKENS * kv_per_token
+
+    per_seq = kv_bytes(seq_tokens)
     seqs = max(1, min(jobs, max_seqs, MAX_BATCH_SEQS))
     kwargs.setdefault("enforce_eager", jobs < COMPILE_MIN_JOBS)
     if not on_cpu:
         return EngineOptions(max_num_seqs=seqs, kv_cache_memory_bytes=None, max_model_len=max_model_len, **kwargs)
     seqs = max(1, min(seqs, int(memory_available * CPU_KV_SHARE) // per_seq))
     # vLLM also wants room for one sequence of max_model_len; and a floor for tiny models
-    kv = max(seqs * per_seq, (-(-max_model_len // KV_BLOCK_TOKENS) + 1) * KV_BLOCK_TOKENS * kv_per_token, MIN_KV_BYTES)
+    kv = max(seqs * per_seq, kv_bytes(max_model_len), MIN_KV_BYTES)
     # A batch job keeps the model busy: its threads get every core of this process (the engine core's
     # scheduling shares them).
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)  # macOS
@@ -142,11 +144,11 @@ def throughput_options(jobs: int, seq_tokens: int, kv_per_token: int, on_cpu: bo
                          cpu_threads_bind=cores, **kwargs)
 
 
-def batch_job_options(model: str, prompts: list[str], max_tokens: int, max_model_len: int = 2048,
-                      max_num_seqs: int | None = None, **kwargs: Any) -> EngineOptions:
-    """throughput_options for these prompts on this machine: the longest prompt (chat template applied) plus
-    `max_tokens` per sequence, the model's KV bytes per token, the memory available now; `max_model_len` at most
-    the model's positions. `max_num_seqs` caps the sequences."""
+def batch_job_options(model: str, prompts: list[str], runs_per_prompt: int, max_tokens: int,
+                      max_model_len: int = 2048, max_num_seqs: int | None = None, **kwargs: Any) -> EngineOptions:
+    """throughput_options for a job of `runs_per_prompt` runs (modes, betas) of each prompt on this machine: the
+    longest prompt (chat template applied) plus `max_tokens` per sequence, the model's KV bytes per token, the
+    memory available now; `max_model_len` at most the model's positions. `max_num_seqs` caps the sequences."""
     import psutil
     import torch
     from transformers import AutoConfig, AutoTokenizer
@@ -159,9 +161,10 @@ def batch_job_options(model: str, prompts: list[str], max_tokens: int, max_model
     on_cpu = _is_cpu()
     dtype = torch.float32 if on_cpu else (getattr(config.get_text_config(), "dtype", None) or torch.bfloat16)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    options = throughput_options(len(prompts), longest + max_tokens, kv_bytes_per_token(config, dtype.itemsize),
-                                 on_cpu, psutil.virtual_memory().available, max_model_len,
-                                 max_num_seqs or MAX_BATCH_SEQS, **kwargs)
+    options = throughput_options(len(prompts) * runs_per_prompt, longest + max_tokens,
+                                 kv_bytes_per_token(config, dtype.itemsize), on_cpu,
+                                 psutil.virtual_memory().available, max_model_len, max_num_seqs or MAX_BATCH_SEQS,
+                                 **kwargs)
     logger.info("moi-demo: batch engine: %d sequences at once, KV cache %s, longest prompt %d tokens, %s",
                 options.max_num_seqs, "vLLM's own" if options.kv_cache_memory_bytes is None
                 else f"{options.kv_cache_memory_bytes / 2**30:.2f} GiB", longest,

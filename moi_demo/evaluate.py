@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
     configs = mode_configs(a.modes.split(","), [float(b) for b in a.betas.split(",")], a.top_k)
     settings = SamplingSettings(a.temperature, a.top_p, a.max_tokens, a.seed)
     model = resolve_model(a.model)
-    options = batch_job_options(model, [ex.prompt for ex in examples] * len(configs), a.max_tokens,
+    options = batch_job_options(model, [ex.prompt for ex in examples], len(configs), a.max_tokens,
                                 a.max_model_len, a.max_num_seqs, **({"enforce_eager": True} if a.eager else {}))
     with MoIEngine(model, options) as engine:
         bar = tqdm(total=len(examples) * len(configs), desc=f"{a.task}", unit="sample")
