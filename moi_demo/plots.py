@@ -68,9 +68,8 @@ TOKEN_MAP_CSS = """
 .moi-tokens .sel { outline: 2px solid #f59e0b; }
 .moi-tokens .div { box-shadow: inset 0 -3px 0 #ef4444; }
 .moi-tokens .scale { display: inline-block; width: 160px; height: 10px; vertical-align: middle; margin: 0 6px;
-  background: linear-gradient(to right, rgb(68, 1, 84), rgb(59, 82, 139), rgb(33, 145, 140), rgb(94, 201, 98),
-  rgb(253, 231, 37)); }
-"""
+  background: linear-gradient(to right, SCALE); }
+""".replace("SCALE", ", ".join(_VIRIDIS[::10]))  # the legend: the tokens' own colours at 0, 0.1, ..., 1
 
 
 NO_TRACES = (Trace("standard", "standard", 1.0, 1), Trace("moi", "moi", 1.0, 1))
