@@ -29,6 +29,11 @@ def session_processes(sid: int) -> list[psutil.Process]:
     return out
 
 
+# Greedy, this prompt runs the whole 400 tokens on the default model (~15 s a lane here): still mid-run when the
+# client sees its first update, which can lag the server by seconds. ("Tell me a long story." ends after ~60 tokens.)
+LONG_PROMPT = "Write a long essay on the history of Rome, in ten chapters."
+
+
 class App:
     """`python app.py` in its own session, on a free port; `client()` once it serves."""
 
@@ -69,7 +74,7 @@ def test_engine_death_is_named_and_the_app_restarts_it(default_model, tmp_path):
         client = app.client()
         args = ("What is the capital of France?", "MoI", 1.0, 20, 0.0, 1.0, 24, 0, "p")
         before = client.predict(*args, api_name="/generate")[:2]
-        job = client.submit("Tell me a long story.", "MoI", 1.0, 20, 0.0, 1.0, 400, 0, "p", api_name="/generate")
+        job = client.submit(LONG_PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 400, 0, "p", api_name="/generate")
         while not job.outputs():
             time.sleep(0.05)
         (core,) = [p for p in psutil.Process(app.proc.pid).children(recursive=True) if "EngineCore" in p.name()]
@@ -114,7 +119,7 @@ def test_signal_mid_run_leaves_no_process_behind(default_model, tmp_path, sig):
                 time.sleep(1)
         assert client is not None, (tmp_path / "app.log").read_text()[-3000:]
         assert len(session_processes(app.pid)) >= 2  # the app and its engine core (and worker)
-        job = client.submit("Tell me a long story.", "MoI", 1.0, 20, 0.0, 1.0, 400, 0, "p", api_name="/generate")
+        job = client.submit(LONG_PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 400, 0, "p", api_name="/generate")
         while not job.outputs() and not job.done():
             time.sleep(0.1)  # streaming: the engine is mid-run
         app.send_signal(sig)
