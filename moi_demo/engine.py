@@ -89,13 +89,17 @@ class EngineOptions:
             # step whose prompts exceed the token budget (an eval batch, two long lanes) chunks the last one.
             # Whole prompts only: vLLM then raises the budget to at least max_model_len.
             kwargs["enable_chunked_prefill"] = False
+            # vLLM's CPU default is 128-token blocks; prefix caching reuses whole blocks only, so a chat prompt of
+            # ~40 tokens was never reused. With 32 a live re-run (same prompt) and a pair's second lane reuse
+            # the prompt's full blocks: first MoI token ~50-70 ms sooner on the default model (1 core).
+            kwargs["block_size"] = KV_BLOCK_TOKENS
         if self.kv_cache_memory_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = self.kv_cache_memory_bytes
         return {**kwargs, **self.extra}
 
 
 MAX_BATCH_SEQS = 256  # vLLM's own default max_num_seqs on a GPU; more adds scheduler work, little throughput
-KV_BLOCK_TOKENS = 32  # CPU attention's block size (a multiple of 32); per sequence, rounded up to it
+KV_BLOCK_TOKENS = 32  # a CPU engine's KV block size (engine_kwargs; vLLM's CPU default is 128); sizing rounds up to it
 CPU_KV_SHARE = 0.4  # of the memory available now, at most, for the KV cache of a throughput engine on a CPU
 MIN_KV_BYTES = 64 << 20
 COMPILE_MIN_JOBS = 64  # from this many jobs a batch engine is compiled: ~1 min of warm-up, then 1.2-1.5x faster

@@ -341,10 +341,14 @@ class Callbacks:
         yield (gr.update(value=std.text), *[gr.update(value=t.text) for t in mixed], *[gr.skip()] * hidden,
                lanes, status)
 
-    def sweep_figures(self, lanes: Lanes | None) -> tuple[Any, Any]:
+    def sweep_figures(self, lanes: Lanes | None) -> Iterator[tuple[Any, Any]]:
+        """The sweep's two figures, one update each (as `figures`: both in one update were one 216 ms task)."""
         if lanes is None or lanes.standard is None or not lanes.sweep:
-            return gr.skip(), gr.skip()
-        return plots.sweep_summary(lanes.standard, lanes.sweep), plots.sweep_curves(lanes.sweep)
+            yield gr.skip(), gr.skip()
+            return
+        yield plots.sweep_summary(lanes.standard, lanes.sweep), gr.skip()
+        time.sleep(FIGURE_GAP_S)
+        yield gr.skip(), plots.sweep_curves(lanes.sweep)
 
     async def stop(self, request: gr.Request) -> str:
         """Stop this session's runs wherever they are: still waiting in the queue (dropped: they never start),
