@@ -250,8 +250,7 @@ def main(model: str | None, s: PageSettings) -> str:
     cpus = sorted(os.sched_getaffinity(0))
     browser_cpus = None
     if s.cores == "own" and len(cpus) > 1:
-        # Decided before this process leaves the browser's core: the bench used to pick the browser's core from
-        # the narrowed affinity, which put the browser on the engine's core (the long tasks were the contention).
+        # Chosen before this process leaves the browser's core (after, its affinity no longer lists it).
         server, browser_cpus = cpus[:-1], cpus[-1:]
         options.cpu_threads_bind = ",".join(map(str, server))  # the engine's threads off the browser's core
         os.sched_setaffinity(0, server)  # the Gradio server too

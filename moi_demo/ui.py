@@ -8,7 +8,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -289,10 +289,7 @@ class Callbacks:
             yield (gr.skip(),) * 4
             return
         lanes.drawn = (lanes.version, color_by)
-        for i, view in enumerate(plots.pair_views(*lanes.shown, color_by)):
-            if i:
-                time.sleep(FIGURE_GAP_S)  # let the page draw the previous figure in a task of its own
-            yield tuple(view() if j == i else gr.skip() for j in range(4))
+        yield from _one_per_update(plots.pair_views(*lanes.shown, color_by))
 
     def sweep(self, prompt: str, betas: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any, seed: Any,
               lanes: Lanes | None, request: gr.Request) -> Iterator[tuple]:
@@ -342,13 +339,12 @@ class Callbacks:
                lanes, status)
 
     def sweep_figures(self, lanes: Lanes | None) -> Iterator[tuple[Any, Any]]:
-        """The sweep's two figures, one update each (as `figures`: both in one update were one 216 ms task)."""
+        """The sweep's two figures, one update each, as `figures` sends the pair's four."""
         if lanes is None or lanes.standard is None or not lanes.sweep:
             yield gr.skip(), gr.skip()
             return
-        yield plots.sweep_summary(lanes.standard, lanes.sweep), gr.skip()
-        time.sleep(FIGURE_GAP_S)
-        yield gr.skip(), plots.sweep_curves(lanes.sweep)
+        yield from _one_per_update([lambda: plots.sweep_summary(lanes.standard, lanes.sweep),
+                                    lambda: plots.sweep_curves(lanes.sweep)])
 
     async def stop(self, request: gr.Request) -> str:
         """Stop this session's runs wherever they are: still waiting in the queue (dropped: they never start),
@@ -410,6 +406,15 @@ class Callbacks:
         path = Path(tempfile.mkdtemp(prefix="moi-traces-")) / "moi_traces.json"
         path.write_text(json.dumps(lanes.export()))  # compact: a sweep's lanes with indentation were 3 MB
         return str(path)
+
+
+def _one_per_update(views: list[Callable[[], Any]]) -> Iterator[tuple[Any, ...]]:
+    """Each view built and sent in an update of its own (the others skipped), FIGURE_GAP_S apart: the page draws
+    each in a task of its own."""
+    for i, view in enumerate(views):
+        if i:
+            time.sleep(FIGURE_GAP_S)
+        yield tuple(view() if j == i else gr.skip() for j in range(len(views)))
 
 
 def _paced(stream: Iterator[tuple[Trace, ...]], interval: float = UPDATE_INTERVAL_S) -> Iterator[tuple[Trace, ...]]:

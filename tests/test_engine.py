@@ -31,6 +31,14 @@ def engine(tiny_models):
     eng.shutdown()
 
 
+def wait_idle(engine: MoIEngine, timeout: float = 10) -> int:
+    """Wait (up to `timeout` s) for the engine's aborted or running requests to end; returns how many are left."""
+    deadline = time.time() + timeout
+    while engine.num_unfinished_requests() and time.time() < deadline:
+        time.sleep(0.05)
+    return engine.num_unfinished_requests()
+
+
 @pytest.fixture(scope="module")
 def oracle(tiny_models):
     return ReferenceDecoder(tiny_models["llama"])
@@ -68,10 +76,7 @@ def test_stop_aborts_both_requests(engine):
     next(stream)
     assert engine.num_unfinished_requests() == 2
     stream.close()  # what Stop does
-    deadline = time.time() + 10
-    while engine.num_unfinished_requests() and time.time() < deadline:
-        time.sleep(0.05)
-    assert engine.num_unfinished_requests() == 0
+    assert wait_idle(engine) == 0
     standard, moi = engine.generate_pair_sync(PROMPT, MoIConfig("moi", 1.0, 20), SamplingSettings(max_tokens=4))
     assert len(moi.steps) == 4  # and the engine keeps serving
 
@@ -86,9 +91,7 @@ def test_the_moi_lane_reaches_an_idle_engine_first(engine):
         standard, moi = next(stream)
         stream.close()
         assert (standard.lane, moi.lane) == ("standard", "moi") and moi.steps
-        deadline = time.time() + 10
-        while engine.num_unfinished_requests() and time.time() < deadline:
-            time.sleep(0.05)
+        assert wait_idle(engine) == 0  # the next pair meets an idle engine
 
 
 def test_seeded_prompts_over_the_token_budget_are_served_whole(engine):
