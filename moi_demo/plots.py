@@ -20,7 +20,15 @@ from moi_demo.trace import Step, Trace, first_divergence
 
 COLORS = {"standard": "#64748b", "moi": "#7c3aed", "prior": "#94a3b8", "posterior": "#7c3aed",
           "sampled": "#f59e0b", "diverge": "#ef4444"}
-_LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=40), font=dict(size=12))
+# plotly_white's look for 2-D charts, without the 7 KB of 3-D, polar, geo and colour-scale defaults that every
+# figure's JSON would otherwise carry to the page.
+_AXIS = dict(gridcolor="#EBF0F8", linecolor="#EBF0F8", zerolinecolor="#EBF0F8", zerolinewidth=2, ticks="",
+             automargin=True, title=dict(standoff=15))
+TEMPLATE = go.layout.Template(layout=dict(
+    paper_bgcolor="white", plot_bgcolor="white", font=dict(color="#2a3f5f"), hovermode="closest",
+    hoverlabel=dict(align="left"), title=dict(x=0.05), xaxis=_AXIS, yaxis=_AXIS,
+    colorway=["#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692", "#B6E880"]))
+_LAYOUT = dict(template=TEMPLATE, margin=dict(l=50, r=20, t=50, b=40), font=dict(size=12))
 
 
 def _label(trace: Trace) -> str:
@@ -227,12 +235,13 @@ def sweep_summary(standard: Trace, lanes: list[Trace]) -> go.Figure:
 
 
 def sweep_curves(lanes: list[Trace]) -> go.Figure:
-    """The weight kept on the sampled token at every step, one line per lane (WebGL)."""
+    """The weight kept on the sampled token at every step, one line per lane. SVG: one path per lane draws in a
+    few ms, where WebGL's context set-up alone was a 200 ms task of the page (software GL, no GPU)."""
     if not lanes:
         return _empty("Weight on the sampled token per step", "Sweep beta to see this chart")
     fig = go.Figure()
     for i, t in enumerate(lanes):
-        fig.add_trace(go.Scattergl(x=[s.index for s in t.steps], y=[s.sampled_weight for s in t.steps],
+        fig.add_trace(go.Scatter(x=[s.index for s in t.steps], y=[round(s.sampled_weight, 4) for s in t.steps],
                                    mode="lines", name=_label(t), line=dict(color=_sweep_color(i, len(lanes)))))
     fig.update_layout(**_LAYOUT, height=320, title="Weight kept on the sampled token, per step and beta",
                       xaxis_title="step", yaxis=dict(range=[0, 1.05]), legend=dict(orientation="h", y=-0.3))

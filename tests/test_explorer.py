@@ -120,8 +120,8 @@ def test_summaries_and_sweep_figures():
     assert list(kept.y) == pytest.approx([s_same.mean_sampled_weight, s_diff.mean_sampled_weight])
     assert list(entropy.y) == pytest.approx([s_same.mean_entropy, s_diff.mean_entropy])
     curves = plots.sweep_curves([same, differs])
-    assert [t.type for t in curves.data] == ["scattergl", "scattergl"]
-    assert list(curves.data[1].y) == pytest.approx([s.sampled_weight for s in differs.steps])
+    assert [t.type for t in curves.data] == ["scatter", "scatter"]  # SVG: no WebGL context for 8 lines
+    assert list(curves.data[1].y) == pytest.approx([s.sampled_weight for s in differs.steps], abs=1e-4)
     assert "Sweep beta" in plots.sweep_summary(standard, []).layout.annotations[0].text
 
 

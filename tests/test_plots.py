@@ -112,3 +112,15 @@ def test_pair_views_are_the_four_figures_at_the_first_divergence(pair):
     assert "step 2" in step.layout.annotations[0].text  # the lanes diverge at step 2
     assert "normalised entropy H" in token and heat.data[0].type == "heatmap"
     assert entropy.layout.shapes[0].x0 == 2
+
+
+def test_figures_carry_a_lean_template():
+    """Every figure's JSON goes to the page: plotly_white's look without its 3-D, polar, geo and colour-scale
+    defaults (7 KB a figure)."""
+    import json
+
+    fig = plots._empty("title")
+    template = json.loads(fig.to_json())["layout"]["template"]
+    assert template["layout"]["plot_bgcolor"] == "white" and template["layout"]["xaxis"]["gridcolor"] == "#EBF0F8"
+    assert not {"scene", "polar", "geo", "ternary", "colorscale"} & set(template["layout"]) and "data" not in template
+    assert len(fig.to_json()) < 1500
