@@ -32,7 +32,8 @@ PROMPTS = ["Write a long story about a dragon who learns to bake bread.",
            "Write a long story about two friends crossing a desert.",
            "Write a long story about a city under the sea.",
            "Write a long story about a clockmaker's apprentice."]
-# Recorded in the page from its first script: long tasks, and when the MoI box first shows new text after a mark.
+# Recorded in the page from its first script: long tasks, and when the MoI box first shows new text after the
+# user's action.
 INIT_SCRIPT = """
 window.__long = [];
 new PerformanceObserver(list => { for (const e of list.getEntries()) window.__long.push([e.startTime, e.duration]); })
@@ -41,12 +42,15 @@ window.__changed = (selector, word) => {  // the element's text changed since __
   const el = document.querySelector(selector);
   return !!el && el.innerText !== window.__before[selector] && el.innerText.includes(word);
 };
-window.__watch = (selector, statuses) => {
+// From the user's action: the time stamp of the next `trigger` event (a click, or the number box's change, which
+// is the slider's release), not of Playwright's call, which first waits for the element to be actionable.
+window.__watch = (selector, statuses, trigger) => {
   window.__before = {};
   for (const s of statuses) { const el = document.querySelector(s); window.__before[s] = el ? el.innerText : ''; }
   const value = () => { const box = document.querySelector(selector); return box ? box.value : ''; };
   const before = value();
-  window.__mark = performance.now(); window.__first = null;
+  window.__mark = null; window.__first = null;
+  window.addEventListener(trigger, e => { window.__mark = e.timeStamp; }, {capture: true, once: true});
   const tick = () => {
     const now = value();
     if (now !== before && now.length > 0) { window.__first = performance.now(); return; }
@@ -127,19 +131,23 @@ class PageProbe:
     def _on_data(self, event: dict) -> None:
         self.bytes += int(event.get("encodedDataLength") or event.get("dataLength") or 0)
 
-    def _window(self, action: Any, watch: str, status: str, word: str, timeout_ms: int = 300_000) -> Window:
-        """Do `action`; wait for the first new text in `watch`, for `status` to change to a text with `word`, and
-        for the page to be quiet (no bytes received for a second, then settled): the window's measures."""
+    def _window(self, action: Any, trigger: str, watch: str, status: str, word: str,
+                timeout_ms: int = 300_000) -> Window:
+        """Do `action` (which fires a `trigger` event: the user's action); wait for the first new text in `watch`,
+        for `status` to change to a text with `word`, and for the page to be quiet (no bytes received for a second,
+        then settled): the window's measures."""
         page = self.page
         start_bytes = self.bytes
         t0 = page.evaluate("() => performance.now()")
-        page.evaluate("([s, statuses]) => window.__watch(s, statuses)", [watch, [status]])
+        page.evaluate("([s, statuses, trigger]) => window.__watch(s, statuses, trigger)", [watch, [status], trigger])
         action()
         page.wait_for_function("([s, w]) => window.__changed(s, w)", arg=[status, word], timeout=timeout_ms)
         done = page.evaluate("() => performance.now()")
         page.wait_for_function("() => window.__first !== null", timeout=timeout_ms)
         self.quiet()
-        first = page.evaluate("() => window.__first - window.__mark")
+        first, mark = page.evaluate("() => [window.__first - window.__mark, window.__mark]")
+        if mark is None:
+            raise RuntimeError(f"the page saw no {trigger!r} event: nothing to time the first token from")
         tasks = page.evaluate("t0 => window.__long.filter(e => e[0] + e[1] >= t0)", t0)
         window = Window(first / 1000, [d for _, d in tasks], self.bytes - start_bytes,
                         after_ms=sum(d for start, d in tasks if start >= done))
@@ -158,9 +166,19 @@ class PageProbe:
                 last, since = self.bytes, time.monotonic()
         self.page.wait_for_timeout(settle_ms)
 
+    def set_max_tokens(self, tokens: int) -> None:
+        """In the closed "Sampling" accordion: opened, set, closed again."""
+        box = self.page.locator("#max-tokens input[type=number]")
+        accordion = self.page.get_by_text("Sampling", exact=True)
+        accordion.click()
+        box.fill(str(tokens))
+        box.blur()
+        accordion.click()
+
     def generate(self, prompt: str) -> Window:
         self.page.locator("#prompt textarea").fill(prompt)
-        return self._window(lambda: self.page.locator("#generate").click(), "#moi-text textarea", "#status", "Done")
+        return self._window(lambda: self.page.locator("#generate").click(), "click", "#moi-text textarea", "#status",
+                            "Done")
 
     def set_beta(self, beta: float) -> Window:
         """Type a beta in the slider's number box and leave it (the slider's release event)."""
@@ -170,18 +188,18 @@ class PageProbe:
             box.fill(f"{beta:g}")
             box.blur()
 
-        return self._window(act, "#moi-text textarea", "#status", "Done")
+        return self._window(act, "change", "#moi-text textarea", "#status", "Done")
 
     def sweep(self, betas: str) -> Window:
         self.page.locator("#betas textarea").fill(betas)
-        return self._window(lambda: self.page.locator("#sweep").click(), "#sweep-lane-0 textarea", "#sweep-status",
-                            "Swept")
+        return self._window(lambda: self.page.locator("#sweep").click(), "click", "#sweep-lane-0 textarea",
+                            "#sweep-status", "Swept")
 
 
 @dataclass
 class PageSettings:
     runs: int = 5
-    tokens: int = 128  # the page's default max new tokens
+    tokens: int = 128  # max new tokens per lane, set on the page (its default is 128)
     betas: tuple[float, ...] = (0.5, 2.0, 0.25, 3.0, 1.5)
     sweep: str = "0, 0.25, 0.5, 1, 2, 4, direct"
     screenshot: str | None = None
@@ -195,22 +213,28 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-def run_page(url: str, s: PageSettings, browser_cpus: list[int] | None = None) -> str:
-    with browser_page(cpus=browser_cpus) as page:
-        probe = PageProbe(page, url)
-        runs = [probe.generate(PROMPTS[i % len(PROMPTS)]) for i in range(s.runs + 1)][1:]  # the first warms up
-        live = [probe.set_beta(b) for b in s.betas]
-        sweep = probe.sweep(s.sweep)
-        if s.screenshot:
-            page.locator("#sweep-summary-plot").scroll_into_view_if_needed()
-            page.screenshot(path=s.screenshot, full_page=True)
+def measure_page(page: Any, url: str, s: PageSettings) -> dict[str, list[Window]]:
+    """Each action's windows, in one tab (a `browser_page`): Generate (the first run warms up and is left out), beta
+    changes, a sweep."""
+    probe = PageProbe(page, url)
+    probe.set_max_tokens(s.tokens)
+    runs = [probe.generate(PROMPTS[i % len(PROMPTS)]) for i in range(s.runs + 1)][1:]
+    live = [probe.set_beta(b) for b in s.betas]
+    sweep = probe.sweep(s.sweep)
+    if s.screenshot:
+        page.locator("#sweep-summary-plot").scroll_into_view_if_needed()
+        page.screenshot(path=s.screenshot, full_page=True)
+    return {f"Generate ({s.tokens} + {s.tokens} tokens)": runs, "beta change (number box, release)": live,
+            f"beta sweep (standard + {len(s.sweep.split(','))} lanes)": [sweep]}
+
+
+def page_table(results: dict[str, list[Window]], s: PageSettings) -> str:
     where = ("the browser on a core of its own, engine and server on the others" if s.cores == "own" else
              "browser, engine and server sharing every core")
     lines = [f"### The page in Chromium ({where}; one tab, repeated runs; long tasks = main-thread tasks > 50 ms)",
-             "| action | n | to first token p50 / p95 | long tasks: total per action p50 (max) | after the run p50 "
-             "| longest task | bytes received per action p50 |", "|---|---|---|---|---|---|---|"]
-    for name, windows in ((f"Generate ({s.tokens} + {s.tokens} tokens)", runs),
-                          ("beta change (number box, release)", live), ("beta sweep (standard + 7 lanes)", [sweep])):
+             "| action | n | click or release to first token p50 / p95 | long tasks: total per action p50 (max) "
+             "| after the run p50 | longest task | bytes received per action p50 |", "|---|---|---|---|---|---|---|"]
+    for name, windows in results.items():
         first = [w.first_token_s for w in windows if w.first_token_s is not None]
         lines.append(
             f"| {name} | {len(windows)} | {_pct(first, 0.5) * 1000:.0f} / {_pct(first, 0.95) * 1000:.0f} ms | "
@@ -259,7 +283,9 @@ def main(model: str | None, s: PageSettings) -> str:
     try:
         demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
         start = time.perf_counter()
-        table = run_page(demo.local_url, s, browser_cpus)
+        with browser_page(cpus=browser_cpus) as page:
+            results = measure_page(page, demo.local_url, s)
+        table = page_table(results, s)
         logger.info("page bench took %.0f s", time.perf_counter() - start)
         return table + "\n\n" + figure_bytes(engine, s.tokens)
     finally:

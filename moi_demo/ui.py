@@ -498,7 +498,7 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
                                                 label="temperature (0 = greedy)"), "temperature")
                 top_p = named(FieldSlider(0.01, 1.0, value=1.0, step=0.01, label="top-p"), "top_p")
                 max_tokens = named(FieldSlider(1, max_new_tokens, value=min(128, max_new_tokens), step=1,
-                                         label="max new tokens"), "max_new_tokens")
+                                               label="max new tokens", elem_id="max-tokens"), "max_new_tokens")
                 seed = named(FieldNumber(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="seed"), "seed")
     status = gr.Markdown("", elem_id="status")
     with gr.Row(equal_height=True):

@@ -98,3 +98,18 @@ def test_sweep_renders_every_lane_and_its_charts_then_the_slider_shows_a_swept_l
     done()
     assert page.locator("#moi-text textarea").input_value() == texts[1]
     assert engine.stats()["applied_steps"] == applied
+
+
+def test_page_bench_smoke(page, app):
+    """`moi-demo bench --page` at smoke size against the shared app: every action is timed from the user's own
+    click or release event (the bench raises when the page saw none) to a first token, and the table prints."""
+    from moi_demo.pagebench import PageSettings, measure_page, page_table
+
+    s = PageSettings(runs=1, tokens=8, betas=(0.5,), sweep="0, direct")
+    results = measure_page(page, app[0], s)
+    assert [len(w) for w in results.values()] == [1, 1, 1]
+    for windows in results.values():
+        assert all(0 < w.first_token_s < 60 and w.bytes_received > 0 for w in windows)
+    table = page_table(results, s)
+    assert "| Generate (8 + 8 tokens) | 1 |" in table and "| beta sweep (standard + 2 lanes) | 1 |" in table
+    assert app[1].num_unfinished_requests() == 0
