@@ -21,14 +21,25 @@ from moi_demo.trace import Step, Trace, first_divergence
 COLORS = {"standard": "#64748b", "moi": "#7c3aed", "prior": "#94a3b8", "posterior": "#7c3aed",
           "sampled": "#f59e0b", "diverge": "#ef4444"}
 # plotly_white's look for 2-D charts, without the 7 KB of 3-D, polar, geo and colour-scale defaults that every
-# figure's JSON would otherwise carry to the page.
+# figure's JSON would otherwise carry to the page. Fixed margins, no automargin: automargin draws a figure, measures
+# its labels and draws it again (each figure drew in about half the time without it, plotly alone in Chromium).
 _AXIS = dict(gridcolor="#EBF0F8", linecolor="#EBF0F8", zerolinecolor="#EBF0F8", zerolinewidth=2, ticks="",
-             automargin=True, title=dict(standoff=15))
+             automargin=False)
 TEMPLATE = go.layout.Template(layout=dict(
     paper_bgcolor="white", plot_bgcolor="white", font=dict(color="#2a3f5f"), hovermode="closest",
     hoverlabel=dict(align="left"), title=dict(x=0.05), xaxis=_AXIS, yaxis=_AXIS,
     colorway=["#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692", "#B6E880"]))
-_LAYOUT = dict(template=TEMPLATE, margin=dict(l=50, r=20, t=50, b=40), font=dict(size=12))
+_LAYOUT = dict(template=TEMPLATE, margin=dict(l=60, r=20, t=50, b=50), font=dict(size=12))
+
+
+def _layout(height: int, legend_below: int | None = None, **margin: int) -> dict:
+    """_LAYOUT at `height` px, with `margin` (l, r, t, b) overridden. `legend_below`: a horizontal legend, its top
+    that many px under the plot area (below the tick labels and the axis title: the margins are fixed)."""
+    m = {**_LAYOUT["margin"], **margin}
+    out = {**_LAYOUT, "height": height, "margin": m}
+    if legend_below is not None:
+        out["legend"] = dict(orientation="h", yanchor="top", x=0, y=-legend_below / (height - m["t"] - m["b"]))
+    return out
 
 
 def _label(trace: Trace) -> str:
@@ -150,8 +161,8 @@ def step_distribution(standard: Trace, moi: Trace, index: int) -> go.Figure:
         axis = "" if col == 1 else str(col)
         fig.add_annotation(text=f"H = {step.entropy:.2f}", xref=f"x{axis} domain", yref=f"y{axis} domain",
                            x=0.98, y=0.95, showarrow=False)
-    fig.update_layout(**_LAYOUT, barmode="group", height=360, yaxis=dict(range=[0, 1], title="probability / weight"),
-                      yaxis2=dict(range=[0, 1]), legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(**_layout(380, legend_below=75, b=105), barmode="group",
+                      yaxis=dict(range=[0, 1], title="probability / weight"), yaxis2=dict(range=[0, 1]))
     fig.update_xaxes(tickangle=-45)
     return fig
 
@@ -175,7 +186,7 @@ def weights_heatmap(moi: Trace) -> go.Figure:
         colorscale="Magma", zmin=0, zmax=1, colorbar=dict(title="w"),
         hovertemplate="step %{x}, %{y}: w = %{z:.3f}<extra></extra>",
     ))
-    fig.update_layout(**_LAYOUT, height=320, title=f"Mix weights fed back, {_label(moi)}",
+    fig.update_layout(**_layout(320, l=95), title=f"Mix weights fed back, {_label(moi)}",
                       xaxis_title="step", yaxis=dict(autorange="reversed"))
     return fig
 
@@ -193,8 +204,9 @@ def entropy_chart(standard: Trace, moi: Trace, diverge: int | None = None) -> go
                              name=f"w on sampled token, {_label(moi)}",
                              line=dict(color=COLORS["sampled"], dash="dot")))
     _mark_divergence(fig, first_divergence(standard, moi) if diverge is None else diverge)
-    fig.update_layout(**_LAYOUT, height=320, title="Normalised entropy H and the weight kept on the sampled token",
-                      xaxis_title="step", yaxis=dict(range=[0, 1.05]), legend=dict(orientation="h", y=-0.3))
+    fig.update_layout(**_layout(340, legend_below=68, b=95),
+                      title="Normalised entropy H and the weight kept on the sampled token",
+                      xaxis_title="step", yaxis=dict(range=[0, 1.05]))
     return fig
 
 
@@ -213,23 +225,25 @@ def sweep_summary(standard: Trace, lanes: list[Trace]) -> go.Figure:
     if not lanes:
         return _empty("Beta sweep", "Sweep beta to see this chart")
     summaries = [summarize(standard, t) for t in lanes]
-    labels = [_label(t) for t in lanes]
+    labels = ["direct" if t.mode == "direct" else f"{t.beta:g}" for t in lanes]  # short: never rotated
     diverge = [s.diverge for s in summaries]
+    heights = [len(t.steps) if d is None else d for t, d in zip(lanes, diverge, strict=True)]
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.15, subplot_titles=[
         "First step unlike standard", "Mean w on sample, mean H"])
     fig.add_trace(go.Bar(
-        x=labels, y=[len(t.steps) if d is None else d for t, d in zip(lanes, diverge, strict=True)],
-        text=["never" if d is None else str(d) for d in diverge], textposition="outside",
+        x=labels, y=heights, text=["never" if d is None else str(d) for d in diverge], textposition="outside",
+        cliponaxis=False,
         marker=dict(color=[COLORS["prior"] if d is None else COLORS["diverge"] for d in diverge]),
         name="first divergence", showlegend=False,
-        hovertemplate="%{x}: %{text}<extra></extra>"), row=1, col=1)
+        hovertemplate="beta %{x}: %{text}<extra></extra>"), row=1, col=1)
     for name, values, color in (
             ("mean w on sampled token", [s.mean_sampled_weight for s in summaries], COLORS["sampled"]),
             ("mean H", [s.mean_entropy for s in summaries], COLORS["moi"])):
         fig.add_trace(go.Scatter(x=labels, y=values, mode="lines+markers", name=name, line=dict(color=color),
-                                 hovertemplate="%{x}: %{y:.3f}<extra>" + name + "</extra>"), row=1, col=2)
-    fig.update_layout(**_LAYOUT, height=340, legend=dict(orientation="h", y=-0.3))
-    fig.update_yaxes(title_text="step", row=1, col=1)
+                                 hovertemplate="beta %{x}: %{y:.3f}<extra>" + name + "</extra>"), row=1, col=2)
+    fig.update_layout(**_layout(340, legend_below=68, b=95))
+    fig.update_xaxes(title_text="beta", type="category")
+    fig.update_yaxes(title_text="step", range=[0, max(heights, default=1) * 1.15], row=1, col=1)
     fig.update_yaxes(range=[0, 1.05], row=1, col=2)
     return fig
 
@@ -242,9 +256,9 @@ def sweep_curves(lanes: list[Trace]) -> go.Figure:
     fig = go.Figure()
     for i, t in enumerate(lanes):
         fig.add_trace(go.Scatter(x=[s.index for s in t.steps], y=[round(s.sampled_weight, 4) for s in t.steps],
-                                   mode="lines", name=_label(t), line=dict(color=_sweep_color(i, len(lanes)))))
-    fig.update_layout(**_LAYOUT, height=320, title="Weight kept on the sampled token, per step and beta",
-                      xaxis_title="step", yaxis=dict(range=[0, 1.05]), legend=dict(orientation="h", y=-0.3))
+                                 mode="lines", name=_label(t), line=dict(color=_sweep_color(i, len(lanes)))))
+    fig.update_layout(**_layout(340, legend_below=68, b=95), xaxis_title="step", yaxis=dict(range=[0, 1.05]),
+                      title="Weight kept on the sampled token, per step and beta")
     return fig
 
 
