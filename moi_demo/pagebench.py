@@ -212,6 +212,8 @@ def measure_page(page: Any, url: str, s: PageSettings) -> dict[str, list[Window]
     sweep = probe.sweep(s.sweep)
     if s.screenshot:
         page.locator("#sweep-summary-plot").scroll_into_view_if_needed()
+        page.mouse.move(0, 0)  # no hover label or mode bar in the picture
+        page.wait_for_timeout(300)
         page.screenshot(path=s.screenshot, full_page=True)
     return {f"Generate ({s.tokens} + {s.tokens} tokens)": runs, "beta change (number box, release)": live,
             f"beta sweep (standard + {len(s.sweep.split(','))} lanes)": [sweep]}

@@ -257,8 +257,9 @@ def sweep_curves(lanes: list[Trace]) -> go.Figure:
     for i, t in enumerate(lanes):
         fig.add_trace(go.Scatter(x=[s.index for s in t.steps], y=[round(s.sampled_weight, 4) for s in t.steps],
                                  mode="lines", name=_label(t), line=dict(color=_sweep_color(i, len(lanes)))))
-    fig.update_layout(**_layout(340, legend_below=68, b=95), xaxis_title="step", yaxis=dict(range=[0, 1.05]),
-                      title="Weight kept on the sampled token, per step and beta")
+    fig.update_layout(**_layout(340, r=150), xaxis_title="step", yaxis=dict(range=[0, 1.05]),
+                      title="Weight kept on the sampled token, per step and beta",
+                      legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"))  # 8 lanes: a column at the right
     return fig
 
 
