@@ -1,6 +1,8 @@
 """`moi-demo bench --page`: the page as a user feels it, in headless Chromium (Debian's, driven by Playwright).
 
-Against the real app (engine + Gradio server started here, ended with its processes), in one tab:
+Against the real app (engine + Gradio server started here, ended with its processes), in one tab, driven from a
+process of its own (Playwright and the browser: with `--page-cores own`, on a core the server does not use). Every
+first token is timed from the time stamp of the user's own event (the click; the number box's change):
 - Generate, repeated with a fresh prompt each time (both lanes run): click to the first token visible in the MoI
   box, and the page's main-thread long tasks (PerformanceObserver `longtask`) from the click until the figures
   are drawn and the page is quiet again;
@@ -52,7 +54,10 @@ window.__watch = (selector, statuses, trigger) => {
   const value = () => { const box = document.querySelector(selector); return box ? box.value : ''; };
   const before = value();
   window.__mark = null; window.__first = null;
-  window.addEventListener(trigger, e => { window.__mark = e.timeStamp; }, {capture: true, once: true});
+  if (window.__onTrigger) window.removeEventListener(window.__triggerType, window.__onTrigger, {capture: true});
+  window.__triggerType = trigger;
+  window.__onTrigger = e => { window.__mark = e.timeStamp; };
+  window.addEventListener(trigger, window.__onTrigger, {capture: true, once: true});
   const tick = () => {
     const now = value();
     if (now !== before && now.length > 0) { window.__first = performance.now(); return; }
