@@ -64,7 +64,7 @@ def _unique(names: list[str]) -> list[str]:
 
 
 def _empty(title: str, message: str = "Generate to see this chart") -> go.Figure:
-    fig = go.Figure(layout={**_LAYOUT, "title": title, "height": 260})
+    fig = go.Figure(layout={**_layout(260), "title": title})
     fig.add_annotation(text=message, showarrow=False, font=dict(size=14, color="#94a3b8"))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)

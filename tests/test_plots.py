@@ -122,5 +122,6 @@ def test_figures_carry_a_lean_template():
     fig = plots._empty("title")
     template = json.loads(fig.to_json())["layout"]["template"]
     assert template["layout"]["plot_bgcolor"] == "white" and template["layout"]["xaxis"]["gridcolor"] == "#EBF0F8"
+    assert template["layout"]["xaxis"]["automargin"] is False  # fixed margins: plotly draws each figure once
     assert not {"scene", "polar", "geo", "ternary", "colorscale"} & set(template["layout"]) and "data" not in template
     assert len(fig.to_json()) < 1500
