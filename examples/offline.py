@@ -6,7 +6,8 @@ from vllm import LLM, SamplingParams
 
 
 def main(model: str) -> None:
-    llm = LLM(model=model, enforce_eager=True, kv_cache_memory_bytes=1 << 30)
+    # additional_config={"moi": True} enables MoI for this engine (every other engine stays stock vLLM)
+    llm = LLM(model=model, enforce_eager=True, kv_cache_memory_bytes=1 << 30, additional_config={"moi": True})
     prompt = "Explain why the sky is blue in one sentence."
     standard = SamplingParams(temperature=0.6, top_p=0.8, max_tokens=48, seed=0)
     moi = SamplingParams(temperature=0.6, top_p=0.8, max_tokens=48, seed=0,

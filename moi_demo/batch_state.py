@@ -35,6 +35,17 @@ from moi_demo.mixing import MODE_CODES, MODE_MOI, BatchConfig, MoIConfig
 logger = logging.getLogger("moi_demo.batch_state")
 
 PAGE = 32  # generated tokens per history page
+RECOMPUTE_BYTES = 64 << 20  # bound on a recompute's temporaries (see recompute_bytes_per_token)
+
+
+def recompute_bytes_per_token(width: int, hidden: int, dtype: torch.dtype) -> int:
+    """Temporary bytes to rebuild one token's mixed input from its history, C = width = k + 1 candidates, D =
+    hidden, e = the model dtype's bytes: C ids (int32 read + int64) and weights (float32), the C embeddings
+    (e bytes each, plus a float32 copy where e < 4), the float32 sum and its cast:
+    C * (16 + D * (e + 4 * (e < 4))) + D * (4 + e). k 20, D 8192, bf16: ~1.1 MB, so 64 MiB holds 62 tokens."""
+    e = torch.empty(0, dtype=dtype).element_size()
+    return width * (16 + hidden * (e + (4 if e < 4 else 0))) + hidden * (4 + e)
+
 SWAP = "swap"  # a two-way move (vLLM's MoveDirectionality.SWAP); anything else is one-way a -> b
 
 
@@ -141,8 +152,9 @@ class BatchState:
         self.applied_steps = 0  # generated positions fed as mixed inputs for the first time
         self.recomputed_steps = 0  # ... fed again (recompute after preemption)
         self.rewound_tokens = 0  # tokens cut from histories because the engine went back on them
+        self.moves = self.swaps = 0  # batch rows moved / swapped while a MoI request was in the batch
         self.finished: dict[str, int] = {}  # req_id -> tokens fed (bounded)
-        self.finished_records: dict[str, list[tuple[list[int], list[float]]]] = {}
+        self.finished_records: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # req_id -> (ids, weights)
         self.max_finished = 4096
         self.tokens_total = self.bytes_total = 0  # history held by finished requests, summed
         self.host_reads: HostReadCounter | None = None
@@ -167,6 +179,7 @@ class BatchState:
                 pending[row] = cfg
         for a, b, direction in moved:
             if str(getattr(direction, "name", direction)).lower() == SWAP:
+                self.swaps += 1
                 self._swap(a, b)
                 pa, pb = pending.pop(a, None), pending.pop(b, None)
                 if pa is not None:
@@ -174,6 +187,7 @@ class BatchState:
                 if pb is not None:
                     pending[a] = pb
             else:
+                self.moves += 1
                 self._detach(b)
                 self._move(a, b)
                 if a in pending:
@@ -231,7 +245,7 @@ class BatchState:
             arr = getattr(self, name)
             arr[b] = arr[a]
         if self.buffer_valid[b] and self.buffer is not None:
-            self.buffer[b] = self.buffer[a]
+            self.buffer[b].copy_(self.buffer[a])  # int indices: views, a device copy (no host index tensor)
         self.mixes[a] = self.buffer_valid[a] = False
 
     def _swap(self, a: int, b: int) -> None:
@@ -240,10 +254,14 @@ class BatchState:
             if self.req[row] is not None:
                 self.req[row].row = row
         for name in self._ROW_ARRAYS:
-            arr = getattr(self, name)
+            arr = getattr(self, name)  # host numpy: fancy indexing is free here
             arr[[a, b]] = arr[[b, a]]
         if (self.buffer_valid[a] or self.buffer_valid[b]) and self.buffer is not None:
-            self.buffer[[a, b]] = self.buffer[[b, a]]
+            # Never `buffer[[a, b]] = buffer[[b, a]]`: a list index becomes a pageable host tensor copied to the
+            # device (a stream sync on CUDA). Row views and device copies only.
+            row_a = self.buffer[a].clone()
+            self.buffer[a].copy_(self.buffer[b])
+            self.buffer[b].copy_(row_a)
 
     def finish(self, req_id: str) -> None:
         """The request ended (finished or aborted): free its history, keep its count (and records)."""
@@ -258,7 +276,7 @@ class BatchState:
             self.tokens_total += hist.length
             self.bytes_total += hist.length * self.pools[hist.width].bytes_per_token
         if self.record_all:
-            self.finished_records[req_id] = self.history(hist)
+            self.finished_records[req_id] = self._held(hist)  # read on the host only when asked (stats)
         self._release(hist)
         for store in (self.finished, self.finished_records):
             while len(store) > self.max_finished:
@@ -464,13 +482,41 @@ class BatchState:
             self.length[rows] += 1
             self.buffer_valid[rows] = True
 
-    def mixed_from_history(self, row: int, js: np.ndarray, embed: Callable[[torch.Tensor], torch.Tensor],
-                           out_dtype: torch.dtype) -> torch.Tensor:
-        """Mixed inputs [len(js), D] of generated tokens js of the request in `row`, rebuilt from its history
-        through the model's own embedding (recompute after preemption, chunked prefill over outputs)."""
+    def write_buffer(self, out: torch.Tensor, rows: np.ndarray, targets: np.ndarray, num_reqs: int) -> None:
+        """Copy the buffered mixed inputs of `rows` [F] (their last samples') into rows `targets` [F] of `out`."""
+        m = rows.size
+        if m == num_reqs and targets[-1] == m - 1:  # rows 0..m-1, one token each: a slice copy
+            out[:m].copy_(self.buffer[:m])
+        else:
+            rows_t, targets_t = self._to_device(rows, targets)
+            out.index_copy_(0, targets_t, self.buffer.index_select(0, rows_t))
+
+    def recompute_chunk(self, width: int, hidden: int, dtype: torch.dtype) -> int:
+        """Tokens per chunk of a recompute: the most whose temporaries fit RECOMPUTE_BYTES (at least one)."""
+        return max(1, RECOMPUTE_BYTES // recompute_bytes_per_token(width, hidden, dtype))
+
+    def write_from_history(self, row: int, js: np.ndarray, embed: Callable[[torch.Tensor], torch.Tensor],
+                           out: torch.Tensor, targets: np.ndarray) -> None:
+        """Rebuild the mixed inputs of generated tokens js [n] of the request in `row` from its history, through
+        the model's own embedding, into rows `targets` [n] of `out` [N, D] (recompute after preemption, chunked
+        prefill over outputs). In chunks: the temporaries never exceed max(RECOMPUTE_BYTES, one token's), whatever
+        n is (vLLM may schedule a whole max_num_batched_tokens of it)."""
         hist = self.req[row]
         assert hist is not None
-        ids, w = self._read(hist, js)
+        step = self.recompute_chunk(hist.width, out.shape[1], out.dtype)
+        for lo in range(0, js.size, step):
+            ids, w = self._read(hist, js[lo: lo + step])  # [c, C] int32, [c, C] float32
+            mixed = mixing.mix_embeddings(w, ids.long(), embed, out_dtype=out.dtype)  # [c, D]
+            (targets_t,) = self._to_device(targets[lo: lo + step])
+            out.index_copy_(0, targets_t, mixed)
+
+    def mixed_from_history(self, row: int, js: np.ndarray, embed: Callable[[torch.Tensor], torch.Tensor],
+                           out_dtype: torch.dtype) -> torch.Tensor:
+        """Mixed inputs [len(js), D] of generated tokens js of the request in `row` (tests, introspection: the
+        engine writes them in bounded chunks with `write_from_history`)."""
+        hist = self.req[row]
+        assert hist is not None
+        ids, w = self._read(hist, js, staged=False)
         return mixing.mix_embeddings(w, ids.long(), embed, out_dtype=out_dtype)
 
     def _read(self, hist: RequestHistory, js: np.ndarray, staged: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -484,18 +530,16 @@ class BatchState:
     def history(self, hist: RequestHistory) -> list[tuple[list[int], list[float]]]:
         """(candidate ids, weights) per generated token held, one weight per distinct id (a device read:
         tests and debugging only). The sampled id is stored in its own column: its weights add up."""
+        return _merged(*self._held(hist))
+
+    def _held(self, hist: RequestHistory) -> tuple[torch.Tensor, torch.Tensor]:
+        """A copy of the request's held (candidate ids [n, C], weights [n, C]), on the device (no host read)."""
         if hist.row >= 0:
             self._sync(hist.row)
         if hist.length == 0:
-            return []
-        ids, w = self._read(hist, np.arange(hist.length), staged=False)
-        out = []
-        for row_ids, row_w in zip(ids.tolist(), w.tolist(), strict=True):
-            merged: dict[int, float] = {}
-            for i, x in zip(row_ids, row_w, strict=True):
-                merged[i] = merged.get(i, 0.0) + x
-            out.append((list(merged), list(merged.values())))
-        return out
+            empty = torch.zeros(0, hist.width)
+            return empty.int(), empty
+        return self._read(hist, np.arange(hist.length), staged=False)
 
     def stats(self, records: bool = False) -> dict[str, Any]:
         for row, r in enumerate(self.req):
@@ -511,6 +555,7 @@ class BatchState:
             "applied_steps": int(self.applied_steps),  # plain ints: the stats cross process boundaries
             "recomputed_steps": int(self.recomputed_steps),
             "rewound_tokens": int(self.rewound_tokens),
+            "moves": int(self.moves), "swaps": int(self.swaps),
             "requests": {**self.finished, **{r: int(h.fed) for r, h in self.requests.items()}},
             "memory": {  # live: what MoI holds now; bytes_per_token: over every request so far
                 "history_tokens": tokens, "history_bytes": history_bytes, "pool_bytes": pool_bytes,
@@ -521,17 +566,32 @@ class BatchState:
             "hook_seconds": self.hook_seconds,
         }
         if records:
-            out["records"] = {**self.finished_records, **{r: self.history(h) for r, h in self.requests.items()}}
+            out["records"] = {**{r: _merged(*held) for r, held in self.finished_records.items()},
+                              **{r: self.history(h) for r, h in self.requests.items()}}
         return out
 
 
+def _merged(ids: torch.Tensor, weights: torch.Tensor) -> list[tuple[list[int], list[float]]]:
+    """Per token: the distinct candidate ids and their summed weights (the sampled id may appear twice)."""
+    out = []
+    for row_ids, row_w in zip(ids.tolist(), weights.tolist(), strict=True):
+        merged: dict[int, float] = {}
+        for i, x in zip(row_ids, row_w, strict=True):
+            merged[i] = merged.get(i, 0.0) + x
+        out.append((list(merged), list(merged.values())))
+    return out
+
+
 HOST_READS = ("item", "tolist", "__bool__", "__int__", "__index__", "__float__", "cpu", "numpy")
+INDEXING = ("__getitem__", "__setitem__")
 
 
 class HostReadCounter(torch.overrides.TorchFunctionMode):
-    """Counts reads of tensor values by the host (`.item()`, `.tolist()`, `bool(t)`, `int(t)`, `.cpu()`...)
-    under it: each one is a device-to-host sync on an accelerator. The plugin runs its own hook code under
-    this when MOI_DEMO_HOST_READS=1, and reports the counts in moi_stats."""
+    """Counts what syncs the host with the device under it: reads of tensor values by the host (`.item()`,
+    `.tolist()`, `bool(t)`, `int(t)`, `.cpu()`...) and indexing of a tensor with a Python list, a bool or a numpy
+    array (torch copies such an index from pageable host memory to the device: a stream sync on CUDA, counted as
+    "index:list" / "index:bool" / "index:ndarray"). The plugin runs its own hook code under this when
+    MOI_DEMO_HOST_READS=1, and reports the counts in moi_stats."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -541,7 +601,23 @@ class HostReadCounter(torch.overrides.TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in HOST_READS or (name == "to" and _to_host(args, kwargs or {})):
             self.counts[name] = self.counts.get(name, 0) + 1
+        elif name in INDEXING and len(args) > 1 and (kind := _host_index(args[1])):
+            key = f"index:{kind}"
+            self.counts[key] = self.counts.get(key, 0) + 1
         return func(*args, **(kwargs or {}))
+
+
+def _host_index(index: Any) -> str | None:
+    """The kind of a host-side index that torch must copy to the device: a list, bool or numpy array (alone or
+    inside a tuple of indices); None for ints, slices, None, Ellipsis and tensors."""
+    for part in index if isinstance(index, tuple) else (index,):
+        if isinstance(part, bool):
+            return "bool"
+        if isinstance(part, list):
+            return "list"
+        if isinstance(part, np.ndarray | np.bool_):
+            return "ndarray"
+    return None
 
 
 def _to_host(args: tuple, kwargs: dict) -> bool:

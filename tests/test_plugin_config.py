@@ -1,21 +1,25 @@
-"""Engine configurations where MoI cannot be applied are refused per request, naming the flag.
+"""What the plugin changes in an engine, decided per engine, and the refusals of MoI requests where it cannot
+apply MoI, each naming the flag to set.
 
-The V2 model runner (vllm 0.33's CUDA default) needs Triton and cannot start on this CPU, and pipeline
-parallelism / speculative decoding are out of scope here: the refusal logic is checked on a stand-in config
-(the real path, request validation inside a running engine, is covered by test_vllm_plugin.py)."""
+The switch and the runner choice are checked on real vLLM configs (`EngineArgs.create_engine_config`, no engine
+started). The V2 model runner cannot start on this CPU (no Triton), and pipeline parallelism, speculative decoding
+and LoRA refusals are checked on a stand-in config; the real path, request validation inside a running engine, is
+covered by test_vllm_plugin.py and test_vllm_serve.py."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
 
 from moi_demo import vllm_plugin
+from moi_demo.mixing import MoIConfigError
 
 
-def config(v2=False, embeds=True, pp=1, spec=None, vocab=100):
+def config(v2=False, embeds=True, pp=1, spec=None, vocab=100, lora=None, moi=True):
     return SimpleNamespace(
-        use_v2_model_runner=v2, speculative_config=spec,
+        use_v2_model_runner=v2, speculative_config=spec, lora_config=lora, additional_config={"moi": moi},
         model_config=SimpleNamespace(enable_prompt_embeds=embeds, get_vocab_size=lambda: vocab),
         parallel_config=SimpleNamespace(pipeline_parallel_size=pp),
     )
@@ -24,10 +28,11 @@ def config(v2=False, embeds=True, pp=1, spec=None, vocab=100):
 @pytest.mark.parametrize(
     ("kwargs", "flag"),
     [
-        ({"v2": True}, "VLLM_USE_V2_MODEL_RUNNER=0"),
+        ({"v2": True}, "VLLM_USE_V2_MODEL_RUNNER"),
         ({"embeds": False}, "--enable-prompt-embeds"),
         ({"pp": 2}, "--pipeline-parallel-size 1"),
         ({"spec": object()}, "--speculative-config"),
+        ({"lora": object()}, "--enable-lora"),
     ],
 )
 def test_moi_requests_refused_with_the_flag(kwargs, flag):
@@ -40,16 +45,92 @@ def test_moi_requests_refused_with_the_flag(kwargs, flag):
     vllm_plugin.validate_request(SimpleNamespace(extra_args=None), config(**kwargs))  # standard: served
 
 
-def test_plugin_registers_idempotently_and_pins_v1_runner(monkeypatch):
+@pytest.mark.parametrize("key", ["moi_mode", "moi_beta", "moi_top_k"])
+def test_moi_keys_on_an_engine_without_moi_say_how_to_enable_it(key, monkeypatch):
+    from vllm.exceptions import VLLMValidationError
+
+    monkeypatch.delenv("MIXINPUTS_BETA", raising=False)
+    vllm_plugin.env_default.cache_clear()
+    with pytest.raises(VLLMValidationError, match=r"not enabled on this engine.*--additional-config") as err:
+        vllm_plugin.validate_request(SimpleNamespace(extra_args={key: 1}), config(moi=False))
+    assert err.value.parameter == key
+    vllm_plugin.validate_request(SimpleNamespace(extra_args={"other": 1}), config(moi=False))
+
+
+@pytest.mark.parametrize(
+    ("additional", "env", "expected"),
+    [({}, None, False), ({"moi": True}, None, True), ({}, "1", True), ({"moi": False}, "1", False),
+     ('{"moi": true}', None, True), (None, None, False)],
+)
+def test_enabled_by_the_switch_or_mixinputs_beta(additional, env, expected, monkeypatch):
+    if env is None:
+        monkeypatch.delenv("MIXINPUTS_BETA", raising=False)
+    else:
+        monkeypatch.setenv("MIXINPUTS_BETA", env)
+    vllm_plugin.env_default.cache_clear()
+    try:
+        assert vllm_plugin.enabled(additional) is expected
+    finally:
+        vllm_plugin.env_default.cache_clear()
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_a_switch_that_is_not_a_bool_is_an_error_naming_it(value):
+    with pytest.raises(MoIConfigError, match="additional_config.moi"):
+        vllm_plugin.enabled({"moi": value})
+
+
+def engine_config(tiny_model: str, **kwargs):
+    from vllm.engine.arg_utils import EngineArgs
+
+    vllm_plugin.register()
+    return EngineArgs(model=tiny_model, dtype="float32", kv_cache_memory_bytes=64 << 20, block_size=32,
+                      **kwargs).create_engine_config()
+
+
+def test_an_engine_without_moi_is_stock_and_one_with_moi_is_changed_and_logged(tiny_models, monkeypatch, caplog):
+    """No prompt embeds and vLLM's runner choice where MoI is not enabled; prompt embeds and the V1 runner, each
+    change logged with how to undo it, where it is. No environment variable of the process changes."""
+    monkeypatch.delenv("MIXINPUTS_BETA", raising=False)
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    vllm_plugin.env_default.cache_clear()
+    vllm_plugin.register()
+    # vLLM re-configures its loggers (and drops the handlers of their children) while it builds a config: the
+    # plugin's messages are read here from a logger of the test's own, outside vLLM's tree.
+    monkeypatch.setattr(vllm_plugin, "logger", logging.getLogger("moi_demo.test_plugin_config"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="moi_demo.test_plugin_config"):
+        stock = engine_config(tiny_models["llama"])
+    assert stock.model_config.enable_prompt_embeds is False
+    assert not [r for r in caplog.records if r.name == "moi_demo.test_plugin_config"]  # nothing changed, nothing logged
+    stock.additional_config = {"moi": False}
+    unpatched = type(stock).__dict__["use_v2_model_runner"].fget.__wrapped__(stock)
+    assert stock.use_v2_model_runner is unpatched  # vLLM's own choice, untouched
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="moi_demo.test_plugin_config"):
+        moi = engine_config(tiny_models["llama"], **vllm_plugin.enable_kwargs())
+    assert moi.model_config.enable_prompt_embeds is True
+    assert moi.use_v2_model_runner is False
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "turned on enable_prompt_embeds" in text and "kept the V1 model runner" in text
+    assert text.count("undo:") == 2
+    import os
+
+    assert "VLLM_USE_V2_MODEL_RUNNER" not in os.environ
+
+
+def test_plugin_registers_idempotently(monkeypatch):
+    from vllm.config import VllmConfig
+    from vllm.v1.sample.sampler import Sampler
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
     vllm_plugin.register()
-    first = GPUModelRunner._sample
+    first, tap, v2 = GPUModelRunner._sample, Sampler.apply_penalties, VllmConfig.__dict__["use_v2_model_runner"]
     vllm_plugin.register()
     monkeypatch.setattr(vllm_plugin, "_registered", False)
     vllm_plugin.register()  # even when called afresh, hooks are not stacked twice
-    assert GPUModelRunner._sample is first
+    assert GPUModelRunner._sample is first and Sampler.apply_penalties is tap
+    assert VllmConfig.__dict__["use_v2_model_runner"] is v2
     assert GPUModelRunner.__dict__["_moi_demo_patched"] is True
-    import os
-
-    assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    assert isinstance(Sampler.__dict__["apply_penalties"], staticmethod)

@@ -97,10 +97,29 @@ def test_standard_requests_match_stock_vllm(mixed_batch, tiny_models):
     standard = [(ids, t) for (ids, cfg), t in zip(jobs, tokens, strict=True) if cfg is None]
     stock = run_engine_subprocess(
         {"model": tiny_models["llama"], "prompts": [ids for ids, _ in standard], "max_tokens": STEPS,
-         "extra_args": [{}] * len(standard)},
+         "extra_args": [{}] * len(standard), "additional_config": None},
         env={"VLLM_PLUGINS": PLUGINS_WITHOUT_MOI},
     )
     assert stock == [t for _, t in standard]
+
+
+def test_installed_but_not_enabled_is_exactly_stock(mixed_batch, tiny_models):
+    """The plugin installed, MoI not enabled for the engine: no prompt embeds, vLLM's own runner choice, no hook
+    work, the same tokens as stock vLLM; a request with moi_* keys is refused with how to enable MoI."""
+    jobs, tokens, _, _ = mixed_batch
+    standard = [(ids, t) for (ids, cfg), t in zip(jobs, tokens, strict=True) if cfg is None]
+    job = {"model": tiny_models["llama"], "prompts": [ids for ids, _ in standard], "max_tokens": STEPS,
+           "extra_args": [{}] * len(standard), "probe": {"moi_beta": 1.0}}
+    plain = run_engine_subprocess({**job, "additional_config": None}, env={}, full=True)
+    stock = run_engine_subprocess({**job, "additional_config": None}, env={"VLLM_PLUGINS": PLUGINS_WITHOUT_MOI},
+                                  full=False)
+    assert plain["tokens"] == stock == [t for _, t in standard]
+    assert plain["config"] == {"enable_prompt_embeds": False, "use_v2_model_runner": False}  # vLLM's CPU choice
+    (worker,) = plain["stats"]
+    assert worker["hooked"] is True and worker["enabled"] is False and worker["state"] is False
+    assert worker["hook_seconds"] == 0.0 and worker["applied_steps"] == 0
+    assert "moi_beta: MoI is not enabled on this engine" in plain["probe"]
+    assert "--additional-config" in plain["probe"]
 
 
 def test_huge_beta_is_standard_and_beta_zero_is_not(llm, prompt_ids):
@@ -183,7 +202,7 @@ def test_invalid_values_rejected_and_engine_keeps_serving(llm, prompt_ids, extra
 def test_env_beta_default_applies_to_requests_without_keys(tiny_models, prompt_ids, oracle):
     """MIXINPUTS_BETA: requests naming no mode get MoI at that beta; -100 means direct mixture."""
     job = {"model": tiny_models["llama"], "prompts": prompt_ids[:2], "max_tokens": 16,
-           "extra_args": [{}, {"moi_mode": "standard"}]}
+           "extra_args": [{}, {"moi_mode": "standard"}], "additional_config": None}  # MIXINPUTS_BETA enables MoI
     got = run_engine_subprocess(job, env={"MIXINPUTS_BETA": "0.5"})
     assert got[0] == ref_tokens(oracle, prompt_ids[0], MoIConfig("moi", 0.5, 20), 16)
     assert got[1] == ref_tokens(oracle, prompt_ids[1], MoIConfig("standard"), 16)

@@ -27,7 +27,7 @@ def server(tiny_models, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "vllm-serve.log"
     cmd = [VLLM, "serve", tiny_models["llama"], "--host", "127.0.0.1", "--port", str(port),
            "--dtype", "float32", "--enforce-eager", "--max-model-len", "512", "--max-logprobs", "50", "--seed", "0",
-           "--kv-cache-memory-bytes", str(KV_BYTES)]
+           "--kv-cache-memory-bytes", str(KV_BYTES), "--additional-config", '{"moi": true}']
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 300

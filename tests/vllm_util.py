@@ -22,7 +22,7 @@ def make_llm(model: str, **kwargs: Any):
     from vllm import LLM
 
     defaults = dict(dtype="float32", enforce_eager=True, max_model_len=512, seed=0, kv_cache_memory_bytes=KV_BYTES,
-                    max_logprobs=50, block_size=BLOCK)
+                    max_logprobs=50, block_size=BLOCK, additional_config={"moi": True})
     return LLM(model=model, **{**defaults, **kwargs})
 
 
@@ -43,20 +43,28 @@ def params(max_tokens: int = 32, logprobs: int | None = None, **extra: Any):
                           n=n, seed=seed, extra_args=extra or None)
 
 
-def run_engine_subprocess(job: dict[str, Any], env: dict[str, str], with_stats: bool = False) -> Any:
+def run_engine_subprocess(job: dict[str, Any], env: dict[str, str], with_stats: bool = False,
+                          full: bool = False) -> Any:
     """Run tests/engine_job.py in a fresh process (its own plugin set and environment): its token ids, and
-    with `with_stats` also the workers' moi_stats."""
+    with `with_stats` also the workers' moi_stats; with `full` a dict of every line it printed (tokens, stats,
+    config, probe)."""
     out = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "engine_job.py"), json.dumps({**job, "stats": with_stats})],
+        [sys.executable, str(ROOT / "tests" / "engine_job.py"), json.dumps({**job, "stats": with_stats or full})],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert out.returncode == 0 and lines, out.stderr[-4000:]
-    tokens = json.loads(lines[-1][len("RESULT "):])
+    found: dict[str, str] = {}
+    for ln in out.stdout.splitlines():
+        head, _, rest = ln.partition(" ")
+        if head in ("RESULT", "STATS", "CONFIG", "PROBE", "REFUSED"):
+            found[head] = rest
+    assert out.returncode == 0 and "RESULT" in found, out.stderr[-4000:] + out.stdout[-2000:]
+    tokens = json.loads(found["RESULT"])
+    if full:
+        return {"tokens": tokens, "stats": json.loads(found["STATS"]), "config": json.loads(found["CONFIG"]),
+                "probe": found.get("PROBE")}
     if not with_stats:
         return tokens
-    stats = [ln for ln in out.stdout.splitlines() if ln.startswith("STATS ")]
-    return tokens, json.loads(stats[-1][len("STATS "):])
+    return tokens, json.loads(found["STATS"])
 
 
 def free_port() -> int:
