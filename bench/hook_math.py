@@ -212,6 +212,8 @@ def bench_batch(b: int, a: argparse.Namespace, device: torch.device, table: torc
                 rig.computed[ids[r]] = int(computed[r] + scheduled[r])
     if worst > tol:
         raise AssertionError(f"batch {b}: fed inputs differ from the formula by {worst:.3g} (tolerance {tol:g})")
+    if state.recomputed_steps == 0 or (b >= 2 and not (state.swaps and state.moves)):
+        raise AssertionError(f"batch {b}: the run missed a recompute, a swap or a move")
     logits = (torch.randn(b, a.vocab, generator=gen, device=device) * 3).to(dtype)
     argmax_ms = statistics.median(clock.time(lambda: logits.argmax(dim=-1)) for _ in range(10))
     return {"batch": b, "hook_ms": statistics.median(times), "argmax_ms": argmax_ms, "checked": checked,

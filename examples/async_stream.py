@@ -9,7 +9,8 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 
 async def main(model: str) -> None:
-    args = AsyncEngineArgs(model=model, enforce_eager=True, kv_cache_memory_bytes=1 << 30)
+    args = AsyncEngineArgs(model=model, enforce_eager=True, kv_cache_memory_bytes=1 << 30,
+                           additional_config={"moi": True})  # MoI enabled for this engine
     engine = AsyncLLM.from_engine_args(args)
     params = SamplingParams(max_tokens=32, temperature=0.0, output_kind=RequestOutputKind.DELTA,
                             extra_args={"moi_mode": "direct", "moi_top_k": 10})

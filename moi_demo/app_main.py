@@ -56,6 +56,9 @@ def start_engine(args: argparse.Namespace):
     from moi_demo import lifecycle
     from moi_demo.engine import MoIEngine
 
+    from moi_demo.gpu_check import check_gpu
+
+    check_gpu()  # a GPU that torch cannot use stops the app here, saying why (never a silent CPU fallback)
     lifecycle.install_signal_handlers()  # SIGTERM/SIGINT: no engine process outlives the app, even mid-start
     engine = MoIEngine(resolve_model(args.model or default_model()), engine_options(args), layout=args.layout)
     lifecycle.on_shutdown(engine.shutdown)

@@ -456,24 +456,37 @@ class BatchState:
         plan, self.plan_ = self.plan_, None
         return plan
 
+    def mix_target(self, plan: StepPlan, hidden: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Where the step's mixed inputs [M, D] are to be written: the next-input buffer's own rows when the plan
+        covers rows 0..M-1 (no copy), else a scratch tensor that `record` scatters into the buffer."""
+        self._ensure_buffer(hidden, dtype, device)
+        if plan.all_rows:
+            return self.buffer[: plan.rows.size]
+        return torch.empty(plan.rows.size, hidden, dtype=dtype, device=device)
+
+    def _ensure_buffer(self, hidden: int, dtype: torch.dtype, device: torch.device) -> None:
+        if self.buffer is None or self.buffer.shape[1] != hidden or self.buffer.dtype != dtype:
+            self.buffer = torch.zeros(self.max_rows, hidden, dtype=dtype, device=device)
+            self.buffer_valid[:] = False
+
     def record(self, plan: StepPlan, candidate_ids: torch.Tensor, weights: torch.Tensor,
                mixed: torch.Tensor) -> None:
         """After sampling: candidates [M, C] and weights [M, C] of the planned rows, and their mixed inputs
-        [M, D] (the next step's inputs)."""
-        if self.buffer is None or self.buffer.shape[1] != mixed.shape[1] or self.buffer.dtype != mixed.dtype:
-            self.buffer = torch.zeros(self.max_rows, mixed.shape[1], dtype=mixed.dtype, device=mixed.device)
-            self.buffer_valid[:] = False
+        [M, D] (the next step's inputs; already in place when written into `mix_target`)."""
+        self._ensure_buffer(mixed.shape[1], mixed.dtype, mixed.device)
         if plan.all_rows:
-            self.buffer[: plan.rows.size].copy_(mixed)
+            if mixed.data_ptr() != self.buffer.data_ptr():  # not written in place (mix_target)
+                self.buffer[: plan.rows.size].copy_(mixed)
         else:
             self.buffer.index_copy_(0, plan.rows_t, mixed)
         for width, (sel, flat) in plan.write_t.items():
             pool = self.pools[width]
-            ids, w = candidate_ids[:, :width], weights[:, :width]
+            ids = candidate_ids if candidate_ids.shape[1] == width else candidate_ids[:, :width]
+            w = weights if weights.shape[1] == width else weights[:, :width]
             if sel is not None:
                 ids, w = ids.index_select(0, sel), w.index_select(0, sel)
             pool.ids.view(-1, width).index_copy_(0, flat, ids.to(torch.int32))
-            pool.weights.view(-1, width).index_copy_(0, flat, w.to(torch.float32))
+            pool.weights.view(-1, width).index_copy_(0, flat, w if w.dtype == torch.float32 else w.float())
         rows = plan.rows
         if plan.all_rows:
             self.length[: rows.size] += 1

@@ -2,8 +2,10 @@
 
 Run it first on a new GPU (a Space, a cluster node): it starts real engines one after another (eager;
 compiled with CUDA graphs and async scheduling where the platform has them; a tiny KV cache that forces
-preemption; stock vLLM without the plugin, in a subprocess) and prints a pass/fail table. Rows that need
-what this platform lacks say "n/a here". Exit code 0 when nothing failed.
+preemption; stock vLLM without the plugin, in a subprocess, on the runner a MoI engine keeps, and on CUDA also on
+vLLM's default runner) and prints a pass/fail table. The eager engine runs with MOI_DEMO_HOST_READS=1 and, on CUDA,
+VLLM_GPU_SYNC_CHECK=error; one check makes its runner reorder the batch (rows swap, as FlashInfer and MLA make it).
+Rows that need what this platform lacks say "n/a here". Exit code 0 when nothing failed.
 """
 
 from __future__ import annotations
@@ -31,6 +33,32 @@ DIRECT = {"moi_mode": "direct", "moi_top_k": 20}
 PREEMPT_EXTRAS = [MOI, DIRECT, LOW_BETA, None]
 PREEMPT_STEPS = 48
 PASS, FAIL, NA = "pass", "FAIL", "n/a here"
+
+
+def run_staggered(llm: Any, jobs: Sequence[tuple[str, list[int], Any, int]], reorder: bool = False,
+                  max_steps: int = 2000) -> dict[str, list[int]]:
+    """Requests arriving at different steps: (request id, prompt ids, SamplingParams, the step it arrives at), each
+    added to the engine at its step, so that prefills and decodes share steps. With `reorder`, the runner reorders
+    its batch before every step (`moi_force_reorder`, decodes first, as FlashInfer and MLA make it on a GPU), so
+    that rows swap. Returns the final token ids by request id."""
+    engine = llm.llm_engine
+    if reorder:
+        llm.collective_rpc("moi_force_reorder", args=(1,))
+    try:
+        final: dict[str, list[int]] = {}
+        for step in range(max_steps):
+            for rid, ids, params, at in jobs:
+                if at == step:
+                    engine.add_request(rid, {"prompt_token_ids": ids}, params)
+            for out in engine.step():
+                if out.finished:
+                    final[out.request_id] = list(out.outputs[0].token_ids)
+            if len(final) == len(jobs):
+                return final
+        raise RuntimeError(f"staggered run unfinished after {max_steps} steps")
+    finally:
+        if reorder:
+            llm.collective_rpc("moi_force_reorder", args=(None,))
 
 
 @dataclass
@@ -136,6 +164,7 @@ class Doctor:
                            lambda: self.check_stock(llm, stock_tokens))
             self.run_check("mixed batch: MoI and direct differ from standard", lambda: self.check_differs(llm))
             self.run_check("prefix caching never shares MoI blocks", lambda: self.check_prefix_cache(llm))
+            self.run_check("batch reordered (rows swap): same tokens, no sync", lambda: self.check_reorder(llm))
             self.run_check("memory flat over a long multi-request run", lambda: self.check_memory(llm))
             self.eager = self.generate(llm, self.prompts, [MOI, DIRECT, LOW_BETA, None])
             self.preempt_expected = self.generate(llm, self.preempt_prompts, PREEMPT_EXTRAS, tokens=PREEMPT_STEPS)
@@ -147,13 +176,39 @@ class Doctor:
                 self.run_check(compiled_name, lambda: self.check_compiled(llm))
                 self.run_check(f"speed: MoI / standard tok/s at batch {self.speed_batch} (>= 0.90)",
                                lambda: self.check_speed(llm))
+                if self.cuda:
+                    self.enabled_tps = [self.standard_tps(llm) for _ in range(3)]
         else:
             self.add(compiled_name, None, "skipped (--no-compiled)")
             with self.engine(enforce_eager=True) as llm:
                 self.run_check(f"speed: MoI / standard tok/s at batch {self.speed_batch} (>= 0.90)",
                                lambda: self.check_speed(llm))
         self.run_check("MoI tokens: async scheduling on vs off", self.check_async)
+        self.run_check(f"speed: standard tok/s, MoI-enabled engine vs stock vLLM's default runner, batch "
+                       f"{self.speed_batch}", self.check_enable_cost)
         return self.checks
+
+    def standard_tps(self, llm: Any) -> float:
+        from moi_demo.benchmark import offline_tps
+
+        return offline_tps(llm, self.prompts[1], self.speed_batch, self.tokens, None)
+
+    def check_enable_cost(self) -> tuple[bool | None, str]:
+        """What enabling MoI costs a GPU user's standard requests: the V1 runner with input embeddings and the hooks,
+        against vLLM exactly as installed (its default runner, V2 on CUDA), both compiled. Reported, not judged."""
+        if not self.cuda:
+            return None, "CUDA only: here vLLM's default runner is already V1 (no Triton); bench row h has the hooks"
+        if not getattr(self, "enabled_tps", None):
+            return None, "needs the compiled engine (skipped with --no-compiled)"
+        from moi_demo.stock import StockEngine
+
+        kwargs = {k: v for k, v in self.kwargs(enforce_eager=False).items() if k != "model"}
+        with StockEngine(self.model, runner="default", **kwargs) as stock:
+            stock.tokens_per_second(self.prompts[1], 4, 8)  # warm-up
+            stock_tps = [stock.tokens_per_second(self.prompts[1], self.speed_batch, self.tokens) for _ in range(3)]
+        ratio = statistics.median(self.enabled_tps) / statistics.median(stock_tps)
+        return True, (f"{ratio:.3f} (MoI-enabled {statistics.median(self.enabled_tps):.0f} tok/s, stock default runner "
+                      f"{statistics.median(stock_tps):.0f} tok/s; medians of 3)")
 
     def check_hooked(self, llm: Any) -> tuple[bool, str]:
         stats = self.stats(llm)
@@ -168,6 +223,26 @@ class Doctor:
         ok = std == std2 and low != std and direct != std and applied == 3 * (self.tokens - 1)
         return ok, (f"standard twice identical: {std == std2}; beta 0 differs: {low != std}; direct differs: "
                     f"{direct != std}; beta 1 differs: {moi != std}; mixed inputs fed: {applied}")
+
+    def check_reorder(self, llm: Any) -> tuple[bool, str]:
+        extras = [MOI, DIRECT, None, LOW_BETA, MOI, None, DIRECT, LOW_BETA]
+        arrive = [0, 0, 1, 3, 4, 6, 9, 13]
+
+        def jobs(tag: str) -> list[tuple[str, list[int], Any, int]]:
+            return [(f"{tag}{i}", self.prompts[i % 4], self.params(x, tokens=6 + (5 * i) % 17), at)
+                    for i, (x, at) in enumerate(zip(extras, arrive, strict=True))]
+
+        plain = run_staggered(llm, jobs("plain-"))
+        before = self.stats(llm)
+        reordered = run_staggered(llm, jobs("swap-"), reorder=True)
+        after = self.stats(llm)
+        swaps = sum(a["swaps"] - b["swaps"] for a, b in zip(after, before, strict=True))
+        reads = [a["host_reads"] for a in after]
+        same = sum(plain[f"plain-{i}"] == reordered[f"swap-{i}"] for i in range(len(extras)))
+        ok = same == len(extras) and swaps > 0 and all(r == {} for r in reads)
+        sync = "; under VLLM_GPU_SYNC_CHECK=error" if self.cuda else ""
+        return ok, (f"{same}/{len(extras)} staggered requests identical with and without reordering; rows swapped "
+                    f"{swaps} times; host reads {reads}{sync}")
 
     def check_prefix_cache(self, llm: Any) -> tuple[bool, str]:
         block = llm.llm_engine.vllm_config.cache_config.block_size

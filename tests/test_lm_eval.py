@@ -15,10 +15,13 @@ pytestmark = pytest.mark.vllm
 TASKS = "moi_sums,moi_sums_moi,moi_sums_direct"
 
 
-def run_lm_eval(model: str, tasks: str, out: Path, env: dict[str, str]) -> dict[str, list[str]]:
-    """`lm_eval --model vllm` on `model` (greedy, as the tasks ask): each task's outputs in document order."""
+def run_lm_eval(model: str, tasks: str, out: Path, env: dict[str, str], moi: bool = False) -> dict[str, list[str]]:
+    """`lm_eval --model vllm` on `model` (greedy, as the tasks ask): each task's outputs in document order. `moi`:
+    MoI enabled for lm-eval's engine as the README says, through model_args (lm-eval passes the JSON as a string)."""
     model_args = (f"pretrained={model},dtype=float32,enforce_eager=True,max_model_len=512,seed=0,"
                   f"kv_cache_memory_bytes={KV_BYTES},block_size={BLOCK}")
+    if moi:
+        model_args += ',additional_config={"moi":true}'
     result = lm_eval_samples(["--model", "vllm", "--model_args", model_args, "--tasks", tasks,
                               "--batch_size", "auto"], out, env)
     for task in tasks.split(","):
@@ -35,12 +38,14 @@ def stock(tiny_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def installed(tiny_models, tmp_path_factory):
-    """The plugin installed; the plain task asks nothing, the other two ask MoI or direct mixture per request."""
-    return run_lm_eval(tiny_models["llama"], TASKS, tmp_path_factory.mktemp("installed"), {})
+    """The plugin installed and MoI enabled; the plain task asks nothing, the other two ask MoI or direct mixture
+    per request."""
+    return run_lm_eval(tiny_models["llama"], TASKS, tmp_path_factory.mktemp("installed"), {}, moi=True)
 
 
 def test_plugin_loaded_only_where_installed(stock, installed):
-    assert "moi-demo: Mixture of Inputs available per request" in installed["log"]
+    assert "moi-demo: Mixture of Inputs installed" in installed["log"]
+    assert "moi-demo: MoI enabled for this engine (additional_config moi=true)" in installed["log"]
     assert "moi-demo" not in stock["log"]
 
 
@@ -61,3 +66,5 @@ def test_mixinputs_beta_changes_outputs_as_the_same_request_would(tiny_models, s
     env_moi = run_lm_eval(tiny_models["llama"], "moi_sums", tmp_path / "beta1", {"MIXINPUTS_BETA": "1"})
     assert env_moi["moi_sums"] != stock["moi_sums"]
     assert env_moi["moi_sums"] == installed["moi_sums_moi"]
+    assert "moi-demo: MoI enabled for this engine (MIXINPUTS_BETA=1)" in env_moi["log"]
+

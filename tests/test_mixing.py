@@ -295,3 +295,29 @@ def test_two_stage_topk_equals_topk(rows, vocab, k):
     ids, values = mixing.topk_logits(x, torch.full((rows,), k), k, True)
     ref_values, ref_ids = torch.topk(x, k)
     assert torch.equal(values, ref_values) and torch.equal(ids, ref_ids)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+@pytest.mark.parametrize(("table_dtype", "out_dtype"),
+                         [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                          (torch.float32, torch.bfloat16)])
+def test_fed_step_writes_the_same_mixed_inputs_bit_for_bit(uniform, table_dtype, out_dtype):
+    """The engine's fused step (weights, then the sum written into the next-input buffer) == fed_weights then
+    mix_embeddings, exactly, in float32 and bf16 models; inputs are not modified; rows outside `out` untouched."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 300, generator=gen) * 2
+    configs = [MoIConfig("moi", 0.0, 8), MoIConfig("direct", 1.0, 8), MoIConfig("moi", 2.0, 8 if uniform else 3),
+               MoIConfig("moi", 1.0, 8 if uniform else 1)]
+    cfg = batch(*configs)
+    ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
+    sampled = torch.tensor([5, 7, ids[2, 0].item(), 299])
+    table = torch.randn(300, 16, generator=gen).to(table_dtype)
+    before = (ids.clone(), top.clone(), sampled.clone())
+    buffer = torch.full((6, 16), 7.0, dtype=out_dtype)
+    cand, w = mixing.fed_step(ids, top, sampled, cfg, lambda i: table[i], buffer[1:5])
+    want_c, want_w = mixing.fed_weights(ids, top, sampled, cfg)
+    want = mixing.mix_embeddings(want_w, want_c, lambda i: table[i], out_dtype=out_dtype)
+    assert torch.equal(cand, want_c) and torch.equal(w, want_w)
+    assert torch.equal(buffer[1:5], want)
+    assert (buffer[0] == 7).all() and (buffer[5] == 7).all()
+    assert all(torch.equal(a, b) for a, b in zip(before, (ids, top, sampled), strict=True))

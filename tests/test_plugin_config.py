@@ -134,3 +134,16 @@ def test_plugin_registers_idempotently(monkeypatch):
     assert VllmConfig.__dict__["use_v2_model_runner"] is v2
     assert GPUModelRunner.__dict__["_moi_demo_patched"] is True
     assert isinstance(Sampler.__dict__["apply_penalties"], staticmethod)
+
+
+def test_moi_on_a_lora_engine_is_refused_naming_enable_lora(tiny_models):
+    """vLLM's LoRA embedding adds one adapter index per input token to the ids it embeds; MoI embeds k + 1
+    candidates per token: refused (on a real LoRA engine config), standard requests served."""
+    from vllm.exceptions import VLLMValidationError
+
+    config = engine_config(tiny_models["llama"], enable_lora=True, max_loras=1, max_lora_rank=8,
+                           **vllm_plugin.enable_kwargs())
+    assert config.lora_config is not None
+    with pytest.raises(VLLMValidationError, match=r"LoRA.*--enable-lora"):
+        vllm_plugin.validate_request(SimpleNamespace(extra_args={"moi_beta": 1.0}), config)
+    vllm_plugin.validate_request(SimpleNamespace(extra_args=None), config)

