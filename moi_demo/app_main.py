@@ -55,7 +55,6 @@ def start_engine(args: argparse.Namespace):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from moi_demo import lifecycle
     from moi_demo.engine import MoIEngine
-
     from moi_demo.gpu_check import check_gpu
 
     check_gpu()  # a GPU that torch cannot use stops the app here, saying why (never a silent CPU fallback)
