@@ -126,17 +126,15 @@ class Rig:
         rows_logits = logits if plan.all_rows else logits.index_select(0, plan.rows_t)
         rows_sampled = sampled if plan.all_rows else sampled.index_select(0, plan.rows_t)
         top_ids, top_logits = mixing.topk_logits(rows_logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
-        cand, weights = mixing.fed_weights(top_ids, top_logits, rows_sampled, cfg)
-        mixed = mixing.mix_embeddings(weights, cand, self.embed, out_dtype=self.dtype)
+        mixed = self.state.mix_target(plan, self.hidden, self.dtype, self.device)  # [M, D]
+        cand, weights = mixing.fed_step(top_ids, top_logits, rows_sampled, cfg, self.embed, mixed)
         self.state.record(plan, cand, weights, mixed)
 
     def device_step(self, plan, logits: torch.Tensor, sampled: torch.Tensor) -> None:
         """Only the device work of a steady decode step of rows 0..n-1 (what a CUDA graph would hold)."""
         cfg = plan.config
         top_ids, top_logits = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
-        cand, weights = mixing.fed_weights(top_ids, top_logits, sampled, cfg)
-        mixed = mixing.mix_embeddings(weights, cand, self.embed, out_dtype=self.dtype)
-        self.state.buffer[: mixed.shape[0]].copy_(mixed)
+        mixing.fed_step(top_ids, top_logits, sampled, cfg, self.embed, self.state.buffer[: logits.shape[0]])
 
 
 def expected_inputs(logits: torch.Tensor, sampled: torch.Tensor, cfg: MoIConfig, embed: Callable,

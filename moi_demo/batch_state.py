@@ -55,9 +55,13 @@ class PagePool:
 
     def __init__(self, width: int, device: torch.device):
         self.width, self.device = width, device
-        self.ids = torch.zeros(0, PAGE, width, dtype=torch.int32, device=device)  # [P, PAGE, C]
-        self.weights = torch.zeros(0, PAGE, width, dtype=torch.float32, device=device)  # [P, PAGE, C]
         self.free: list[int] = []
+        self._set(torch.zeros(0, PAGE, width, dtype=torch.int32, device=device),
+                  torch.zeros(0, PAGE, width, dtype=torch.float32, device=device))
+
+    def _set(self, ids: torch.Tensor, weights: torch.Tensor) -> None:
+        self.ids, self.weights = ids, weights  # [P, PAGE, C] each
+        self.ids_flat, self.weights_flat = ids.view(-1, self.width), weights.view(-1, self.width)  # [P * PAGE, C]
 
     @property
     def capacity(self) -> int:
@@ -74,7 +78,7 @@ class PagePool:
             ids = torch.zeros(new, PAGE, self.width, dtype=torch.int32, device=self.device)
             weights = torch.zeros(new, PAGE, self.width, dtype=torch.float32, device=self.device)
             ids[:old], weights[:old] = self.ids, self.weights
-            self.ids, self.weights = ids, weights
+            self._set(ids, weights)
             self.free = list(range(new - 1, old - 1, -1))
         return self.free.pop()
 
@@ -485,8 +489,8 @@ class BatchState:
             w = weights if weights.shape[1] == width else weights[:, :width]
             if sel is not None:
                 ids, w = ids.index_select(0, sel), w.index_select(0, sel)
-            pool.ids.view(-1, width).index_copy_(0, flat, ids.to(torch.int32))
-            pool.weights.view(-1, width).index_copy_(0, flat, w if w.dtype == torch.float32 else w.float())
+            pool.ids_flat.index_copy_(0, flat, ids if ids.dtype == torch.int32 else ids.to(torch.int32))
+            pool.weights_flat.index_copy_(0, flat, w if w.dtype == torch.float32 else w.float())
         rows = plan.rows
         if plan.all_rows:
             self.length[: rows.size] += 1

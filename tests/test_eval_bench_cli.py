@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -50,8 +51,10 @@ def test_bench_smoke(tiny_models, tmp_path):
                 "b. side-by-side wall time", "f. time to first token, through the app", "peak RSS",
                 "i. beta sweep to completion, standard + 7 MoI lanes vs one lane",
                 "g. plugin's own cost: MoI vs standard tok/s, tiny model, batch 1",
-                "h. standard tok/s, plugin installed vs stock vLLM, tiny model, batch 1"):
+                "h. standard tok/s, MoI-enabled engine vs stock vLLM (same runner), tiny model, batch 1"):
         assert row in stdout
+    (hook_ms,) = re.findall(r"hook_seconds per MoI decode step \(moi_stats\): batch 1: ([\d.]+) ms", stdout)
+    assert float(hook_ms) > 0  # the hooks did run, and were timed
 
 
 def test_bench_load_smoke(tiny_models, tmp_path):

