@@ -32,6 +32,14 @@ def tiny_models(default_model, tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def oracle(tiny_models):
+    """The reference decoder (plain transformers, the paper's formula) on the tiny llama: what engines must match."""
+    from moi_demo.reference import ReferenceDecoder
+
+    return ReferenceDecoder(tiny_models["llama"])
+
+
+@pytest.fixture(scope="session")
 def app(default_model):
     """The real app on the default model, served on a free port: (url, engine). Shared by the
     gradio_client and the Chromium tests."""

@@ -11,7 +11,6 @@ import pytest
 
 from moi_demo.engine import EngineOptions, MoIEngine, MoIInputError
 from moi_demo.mixing import MoIConfig
-from moi_demo.reference import ReferenceDecoder
 from moi_demo.trace import SamplingSettings
 from tests.vllm_util import KV_BYTES, PLUGINS_WITHOUT_MOI, ROOT
 
@@ -37,11 +36,6 @@ def wait_idle(engine: MoIEngine, timeout: float = 10) -> int:
     while engine.num_unfinished_requests() and time.time() < deadline:
         time.sleep(0.05)
     return engine.num_unfinished_requests()
-
-
-@pytest.fixture(scope="module")
-def oracle(tiny_models):
-    return ReferenceDecoder(tiny_models["llama"])
 
 
 def test_stream_pair_streams_both_lanes_and_matches_oracle(engine, oracle):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from moi_demo.mixing import MoIConfig
-from moi_demo.reference import ReferenceDecoder
 from moi_demo.trace import SamplingSettings
 from tests.vllm_util import BLOCK, PLUGINS_WITHOUT_MOI, close_llm, make_llm, params, run_engine_subprocess
 
@@ -29,11 +28,6 @@ def llm(tiny_models):
     engine = make_llm(tiny_models["llama"])
     yield engine
     close_llm(engine)
-
-
-@pytest.fixture(scope="module")
-def oracle(tiny_models) -> ReferenceDecoder:
-    return ReferenceDecoder(tiny_models["llama"])
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import pytest
 from moi_demo.doctor import run_staggered
 from moi_demo.lifecycle import temporary_env
 from moi_demo.mixing import MoIConfig
-from moi_demo.reference import ReferenceDecoder
 from moi_demo.trace import SamplingSettings
 from tests.vllm_util import close_llm, make_llm
 
@@ -39,11 +38,6 @@ def llm(tiny_models):
         engine = make_llm(tiny_models["llama"], max_num_seqs=4)
     yield engine
     close_llm(engine)
-
-
-@pytest.fixture(scope="module")
-def oracle(tiny_models) -> ReferenceDecoder:
-    return ReferenceDecoder(tiny_models["llama"])
 
 
 @pytest.fixture(scope="module")
