@@ -4,6 +4,7 @@ output identical to stock vLLM; MIXINPUTS_BETA, or `extra_args` in a task's gene
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,14 @@ TASKS = "moi_sums,moi_sums_moi,moi_sums_direct"
 
 def run_lm_eval(model: str, tasks: str, out: Path, env: dict[str, str], moi: bool = False) -> dict[str, list[str]]:
     """`lm_eval --model vllm` on `model` (greedy, as the tasks ask): each task's outputs in document order. `moi`:
-    MoI enabled for lm-eval's engine as the README says, through model_args (lm-eval passes the JSON as a string)."""
+    MoI enabled for lm-eval's engine as the README says: model_args as JSON, with additional_config {"moi": true}
+    (lm-eval reads model_args that hold a brace as JSON)."""
     model_args = (f"pretrained={model},dtype=float32,enforce_eager=True,max_model_len=512,seed=0,"
                   f"kv_cache_memory_bytes={KV_BYTES},block_size={BLOCK}")
     if moi:
-        model_args += ',additional_config={"moi":true}'
+        model_args = json.dumps({"pretrained": model, "dtype": "float32", "enforce_eager": True, "max_model_len": 512,
+                                 "seed": 0, "kv_cache_memory_bytes": KV_BYTES, "block_size": BLOCK,
+                                 "additional_config": {"moi": True}})
     result = lm_eval_samples(["--model", "vllm", "--model_args", model_args, "--tasks", tasks,
                               "--batch_size", "auto"], out, env)
     for task in tasks.split(","):
