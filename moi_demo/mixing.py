@@ -348,7 +348,7 @@ def fed_step(
     dtype = torch.promote_types(weights.dtype, _compute_dtype(emb))
     w = weights if weights.dtype == dtype else weights.to(dtype)
     e = emb if emb.dtype == dtype else emb.to(dtype)
-    out.copy_(torch.bmm(w.unsqueeze(1), e).squeeze(1))  # [B, D]
+    out.copy_(torch.einsum("bc,bcd->bd", w, e))  # [B, D] (einsum's summation order: what the oracle sums)
     return candidate_ids, weights
 
 
@@ -365,7 +365,7 @@ def mix_embeddings(
     """
     emb = embed(candidate_ids)  # [B, C, D]
     dtype = torch.promote_types(_compute_dtype(weights), _compute_dtype(emb))
-    mixed = torch.bmm(weights.to(dtype)[:, None, :], emb.to(dtype))[:, 0]  # [B, D]
+    mixed = torch.einsum("bc,bcd->bd", weights.to(dtype), emb.to(dtype))  # [B, D]
     return mixed.to(out_dtype or emb.dtype)
 
 

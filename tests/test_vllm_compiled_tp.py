@@ -24,11 +24,13 @@ def run_cases(llm, oracle):
 
 
 def test_default_engine_arguments_compiled(tiny_models):
-    """`LLM(model=...)` with vLLM's defaults (compiled graph): the plugin switches the model to take input
-    embeddings at engine start, so MoI requests are served correctly instead of crashing the graph."""
+    """`LLM(model=..., additional_config={"moi": True})`, otherwise vLLM's defaults (compiled graph): the plugin
+    switches the model to take input embeddings at engine start, so MoI requests are served correctly instead of
+    crashing the graph."""
     from vllm import LLM
 
-    llm = LLM(model=tiny_models["llama"], dtype="float32", kv_cache_memory_bytes=KV_BYTES)  # needed on this host
+    llm = LLM(model=tiny_models["llama"], dtype="float32", kv_cache_memory_bytes=KV_BYTES,  # needed on this host
+              additional_config={"moi": True})
     try:
         config = llm.llm_engine.vllm_config
         assert config.model_config.enforce_eager is False and config.compilation_config.mode != 0
