@@ -539,8 +539,7 @@ class BatchState:
     def _read(self, hist: RequestHistory, js: np.ndarray, staged: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         pool = self.pools[hist.width]
         (flat,) = self._to_device(pool.flat(hist.pages, js), staged=staged)
-        return pool.ids.view(-1, hist.width).index_select(0, flat), pool.weights.view(-1, hist.width).index_select(
-            0, flat)
+        return pool.ids_flat.index_select(0, flat), pool.weights_flat.index_select(0, flat)
 
     # -- introspection -------------------------------------------------------------------------------------
 

@@ -57,7 +57,6 @@ ENV_BETA = "MIXINPUTS_BETA"
 ENV_RECORD = "MOI_DEMO_RECORD"  # "1": keep every applied (candidates, weights) for moi_stats(records=True)
 ENV_HOST_READS = "MOI_DEMO_HOST_READS"  # "1": count host reads of tensors in the hooks' own code (tests, doctor)
 STATS_METHOD = "moi_stats"
-REORDER_METHOD = "moi_force_reorder"
 _PATCHED = "_moi_demo_patched"
 _UPDATES = "_moi_updates"  # on BatchUpdateBuilder, only where MoI is enabled: the BatchUpdates not yet applied
 _registered = False
@@ -80,7 +79,7 @@ def env_default() -> MoIConfig | None:
 
 
 def _additional_config(value: Any) -> Any:
-    """vLLM's additional_config as a dict where it is one; lm-eval's model_args pass it as a JSON string."""
+    """vLLM's additional_config as a dict; a JSON string of one (as a caller of `LLM(...)` may pass it) is parsed."""
     if isinstance(value, str) and value.strip().startswith("{"):
         try:
             return json.loads(value)
@@ -277,9 +276,8 @@ class _PriorTap:
             self.topk = mixing.topk_logits(rows_logits, cfg.top_k, cfg.k_max, cfg.uniform_k)  # [M, K] x 2
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        topk, self.topk, self.plan = self.topk, None, None
-        if topk is None or self.state is not None:
-            self.state = None
+        topk, self.topk, self.plan, self.state = self.topk, None, None, None
+        if topk is None:  # never taken: take() clears the state it ran for
             raise RuntimeError("moi-demo: the sampler never reached apply_penalties in a MoI step (vLLM's sampler "
                                "changed?): no prior to mix")
         return topk
@@ -350,7 +348,7 @@ def _worker_stats(worker: Any, records: bool = False) -> dict[str, Any]:
     on = enabled(runner.vllm_config.additional_config) if runner is not None else False
     device = torch.cuda.memory_allocated() if torch.cuda.is_available() else None  # what the process holds there
     return {"hooked": bool(getattr(type(runner), _PATCHED, False)), "enabled": on,
-            "state": state is not None and state is not False, "device_allocated": device,
+            "state": isinstance(state, BatchState), "device_allocated": device,
             **(state or BatchState(1)).stats(records)}
 
 
