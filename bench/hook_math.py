@@ -31,9 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout with only torch installed
 
-from moi_demo import mixing  # noqa: E402
-from moi_demo.batch_state import BatchState  # noqa: E402
-from moi_demo.mixing import MoIConfig  # noqa: E402
+from moi_demo.core import mixing  # noqa: E402
+from moi_demo.core.mixing import MoIConfig  # noqa: E402
+from moi_demo.vllm.batch_state import BatchState  # noqa: E402
 
 logger = logging.getLogger("moi_demo.bench.hook_math")
 PROMPT = 16

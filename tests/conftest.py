@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def default_model() -> str:
-    from moi_demo.models import materialize_default_model
+    from moi_demo.serving.models import materialize_default_model
 
     return str(materialize_default_model())
 
@@ -34,7 +34,7 @@ def tiny_models(default_model, tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def oracle(tiny_models):
     """The reference decoder (plain transformers, the paper's formula) on the tiny llama: what engines must match."""
-    from moi_demo.reference import ReferenceDecoder
+    from moi_demo.evaluation.reference import ReferenceDecoder
 
     return ReferenceDecoder(tiny_models["llama"])
 
@@ -43,8 +43,8 @@ def oracle(tiny_models):
 def app(default_model):
     """The real app on the default model, served on a free port: (url, engine). Shared by the
     gradio_client and the Chromium tests."""
-    from moi_demo.engine import EngineOptions, MoIEngine
-    from moi_demo.ui import build_demo
+    from moi_demo.app.ui import build_demo
+    from moi_demo.serving.engine import EngineOptions, MoIEngine
     from tests.vllm_util import free_port
 
     engine = MoIEngine(default_model, EngineOptions(max_model_len=1024, kv_cache_memory_bytes=512 << 20)).start()

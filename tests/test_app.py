@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from moi_demo.mixing import step_weights
-from moi_demo.trace import Trace
+from moi_demo.core.mixing import step_weights
+from moi_demo.core.trace import Trace
 
 pytestmark = pytest.mark.vllm
 PROMPT = "What is the capital of France?"

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from moi_demo import mixing
-from moi_demo.batch_state import PAGE, BatchState
-from moi_demo.mixing import MoIConfig
+from moi_demo.core import mixing
+from moi_demo.core.mixing import MoIConfig
+from moi_demo.vllm.batch_state import PAGE, BatchState
 
 VOCAB, HIDDEN = 50, 8
 torch.manual_seed(0)
@@ -296,7 +296,7 @@ def test_recompute_of_10k_tokens_keeps_its_temporaries_under_the_bound(monkeypat
     """A 10k-token recompute (vLLM may schedule a whole max_num_batched_tokens of one) is rebuilt in chunks: no
     embedding call holds more than RECOMPUTE_BYTES of temporaries (recompute_bytes_per_token each), and the inputs
     equal the unchunked rebuild."""
-    from moi_demo import batch_state
+    from moi_demo.vllm import batch_state
 
     n, k, hidden = 10_000, 20, 256
     monkeypatch.setattr(batch_state, "RECOMPUTE_BYTES", 1 << 20)

@@ -14,7 +14,7 @@ SHOTS = Path(os.environ.get("MOI_DEMO_SCREENSHOTS", Path(__file__).resolve().par
 
 @pytest.fixture(scope="module")
 def page():
-    from moi_demo.pagebench import browser_page, chromium_path
+    from moi_demo.tools.pagebench import browser_page, chromium_path
 
     if chromium_path() is None:
         pytest.skip("Debian's chromium is not installed (scripts/setup.sh --dev installs it)")
@@ -103,7 +103,7 @@ def test_sweep_renders_every_lane_and_its_charts_then_the_slider_shows_a_swept_l
 def test_page_bench_smoke(page, app):
     """`moi-demo bench --page` at smoke size against the shared app: every action is timed from the user's own
     click or release event (the bench raises when the page saw none) to a first token, and the table prints."""
-    from moi_demo.pagebench import PageSettings, measure_page, page_table
+    from moi_demo.tools.pagebench import PageSettings, measure_page, page_table
 
     s = PageSettings(runs=1, tokens=8, betas=(0.5,), sweep="0, direct")
     results = measure_page(page, app[0], s)

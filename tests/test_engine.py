@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from moi_demo.engine import EngineOptions, MoIEngine, MoIInputError
-from moi_demo.mixing import MoIConfig
-from moi_demo.trace import SamplingSettings
+from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.trace import SamplingSettings
+from moi_demo.serving.engine import EngineOptions, MoIEngine, MoIInputError
 from tests.vllm_util import KV_BYTES, PLUGINS_WITHOUT_MOI, ROOT
 
 pytestmark = pytest.mark.vllm
@@ -122,7 +122,7 @@ def test_bad_input_names_the_field(engine, prompt, cfg, settings, field):
 
 SELF_CHECK = """
 import sys
-from moi_demo.engine import EngineOptions, MoIEngine, MoINotAppliedError
+from moi_demo.serving.engine import EngineOptions, MoIEngine, MoINotAppliedError
 try:
     MoIEngine(sys.argv[1], EngineOptions(dtype="float32", max_model_len=256, kv_cache_memory_bytes=1 << 28)).start()
 except MoINotAppliedError as e:

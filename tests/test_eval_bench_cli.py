@@ -69,7 +69,7 @@ def test_bench_load_smoke(tiny_models, tmp_path):
 
 
 def test_generate_with_betas_prints_every_lane_and_its_divergence(tiny_models, tmp_path):
-    from moi_demo.trace import first_divergence, load_traces
+    from moi_demo.core.trace import first_divergence, load_traces
 
     stdout = run(["generate", "Count to ten.", "--model", tiny_models["llama"], "--betas", "0,2,direct",
                   "--max-tokens", "12", "--max-model-len", "256", "--json", str(tmp_path / "sweep.json")], tmp_path)

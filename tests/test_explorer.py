@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from moi_demo import explorer, plots
-from moi_demo.explorer import Lanes, SweepInputError, lane_key, parse_betas, standard_key, summarize, with_top_k
-from moi_demo.mixing import MoIConfig, step_weights
-from moi_demo.trace import SamplingSettings, Step, Trace
+from moi_demo.app import explorer, plots
+from moi_demo.app.explorer import Lanes, SweepInputError, lane_key, parse_betas, standard_key, summarize, with_top_k
+from moi_demo.core.mixing import MoIConfig, step_weights
+from moi_demo.core.trace import SamplingSettings, Step, Trace
 from tests.test_plots import make_trace
 
 KEY = standard_key("model", "prompt", SamplingSettings(max_tokens=8))
@@ -134,7 +134,7 @@ def test_step_is_unchanged_by_trimming():
 def test_paced_shows_each_lanes_first_token_at_once_then_coalesces():
     """The page's updates: at most one per interval, except that a lane's first token is never held back (the
     second lane of a pair starts a step after the first)."""
-    from moi_demo.ui import _paced
+    from moi_demo.app.ui import _paced
 
     standard = make_trace("standard", [10, 11, 10], MoIConfig("standard", 1.0, 3))
     moi = make_trace("moi", [10, 10, 11], MoIConfig("moi", 1.0, 3))

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from moi_demo.gpu_check import MIN_DRIVER, GPUUnusableError, check_gpu, nvidia_gpus
+from moi_demo.serving.gpu_check import MIN_DRIVER, GPUUnusableError, check_gpu, nvidia_gpus
 
 
 def torch_like(available: bool, cuda: str | None, version: str = "2.13.0"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from moi_demo.tasks import Example, check_jsonl, latex_verify
+from moi_demo.evaluation.tasks import Example, check_jsonl, latex_verify
 
 pytestmark = pytest.mark.skipif(not latex_verify.available(), reason="math-verify is not installed (the eval extra)")
 

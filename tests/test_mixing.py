@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from moi_demo import mixing
-from moi_demo.mixing import BatchConfig, MoIConfig, MoIConfigError
+from moi_demo.core import mixing
+from moi_demo.core.mixing import BatchConfig, MoIConfig, MoIConfigError
 
 # A copy of shared/golden/moi_weights.json (computed apart from the project): the tests run from a clone alone.
 GOLDEN = Path(__file__).resolve().parent / "data" / "moi_weights.json"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from moi_demo import models
-from moi_demo.models import ModelError
+from moi_demo.serving import models
+from moi_demo.serving.models import ModelError
 
 
 def test_default_model_directory_is_complete(default_model):

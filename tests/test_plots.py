@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from moi_demo import plots
-from moi_demo.mixing import MoIConfig, step_weights
-from moi_demo.trace import Step, Trace, first_divergence, load_traces, save_traces
+from moi_demo.app import plots
+from moi_demo.core.mixing import MoIConfig, step_weights
+from moi_demo.core.trace import Step, Trace, first_divergence, load_traces, save_traces
 
 
 def make_trace(lane: str, tokens: list[int], cfg: MoIConfig) -> Trace:

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from moi_demo import vllm_plugin
-from moi_demo.mixing import MoIConfigError
+from moi_demo.core.mixing import MoIConfigError
+from moi_demo.vllm import plugin as vllm_plugin
 
 
 def config(v2=False, embeds=True, pp=1, spec=None, vocab=100, lora=None, moi=True):

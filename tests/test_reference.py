@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moi_demo.mixing import MoIConfig
-from moi_demo.reference import ReferenceDecoder, SamplingSettings
+from moi_demo.core.mixing import MoIConfig
+from moi_demo.evaluation.reference import ReferenceDecoder, SamplingSettings
 
 PROMPT = "What is the capital of France?"
 
@@ -70,7 +70,7 @@ def test_sampled_runs_are_reproducible_by_seed(decoder):
 
 
 def test_top_k_larger_than_vocab_is_refused(decoder):
-    from moi_demo.mixing import MoIConfigError
+    from moi_demo.core.mixing import MoIConfigError
 
     with pytest.raises(MoIConfigError, match="top_k: must be from 1 to the vocabulary size 49152"):
         decoder.generate(PROMPT, MoIConfig("moi", 1.0, 50000))
@@ -78,7 +78,7 @@ def test_top_k_larger_than_vocab_is_refused(decoder):
 
 def test_cli_generate_reference(default_model, tmp_path, capsys):
     from moi_demo.cli import main
-    from moi_demo.trace import load_traces
+    from moi_demo.core.trace import load_traces
 
     out = tmp_path / "t.json"
     assert main(["generate", PROMPT, "--mode", "moi", "--beta", "1.0", "--engine", "reference",

@@ -6,8 +6,8 @@ from fractions import Fraction
 
 import pytest
 
-from moi_demo.evaluate import mcnemar_exact, mode_configs, wilson
-from moi_demo.tasks import (
+from moi_demo.evaluation.evaluate import mcnemar_exact, mode_configs, wilson
+from moi_demo.evaluation.tasks import (
     Example,
     answers_match,
     arithmetic,
@@ -19,7 +19,7 @@ from moi_demo.tasks import (
     get_task,
     load_jsonl,
 )
-from moi_demo.tasks.safe_math import ParseError, parse, safe_eval
+from moi_demo.evaluation.tasks.safe_math import ParseError, parse, safe_eval
 
 HOSTILE = [
     "__import__('os').system('touch /tmp/pwned')",

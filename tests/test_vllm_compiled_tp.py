@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from moi_demo.mixing import MoIConfig
-from moi_demo.reference import ReferenceDecoder
-from moi_demo.trace import SamplingSettings
+from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.trace import SamplingSettings
+from moi_demo.evaluation.reference import ReferenceDecoder
 from tests.vllm_util import KV_BYTES, close_llm, make_llm, params
 
 pytestmark = pytest.mark.vllm

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from moi_demo.mixing import MoIConfig
-from moi_demo.trace import SamplingSettings
+from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.trace import SamplingSettings
 from tests.vllm_util import BLOCK, PLUGINS_WITHOUT_MOI, close_llm, make_llm, params, run_engine_subprocess
 
 pytestmark = pytest.mark.vllm

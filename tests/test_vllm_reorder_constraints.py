@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import pytest
 
-from moi_demo.doctor import run_staggered
-from moi_demo.lifecycle import temporary_env
-from moi_demo.mixing import MoIConfig
-from moi_demo.trace import SamplingSettings
+from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.trace import SamplingSettings
+from moi_demo.serving.lifecycle import temporary_env
+from moi_demo.tools.doctor import run_staggered
 from tests.vllm_util import close_llm, make_llm
 
 pytestmark = pytest.mark.vllm

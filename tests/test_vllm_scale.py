@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from moi_demo.batch_state import HostReadCounter
+from moi_demo.vllm.batch_state import HostReadCounter
 from tests.vllm_util import run_engine_subprocess
 
 pytestmark = pytest.mark.vllm
@@ -46,8 +46,8 @@ def test_batch_state_swaps_and_moves_without_host_indices():
     pageable copies: the engine test below runs the same through vLLM's reorder)."""
     import torch
 
-    from moi_demo.batch_state import BatchState
-    from moi_demo.mixing import MoIConfig
+    from moi_demo.core.mixing import MoIConfig
+    from moi_demo.vllm.batch_state import BatchState
 
     st = BatchState(4)
     st.apply_update([], [(r, MoIConfig()) for r in range(3)], [], lambda r: (f"r{r}", 4, None))
@@ -75,7 +75,7 @@ def test_hooks_read_no_tensor_on_the_host(tiny_models):
 
 @pytest.fixture(scope="module")
 def wide_model(tmp_path_factory) -> str:
-    from moi_demo.models import tiny_random_llama
+    from moi_demo.serving.models import tiny_random_llama
 
     # head_dim 128, bf16: memory per token must not grow with the hidden size
     return tiny_random_llama(tmp_path_factory.mktemp("wide") / "llama-h2048", hidden=2048, layers=1, heads=16,

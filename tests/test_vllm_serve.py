@@ -11,9 +11,9 @@ import urllib.request
 
 import pytest
 
-from moi_demo.mixing import MoIConfig
-from moi_demo.reference import ReferenceDecoder
-from moi_demo.trace import SamplingSettings
+from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.trace import SamplingSettings
+from moi_demo.evaluation.reference import ReferenceDecoder
 from tests.vllm_util import KV_BYTES, ROOT, free_port, lm_eval_samples
 
 pytestmark = pytest.mark.vllm

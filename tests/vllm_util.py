@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from moi_demo.stock import PLUGINS_WITHOUT_MOI  # noqa: F401 - the allowlist without "moi", for the tests
+from moi_demo.serving.stock import PLUGINS_WITHOUT_MOI  # noqa: F401 - the allowlist without "moi", for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 KV_BYTES = 256 << 20

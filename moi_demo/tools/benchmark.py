@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from moi_demo.mixing import MoIConfig
-from moi_demo.trace import SamplingSettings
-from moi_demo.vllm_plugin import enable_kwargs
+from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.trace import SamplingSettings
+from moi_demo.vllm.plugin import enable_kwargs
 
 logger = logging.getLogger("moi_demo.bench")
 PROMPT = "Write a short story about a lighthouse keeper."
@@ -192,8 +192,8 @@ def plugin_cost(s: BenchSettings) -> str:
     that never ask for MoI."""
     from vllm import LLM
 
-    from moi_demo.models import cache_dir, tiny_random_llama
-    from moi_demo.stock import StockEngine
+    from moi_demo.serving.models import cache_dir, tiny_random_llama
+    from moi_demo.serving.stock import StockEngine
 
     model = tiny_random_llama(cache_dir() / "tiny-llama-h64")
     kwargs = dict(dtype="float32", enforce_eager=True, max_model_len=512, kv_cache_memory_bytes=512 << 20,
@@ -241,8 +241,8 @@ def plugin_cost(s: BenchSettings) -> str:
 def run(s: BenchSettings) -> str:
     from vllm import LLM
 
-    from moi_demo.engine import EngineOptions, MoIEngine
-    from moi_demo.models import resolve_model
+    from moi_demo.serving.engine import EngineOptions, MoIEngine
+    from moi_demo.serving.models import resolve_model
 
     if s.plugin_only:
         return plugin_cost(s)
@@ -266,7 +266,7 @@ def run(s: BenchSettings) -> str:
         rows_a.append(row)
     llm.llm_engine.engine_core.shutdown()
     if s.reference:
-        from moi_demo.reference import ReferenceDecoder
+        from moi_demo.evaluation.reference import ReferenceDecoder
 
         decoder = ReferenceDecoder(model)
         for batch in s.batches:
@@ -348,10 +348,10 @@ def eval_throughput(s: EvalBenchSettings) -> str:
     the model's threads on every core) vs the app's 16-sequence engine, samples/s on the same task, modes and
     seeds. The engines run one after the other (each alone on the machine), A then B per repeat; their answers
     must agree sample for sample (seeded sampling does not depend on the batch)."""
-    from moi_demo.engine import EngineOptions, MoIEngine, batch_job_options
-    from moi_demo.evaluate import evaluate, mode_configs
-    from moi_demo.models import resolve_model
-    from moi_demo.tasks import get_task
+    from moi_demo.evaluation.evaluate import evaluate, mode_configs
+    from moi_demo.evaluation.tasks import get_task
+    from moi_demo.serving.engine import EngineOptions, MoIEngine, batch_job_options
+    from moi_demo.serving.models import resolve_model
 
     model = resolve_model(s.model)
     examples, checker = get_task(s.task, s.n, 0)
@@ -385,7 +385,7 @@ def eval_throughput(s: EvalBenchSettings) -> str:
 def app_overhead(engine: Any, repeats: int) -> Row:
     from gradio_client import Client
 
-    from moi_demo.ui import build_demo
+    from moi_demo.app.ui import build_demo
 
     demo = build_demo(engine, max_new_tokens=64)
     demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
@@ -460,8 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if a.page:
-        from moi_demo.pagebench import PageSettings
-        from moi_demo.pagebench import main as page_main
+        from moi_demo.tools.pagebench import PageSettings
+        from moi_demo.tools.pagebench import main as page_main
 
         print(page_main(a.model, PageSettings(runs=a.page_runs, screenshot=a.screenshot,
                                                       cores=a.page_cores)))  # noqa: T201
@@ -471,8 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 repeats=a.eval_repeats)))  # noqa: T201
         return 0
     if a.load:
-        from moi_demo.loadtest import LoadSettings
-        from moi_demo.loadtest import main as load_main
+        from moi_demo.tools.loadtest import LoadSettings
+        from moi_demo.tools.loadtest import main as load_main
 
         print(load_main(a.model, LoadSettings(a.clients, a.requests, a.load_tokens)))  # noqa: T201
         return 0

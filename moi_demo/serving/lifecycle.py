@@ -16,7 +16,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 
-logger = logging.getLogger("moi_demo.lifecycle")
+logger = logging.getLogger("moi_demo.serving.lifecycle")
 
 DEADLINE_S = 12.0  # everything is gone well within 15 s of the signal
 _cleanups: list[Callable[[], None]] = []

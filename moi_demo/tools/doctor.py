@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-logger = logging.getLogger("moi_demo.doctor")
+logger = logging.getLogger("moi_demo.tools.doctor")
 
 PROMPTS = [
     "The capital of France is",
@@ -82,7 +82,7 @@ class Doctor:
     # -- engines -------------------------------------------------------------------------------------------
 
     def kwargs(self, **over: Any) -> dict[str, Any]:
-        from moi_demo.vllm_plugin import enable_kwargs
+        from moi_demo.vllm.plugin import enable_kwargs
 
         base: dict[str, Any] = dict(model=self.model, dtype="float32", max_model_len=1024, seed=0,
                                     max_num_seqs=max(self.speed_batch, 8), max_logprobs=20, **enable_kwargs())
@@ -97,7 +97,7 @@ class Doctor:
     def engine(self, env: dict[str, str] | None = None, **over: Any) -> Iterator[Any]:
         from vllm import LLM
 
-        from moi_demo.lifecycle import temporary_env
+        from moi_demo.serving.lifecycle import temporary_env
 
         llm = None
         try:
@@ -146,7 +146,7 @@ class Doctor:
     # -- the run -------------------------------------------------------------------------------------------
 
     def run(self) -> list[Check]:
-        from moi_demo.stock import StockEngine
+        from moi_demo.serving.stock import StockEngine
 
         stock_kwargs = {k: v for k, v in self.kwargs(enforce_eager=True, async_scheduling=False).items()
                         if k != "model"}
@@ -189,7 +189,7 @@ class Doctor:
         return self.checks
 
     def standard_tps(self, llm: Any) -> float:
-        from moi_demo.benchmark import offline_tps
+        from moi_demo.tools.benchmark import offline_tps
 
         return offline_tps(llm, self.prompts[1], self.speed_batch, self.tokens, None)
 
@@ -200,7 +200,7 @@ class Doctor:
             return None, "CUDA only: here vLLM's default runner is already V1 (no Triton); bench row h has the hooks"
         if not getattr(self, "enabled_tps", None):
             return None, "needs the compiled engine (skipped with --no-compiled)"
-        from moi_demo.stock import StockEngine
+        from moi_demo.serving.stock import StockEngine
 
         kwargs = {k: v for k, v in self.kwargs(enforce_eager=False).items() if k != "model"}
         with StockEngine(self.model, runner="default", **kwargs) as stock:
@@ -317,8 +317,8 @@ class Doctor:
         return same == 4, f"{same}/4 requests identical (eager, async scheduling on vs off)"
 
     def check_speed(self, llm: Any) -> tuple[bool, str]:
-        from moi_demo.benchmark import offline_tps
-        from moi_demo.mixing import MoIConfig
+        from moi_demo.core.mixing import MoIConfig
+        from moi_demo.tools.benchmark import offline_tps
 
         ids = self.prompts[1]
         offline_tps(llm, ids, 4, 8, MoIConfig())  # warm-up
@@ -357,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-compiled", action="store_true", help="skip the compiled engine (saves its warm-up)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from moi_demo.models import resolve_model
+    from moi_demo.serving.models import resolve_model
 
     model = resolve_model(a.model)
     start = time.perf_counter()

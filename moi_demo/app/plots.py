@@ -15,8 +15,8 @@ import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from moi_demo.explorer import summarize
-from moi_demo.trace import Step, Trace, first_divergence
+from moi_demo.app.explorer import summarize
+from moi_demo.core.trace import Step, Trace, first_divergence
 
 COLORS = {"standard": "#64748b", "moi": "#7c3aed", "prior": "#94a3b8", "posterior": "#7c3aed",
           "sampled": "#f59e0b", "diverge": "#ef4444"}

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger("moi_demo.gpu_check")
+logger = logging.getLogger("moi_demo.serving.gpu_check")
 
 CUDA_RUNTIME = "13.0"
 MIN_DRIVER = "580.65.06"

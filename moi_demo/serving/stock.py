@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-logger = logging.getLogger("moi_demo.stock")
+logger = logging.getLogger("moi_demo.serving.stock")
 # An allowlist without "moi": vLLM then loads every general plugin but ours.
 PLUGINS_WITHOUT_MOI = "lora_filesystem_resolver"
 RUNNERS = ("moi", "default")
@@ -48,7 +48,7 @@ class StockEngine:
         if self.runner == "moi":
             env.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # the runner a MoI-enabled engine keeps
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moi_demo.stock", json.dumps(self.args)], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "moi_demo.serving.stock", json.dumps(self.args)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
         )
         self._reply()  # "ready"

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from moi_demo.mixing import MoIConfig, MoIConfigError
-from moi_demo.trace import SamplingSettings, Step, Trace, first_divergence
+from moi_demo.core.mixing import MoIConfig, MoIConfigError
+from moi_demo.core.trace import SamplingSettings, Step, Trace, first_divergence
 
 DEFAULT_SWEEP = "0, 0.25, 0.5, 1, 2, 4, direct"
 MAX_SWEEP_LANES = 8  # MoI lanes in one sweep (plus the standard lane): what the page shows and one batch holds

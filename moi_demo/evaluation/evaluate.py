@@ -15,9 +15,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from moi_demo.mixing import MoIConfig
-from moi_demo.tasks import Example, get_task
-from moi_demo.trace import SamplingSettings
+from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.trace import SamplingSettings
+from moi_demo.evaluation.tasks import Example, get_task
 
 logger = logging.getLogger("moi_demo.eval")
 
@@ -191,8 +191,8 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from tqdm import tqdm
 
-    from moi_demo.engine import MoIEngine, batch_job_options
-    from moi_demo.models import resolve_model
+    from moi_demo.serving.engine import MoIEngine, batch_job_options
+    from moi_demo.serving.models import resolve_model
 
     examples, checker = get_task(a.task, a.n, a.seed)
     configs = mode_configs(a.modes.split(","), [float(b) for b in a.betas.split(",")], a.top_k)

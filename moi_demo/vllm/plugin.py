@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from moi_demo import mixing
-from moi_demo.batch_state import BatchState, HostReadCounter
-from moi_demo.mixing import MoIConfig, MoIConfigError
+from moi_demo.core import mixing
+from moi_demo.core.mixing import MoIConfig, MoIConfigError
+from moi_demo.vllm.batch_state import BatchState, HostReadCounter
 
 logger = logging.getLogger("vllm.moi_demo")  # a child of vLLM's logger: shown with its own log lines
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moi_demo.mixing import MoIConfig, step_weights
+from moi_demo.core.mixing import MoIConfig, step_weights
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from moi_demo.tasks.safe_math import ParseError, parse, safe_eval
+from moi_demo.evaluation.tasks.safe_math import ParseError, parse, safe_eval
 
 BOXED = re.compile(r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
@@ -155,7 +155,7 @@ def check_jsonl(example: Example, output: str) -> tuple[str | None, bool]:
     extracted = extract_answer(output)
     if answers_match(extracted, example.answer):
         return extracted, True
-    from moi_demo.tasks import latex_verify
+    from moi_demo.evaluation.tasks import latex_verify
 
     if extracted is not None and latex_verify.available():
         return extracted, latex_verify.shared().check(example.answer, extracted)

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from moi_demo.models import resolve_model
+from moi_demo.serving.models import resolve_model
 
 logger = logging.getLogger("moi_demo")
 GPU_DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"  # the Space default on a GPU (any HF id works: --model)
@@ -40,7 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def engine_options(args: argparse.Namespace):
     import torch
 
-    from moi_demo.engine import EngineOptions
+    from moi_demo.serving.engine import EngineOptions
 
     gpu = torch.cuda.is_available()
     return EngineOptions(
@@ -53,9 +53,9 @@ def engine_options(args: argparse.Namespace):
 def start_engine(args: argparse.Namespace):
     """The one engine of the app, started once (not at import)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from moi_demo import lifecycle
-    from moi_demo.engine import MoIEngine
-    from moi_demo.gpu_check import check_gpu
+    from moi_demo.serving import lifecycle
+    from moi_demo.serving.engine import MoIEngine
+    from moi_demo.serving.gpu_check import check_gpu
 
     check_gpu()  # a GPU that torch cannot use stops the app here, saying why (never a silent CPU fallback)
     lifecycle.install_signal_handlers()  # SIGTERM/SIGINT: no engine process outlives the app, even mid-start

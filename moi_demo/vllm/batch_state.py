@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from moi_demo import mixing
-from moi_demo.mixing import MODE_CODES, MODE_MOI, BatchConfig, MoIConfig
+from moi_demo.core import mixing
+from moi_demo.core.mixing import MODE_CODES, MODE_MOI, BatchConfig, MoIConfig
 
-logger = logging.getLogger("moi_demo.batch_state")
+logger = logging.getLogger("moi_demo.vllm.batch_state")
 
 PAGE = 32  # generated tokens per history page
 RECOMPUTE_BYTES = 64 << 20  # bound on a recompute's temporaries (see recompute_bytes_per_token)

@@ -21,10 +21,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from moi_demo import mixing
-from moi_demo.mixing import MoIConfig
-from moi_demo.trace import SamplingSettings, Step, Trace
-from moi_demo.vllm_plugin import enable_kwargs
+from moi_demo.core import mixing
+from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.trace import SamplingSettings, Step, Trace
+from moi_demo.vllm.plugin import enable_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class MoIEngine:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def start(self, self_check: bool = True) -> MoIEngine:
-        from moi_demo import vllm_plugin
+        from moi_demo.vllm import plugin as vllm_plugin
 
         vllm_plugin.register()  # in this process too (vLLM does it on engine creation; idempotent)
         t0 = time.perf_counter()
@@ -326,7 +326,7 @@ class MoIEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        from moi_demo.lifecycle import temporary_env
+        from moi_demo.serving.lifecycle import temporary_env
 
         with temporary_env(env):  # read by the engine processes spawned now
             return AsyncLLM.from_engine_args(AsyncEngineArgs(**self.options.engine_kwargs(self.model)))

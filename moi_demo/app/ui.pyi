@@ -14,15 +14,15 @@ from typing import Any
 
 import gradio as gr
 
-from moi_demo import plots
-from moi_demo.engine import MAX_TOP_K, EngineUnavailableError, MoIEngine, MoIInputError, RunStopped
-from moi_demo.explorer import DEFAULT_SWEEP, MAX_SWEEP_LANES, Lanes, SweepInputError, parse_betas, standard_key
-from moi_demo.mixing import MoIConfig, MoIConfigError
-from moi_demo.trace import SamplingSettings, Trace, first_divergence
+from moi_demo.app import plots
+from moi_demo.app.explorer import DEFAULT_SWEEP, MAX_SWEEP_LANES, Lanes, SweepInputError, parse_betas, standard_key
+from moi_demo.core.mixing import MoIConfig, MoIConfigError
+from moi_demo.core.trace import SamplingSettings, Trace, first_divergence
+from moi_demo.serving.engine import MAX_TOP_K, EngineUnavailableError, MoIEngine, MoIInputError, RunStopped
 
 logger = logging.getLogger(__name__)
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 MODES = {"MoI": "moi", "Direct mixture": "direct"}
 EVAL_TASKS = ["arithmetic-1", "arithmetic-2", "arithmetic-3", "arithmetic-4", "countdown-3", "countdown-4"]
 # Streamed texts reach the page at most this often: every update costs the page a layout and a frame (measured in
@@ -70,15 +70,26 @@ def named(component: Any, field: str) -> Any:
     component.field = field
     return component
 
+from gradio.events import Dependency
 
 class FieldSlider(_NamedErrors, gr.Slider):
     def allowed(self) -> str:
         return f"from {self.minimum:g} to {self.maximum:g}"
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
 
 
 class FieldRadio(_NamedErrors, gr.Radio):
     def allowed(self) -> str:
         return "one of " + ", ".join(str(c[1]) for c in self.choices)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
 
 
 class FieldNumber(_NamedErrors, gr.Number):
@@ -91,6 +102,11 @@ class FieldNumber(_NamedErrors, gr.Number):
         if self.precision == 0 and isinstance(payload, float) and not payload.is_integer():  # no silent rounding
             raise _field_error(self.field or str(self.label), f"must be {self.allowed()}; got {payload!r}")
         return super().preprocess(payload)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
 
 
 def check_prompt(value: Any) -> str:
@@ -369,8 +385,8 @@ class Callbacks:
                  max_tokens: Any, seed: Any, request: gr.Request,
                  progress: gr.Progress = gr.Progress()) -> tuple[Any, str, str]:
         """A small eval (n <= 50) of the chosen modes with a progress bar: accuracy bars, 95% intervals."""
-        from moi_demo import evaluate as ev
-        from moi_demo.tasks import get_task
+        from moi_demo.evaluation import evaluate as ev
+        from moi_demo.evaluation.tasks import get_task
 
         if task not in EVAL_TASKS:
             raise _field_error("task", f"must be one of {', '.join(EVAL_TASKS)}; got {task!r}")

@@ -13,9 +13,9 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from moi_demo import mixing
-from moi_demo.mixing import BatchConfig, MoIConfig
-from moi_demo.trace import SamplingSettings, Step, Trace
+from moi_demo.core import mixing
+from moi_demo.core.mixing import BatchConfig, MoIConfig
+from moi_demo.core.trace import SamplingSettings, Step, Trace
 
 logger = logging.getLogger(__name__)
 

@@ -247,9 +247,9 @@ def page_table(results: dict[str, list[Window]], s: PageSettings) -> str:
 def figure_bytes(engine: Any, tokens: int) -> str:
     """What the page receives for the four views of one run, each: the plotly JSON a Plot sends, the token
     map's HTML."""
-    from moi_demo import plots
-    from moi_demo.mixing import MoIConfig
-    from moi_demo.trace import SamplingSettings
+    from moi_demo.app import plots
+    from moi_demo.core.mixing import MoIConfig
+    from moi_demo.core.trace import SamplingSettings
 
     standard, moi = engine.generate_pair_sync(PROMPTS[0], MoIConfig("moi", 1.0, 20),
                                               SamplingSettings(max_tokens=tokens))
@@ -271,9 +271,9 @@ def _measure_apart(url: str, s: PageSettings, cpus: list[int] | None) -> dict[st
 
 
 def main(model: str | None, s: PageSettings) -> str:
-    from moi_demo.engine import EngineOptions, MoIEngine
-    from moi_demo.models import resolve_model
-    from moi_demo.ui import build_demo
+    from moi_demo.app.ui import build_demo
+    from moi_demo.serving.engine import EngineOptions, MoIEngine
+    from moi_demo.serving.models import resolve_model
 
     options = EngineOptions(max_model_len=2048, kv_cache_memory_bytes=1 << 30)
     cpus = sorted(os.sched_getaffinity(0))

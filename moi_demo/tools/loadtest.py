@@ -61,8 +61,8 @@ def run_load(url: str, engine: Any, s: LoadSettings) -> str:
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    from moi_demo.mixing import MoIConfig
-    from moi_demo.trace import SamplingSettings
+    from moi_demo.core.mixing import MoIConfig
+    from moi_demo.core.trace import SamplingSettings
 
     # The same requests alone, once: the expected outputs, and the engine's own pace for the same work.
     expected = {}
@@ -173,8 +173,8 @@ def run_load(url: str, engine: Any, s: LoadSettings) -> str:
 
 def _engine_rate(engine: Any, s: LoadSettings) -> float:
     """Runs/s of the engine alone: the same pair runs from as many threads as the app admits at once."""
-    from moi_demo.mixing import MoIConfig
-    from moi_demo.trace import SamplingSettings
+    from moi_demo.core.mixing import MoIConfig
+    from moi_demo.core.trace import SamplingSettings
 
     n = min(s.requests, 4 * engine.max_concurrent_runs)
     todo = iter(range(n))
@@ -198,9 +198,9 @@ def _engine_rate(engine: Any, s: LoadSettings) -> float:
 
 
 def main(model: str | None, s: LoadSettings) -> str:
-    from moi_demo.engine import EngineOptions, MoIEngine
-    from moi_demo.models import resolve_model
-    from moi_demo.ui import build_demo
+    from moi_demo.app.ui import build_demo
+    from moi_demo.serving.engine import EngineOptions, MoIEngine
+    from moi_demo.serving.models import resolve_model
 
     engine = MoIEngine(resolve_model(model), EngineOptions(max_model_len=1024, kv_cache_memory_bytes=1 << 30)).start()
     demo = build_demo(engine, max_new_tokens=max(64, s.tokens))
