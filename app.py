@@ -1,7 +1,7 @@
 """moi-demo: standard vs Mixture of Inputs, side by side. `python app.py [--model M]`; also a HF Space."""
 
+from moi_demo.app.layout import build_demo
 from moi_demo.app.main import launch, parse_args, start_engine
-from moi_demo.app.ui import build_demo
 
 if __name__ == "__main__":
     args = parse_args()

@@ -7,8 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from moi_demo.core.mixing import DEFAULT_TOP_K, MoIConfig, MoIConfigError
-from moi_demo.core.trace import SamplingSettings, Trace, save_traces
+from moi_demo.core import inputs
+from moi_demo.core.inputs import InputError
+from moi_demo.core.mixing import DEFAULT_TOP_K, MoIConfig
+from moi_demo.core.trace import SamplingSettings, Trace, lane_label, save_traces
 
 logger = logging.getLogger("moi_demo")
 
@@ -48,15 +50,22 @@ def step_table(trace: Trace, rows: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def _checked(args: argparse.Namespace) -> tuple[MoIConfig, SamplingSettings]:
+    """The command line's MoI and sampling settings, checked against the bounds of `core.inputs`."""
+    settings = SamplingSettings(inputs.TEMPERATURE.check(args.temperature), inputs.TOP_P.check(args.top_p),
+                                inputs.MAX_TOKENS.check(args.max_tokens),
+                                None if args.seed is None else inputs.SEED.check(args.seed))
+    return MoIConfig(args.mode, args.beta, inputs.APP_TOP_K.check(args.top_k)), settings
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     try:
-        moi = MoIConfig(args.mode, args.beta, args.top_k)
-    except MoIConfigError as e:
+        moi, settings = _checked(args)
+    except InputError as e:
         print(f"error: --{e.field.replace('_', '-')}: {e.reason}", file=sys.stderr)
         return 2
     from moi_demo.serving.models import resolve_model
 
-    settings = SamplingSettings(args.temperature, args.top_p, args.max_tokens, args.seed)
     model = resolve_model(args.model)
     if args.betas is not None:
         return _generate_sweep(args, model, settings)
@@ -69,8 +78,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         with MoIEngine(model, EngineOptions(max_model_len=args.max_model_len)) as engine:
             standard, mixed = engine.generate_pair_sync(args.prompt, moi, settings)
-    label = f"Mixture of Inputs ({moi.mode}, beta = {moi.beta:g}, top-k = {moi.top_k})"
-    _print_lanes(args, [("Standard", standard), (label, mixed)])
+    _print_lanes(args, [(lane_label(standard.config), standard),
+                        (f"{lane_label(moi, full=True)}, top-k = {moi.top_k}", mixed)])
     return 0
 
 
@@ -89,13 +98,13 @@ def _print_lanes(args: argparse.Namespace, lanes: list[tuple[str, Trace]]) -> No
 
 def _generate_sweep(args: argparse.Namespace, model: str, settings: SamplingSettings) -> int:
     """`--betas 0,0.5,1,direct`: the standard lane and one MoI lane per beta, one engine batch."""
-    from moi_demo.app.explorer import SweepInputError, lane_label, parse_betas
+    from moi_demo.app.explorer import parse_betas
     from moi_demo.core.trace import first_divergence
     from moi_demo.serving.engine import EngineOptions, MoIEngine
 
     try:
         configs = parse_betas(args.betas, args.top_k)
-    except SweepInputError as e:
+    except InputError as e:
         print(f"error: --{e.field.replace('_', '-')}: {e.reason}", file=sys.stderr)
         return 2
     if args.engine != "vllm":
@@ -114,8 +123,8 @@ def _generate_sweep(args: argparse.Namespace, model: str, settings: SamplingSett
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from moi_demo.app.layout import build_demo
     from moi_demo.app.main import launch, parse_args, start_engine
-    from moi_demo.app.ui import build_demo
 
     app_args = parse_args(args.args)
     launch(build_demo(start_engine(app_args), max_new_tokens=app_args.max_new_tokens), app_args)

@@ -43,7 +43,7 @@ def oracle(tiny_models):
 def app(default_model):
     """The real app on the default model, served on a free port: (url, engine). Shared by the
     gradio_client and the Chromium tests."""
-    from moi_demo.app.ui import build_demo
+    from moi_demo.app.layout import build_demo
     from moi_demo.serving.engine import EngineOptions, MoIEngine
     from tests.vllm_util import free_port
 

@@ -9,9 +9,10 @@ import time
 
 import pytest
 
+from moi_demo.core.inputs import InputError
 from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import SamplingSettings
-from moi_demo.serving.engine import EngineOptions, MoIEngine, MoIInputError
+from moi_demo.serving.engine import EngineOptions, MoIEngine
 from tests.vllm_util import KV_BYTES, PLUGINS_WITHOUT_MOI, ROOT
 
 pytestmark = pytest.mark.vllm
@@ -115,7 +116,7 @@ def test_seeded_prompts_over_the_token_budget_are_served_whole(engine):
     ],
 )
 def test_bad_input_names_the_field(engine, prompt, cfg, settings, field):
-    with pytest.raises(MoIInputError) as err:
+    with pytest.raises(InputError) as err:
         next(engine.stream_pair(prompt, cfg, settings))
     assert err.value.field == field and str(err.value).startswith(f"{field}: ")
 

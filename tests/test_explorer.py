@@ -8,7 +8,8 @@ import math
 import pytest
 
 from moi_demo.app import explorer, plots
-from moi_demo.app.explorer import Lanes, SweepInputError, lane_key, parse_betas, standard_key, summarize, with_top_k
+from moi_demo.app.explorer import Lanes, lane_key, parse_betas, standard_key, summarize, with_top_k
+from moi_demo.core.inputs import InputError
 from moi_demo.core.mixing import MoIConfig, step_weights
 from moi_demo.core.trace import SamplingSettings, Step, Trace
 from tests.test_plots import make_trace
@@ -36,7 +37,7 @@ def test_parse_betas_default_order_and_direct():
     (None, "betas: must be text"),
 ])
 def test_parse_betas_errors_name_the_field(text, message):
-    with pytest.raises(SweepInputError) as e:
+    with pytest.raises(InputError) as e:
         parse_betas(text, 20)
     assert str(e.value).startswith(message) and e.value.field == "betas"
 
@@ -134,7 +135,7 @@ def test_step_is_unchanged_by_trimming():
 def test_paced_shows_each_lanes_first_token_at_once_then_coalesces():
     """The page's updates: at most one per interval, except that a lane's first token is never held back (the
     second lane of a pair starts a step after the first)."""
-    from moi_demo.app.ui import _paced
+    from moi_demo.app.callbacks import paced as _paced
 
     standard = make_trace("standard", [10, 11, 10], MoIConfig("standard", 1.0, 3))
     moi = make_trace("moi", [10, 10, 11], MoIConfig("moi", 1.0, 3))

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from moi_demo.core import mixing
-from moi_demo.core.mixing import BatchConfig, MoIConfig, MoIConfigError
+from moi_demo.core.inputs import InputError
+from moi_demo.core.mixing import BatchConfig, MoIConfig
 
 # A copy of shared/golden/moi_weights.json (computed apart from the project): the tests run from a clone alone.
 GOLDEN = Path(__file__).resolve().parent / "data" / "moi_weights.json"
@@ -41,7 +42,7 @@ def weights_for(logits: list[float], sampled: int, cfg: MoIConfig) -> mixing.Mix
     ],
 )
 def test_config_errors_name_field_and_range(kwargs, field, fragment):
-    with pytest.raises(MoIConfigError) as err:
+    with pytest.raises(InputError) as err:
         MoIConfig(**kwargs)
     assert err.value.field == field
     assert str(err.value).startswith(f"{field}: ")
@@ -50,7 +51,7 @@ def test_config_errors_name_field_and_range(kwargs, field, fragment):
 
 def test_config_top_k_checked_against_vocab():
     MoIConfig(top_k=10).check_vocab(10)
-    with pytest.raises(MoIConfigError, match=r"top_k: must be from 1 to the vocabulary size 9; got 10"):
+    with pytest.raises(InputError, match=r"top_k: must be from 1 to the vocabulary size 9; got 10"):
         MoIConfig(top_k=10).check_vocab(9)
 
 
@@ -59,7 +60,7 @@ def test_beta_minus_100_means_direct_mixture():
     assert MoIConfig.from_env_beta("-100").mode == "direct"
     assert MoIConfig.from_env_beta("2.5") == MoIConfig("moi", 2.5, 20)
     assert MoIConfig.from_env_beta("") is None and MoIConfig.from_env_beta(None) is None
-    with pytest.raises(MoIConfigError, match="MIXINPUTS_BETA"):
+    with pytest.raises(InputError, match="MIXINPUTS_BETA"):
         MoIConfig.from_env_beta("-3")
 
 
@@ -71,12 +72,12 @@ def test_from_extra_args():
     default = MoIConfig("moi", 0.5, 20)
     assert MoIConfig.from_extra_args({}, default) is default
     assert MoIConfig.from_extra_args({"moi_mode": "standard"}, default).mode == "standard"
-    with pytest.raises(MoIConfigError, match=r"^moi_beta: must be finite and >= 0") as err:
+    with pytest.raises(InputError, match=r"^moi_beta: must be a finite number >= 0") as err:
         MoIConfig.from_extra_args({"moi_beta": -1})
     assert err.value.field == "moi_beta"
-    with pytest.raises(MoIConfigError, match=r"^moi_top_k: "):
+    with pytest.raises(InputError, match=r"^moi_top_k: "):
         MoIConfig.from_extra_args({"moi_top_k": 2.5})
-    with pytest.raises(MoIConfigError, match=r"^moi_mode: must be one of standard, moi, direct"):
+    with pytest.raises(InputError, match=r"^moi_mode: must be one of standard, moi, direct"):
         MoIConfig.from_extra_args({"moi_mode": "soft"})
 
 

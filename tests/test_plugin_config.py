@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from moi_demo.core.mixing import MoIConfigError
+from moi_demo.core.inputs import InputError
 from moi_demo.vllm import plugin as vllm_plugin
 
 
@@ -76,7 +76,7 @@ def test_enabled_by_the_switch_or_mixinputs_beta(additional, env, expected, monk
 
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_a_switch_that_is_not_a_bool_is_an_error_naming_it(value):
-    with pytest.raises(MoIConfigError, match="additional_config.moi"):
+    with pytest.raises(InputError, match="additional_config.moi"):
         vllm_plugin.enabled({"moi": value})
 
 

@@ -70,9 +70,9 @@ def test_sampled_runs_are_reproducible_by_seed(decoder):
 
 
 def test_top_k_larger_than_vocab_is_refused(decoder):
-    from moi_demo.core.mixing import MoIConfigError
+    from moi_demo.core.inputs import InputError
 
-    with pytest.raises(MoIConfigError, match="top_k: must be from 1 to the vocabulary size 49152"):
+    with pytest.raises(InputError, match="top_k: must be from 1 to the vocabulary size 49152"):
         decoder.generate(PROMPT, MoIConfig("moi", 1.0, 50000))
 
 
@@ -84,7 +84,7 @@ def test_cli_generate_reference(default_model, tmp_path, capsys):
     assert main(["generate", PROMPT, "--mode", "moi", "--beta", "1.0", "--engine", "reference",
                  "--max-tokens", "12", "--steps", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "=== Standard" in printed and "=== Mixture of Inputs (moi, beta = 1" in printed
+    assert "=== Standard" in printed and "=== Mixture of Inputs (beta = 1), top-k = " in printed
     assert "Paris" in printed and "top-3 (weight)" in printed
     standard, moi = load_traces(out)
     assert standard.lane == "standard" and moi.lane == "moi" and moi.beta == 1.0
@@ -95,4 +95,4 @@ def test_cli_rejects_bad_beta(capsys):
     from moi_demo.cli import main
 
     assert main(["generate", "hi", "--beta", "-1", "--engine", "reference"]) == 2
-    assert "--beta: must be finite and >= 0" in capsys.readouterr().err
+    assert "--beta: must be a finite number >= 0" in capsys.readouterr().err

@@ -13,24 +13,18 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from moi_demo.core.mixing import MoIConfig, MoIConfigError
-from moi_demo.core.trace import SamplingSettings, Step, Trace, first_divergence
+from moi_demo.core.inputs import APP_BETA, InputError
+from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.trace import SamplingSettings, Step, Trace, first_divergence, lane_label
 
 DEFAULT_SWEEP = "0, 0.25, 0.5, 1, 2, 4, direct"
 MAX_SWEEP_LANES = 8  # MoI lanes in one sweep (plus the standard lane): what the page shows and one batch holds
 MAX_KEPT_LANES = 12  # MoI lanes a session keeps for one standard key, oldest dropped first (~1 MB per 512-token lane)
-BETA_RANGE = (0.0, 4.0)
 
 StandardKey = tuple[str, str, float, float, int, int | None]
 LaneKey = tuple[str, float | None, int]
 
 
-class SweepInputError(ValueError):
-    """A bad sweep list; `field` names it ("betas"), `reason` says what is allowed."""
-
-    def __init__(self, field: str, reason: str):
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
 
 
 def standard_key(model: str, prompt: str, settings: SamplingSettings) -> StandardKey:
@@ -42,21 +36,15 @@ def lane_key(cfg: MoIConfig) -> LaneKey:
     return (cfg.mode, cfg.beta if cfg.mode == "moi" else None, cfg.top_k)
 
 
-def lane_label(cfg: MoIConfig) -> str:
-    if cfg.mode == "standard":
-        return "Standard"
-    return "Direct mixture (w = p)" if cfg.mode == "direct" else f"MoI (beta = {cfg.beta:g})"
-
-
 def parse_betas(text: Any, top_k: int, field_name: str = "betas") -> list[MoIConfig]:
     """'0, 0.5, 1, direct' -> MoI configs in that order (duplicates dropped). Each entry is a beta from 0 to 4
     or `direct`; one to MAX_SWEEP_LANES entries."""
     if not isinstance(text, str):
-        raise SweepInputError(field_name, f"must be text like {DEFAULT_SWEEP!r}; got {type(text).__name__}")
+        raise InputError(field_name, f"must be text like {DEFAULT_SWEEP!r}; got {type(text).__name__}")
     entries = [e.strip() for e in text.replace(";", ",").split(",") if e.strip()]
     if not entries:
-        raise SweepInputError(field_name, f"must list at least one beta (from {BETA_RANGE[0]:g} to "
-                                          f"{BETA_RANGE[1]:g}) or `direct`, e.g. {DEFAULT_SWEEP!r}")
+        raise InputError(field_name, f"must list at least one beta (from {APP_BETA.lo:g} to "
+                                          f"{APP_BETA.hi:g}) or `direct`, e.g. {DEFAULT_SWEEP!r}")
     configs: list[MoIConfig] = []
     for entry in entries:
         if entry.lower() in ("direct", "d", "p"):
@@ -65,19 +53,16 @@ def parse_betas(text: Any, top_k: int, field_name: str = "betas") -> list[MoICon
             try:
                 beta = float(entry)
             except ValueError:
-                raise SweepInputError(field_name, f"each entry must be a beta from {BETA_RANGE[0]:g} to "
-                                                  f"{BETA_RANGE[1]:g} or `direct`; got {entry!r}") from None
-            if not (math.isfinite(beta) and BETA_RANGE[0] <= beta <= BETA_RANGE[1]):
-                raise SweepInputError(field_name, f"each beta must be from {BETA_RANGE[0]:g} to {BETA_RANGE[1]:g}; "
+                raise InputError(field_name, f"each entry must be a beta from {APP_BETA.lo:g} to "
+                                                  f"{APP_BETA.hi:g} or `direct`; got {entry!r}") from None
+            if not (math.isfinite(beta) and APP_BETA.lo <= beta <= APP_BETA.hi):
+                raise InputError(field_name, f"each beta must be from {APP_BETA.lo:g} to {APP_BETA.hi:g}; "
                                                   f"got {entry}")
-            try:
-                cfg = MoIConfig("moi", beta, top_k)
-            except MoIConfigError as e:
-                raise SweepInputError(e.field, e.reason) from None
+            cfg = MoIConfig("moi", beta, top_k)
         if lane_key(cfg) not in {lane_key(c) for c in configs}:
             configs.append(cfg)
     if len(configs) > MAX_SWEEP_LANES:
-        raise SweepInputError(field_name, f"at most {MAX_SWEEP_LANES} lanes in one sweep; got {len(configs)}")
+        raise InputError(field_name, f"at most {MAX_SWEEP_LANES} lanes in one sweep; got {len(configs)}")
     return configs
 
 

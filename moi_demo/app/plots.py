@@ -16,7 +16,7 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from moi_demo.app.explorer import summarize
-from moi_demo.core.trace import Step, Trace, first_divergence
+from moi_demo.core.trace import Step, Trace, first_divergence, lane_label
 
 COLORS = {"standard": "#64748b", "moi": "#7c3aed", "prior": "#94a3b8", "posterior": "#7c3aed",
           "sampled": "#f59e0b", "diverge": "#ef4444"}
@@ -43,9 +43,7 @@ def _layout(height: int, legend_below: int | None = None, **margin: int) -> dict
 
 
 def _label(trace: Trace) -> str:
-    if trace.lane == "standard":
-        return "Standard"
-    return "Direct mixture" if trace.mode == "direct" else f"MoI (beta = {trace.beta:g})"
+    return lane_label(trace.config)
 
 
 def _show(token: str) -> str:

@@ -17,12 +17,13 @@ No function modifies its inputs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from moi_demo.core.inputs import BETA, TOP_K, InputError, check_choice
 
 MODES: tuple[str, ...] = ("standard", "moi", "direct")
 MODE_STANDARD, MODE_MOI, MODE_DIRECT = 0, 1, 2
@@ -36,36 +37,29 @@ KEY_MODE, KEY_BETA, KEY_TOP_K = "moi_mode", "moi_beta", "moi_top_k"
 EXTRA_ARGS_KEYS = (KEY_MODE, KEY_BETA, KEY_TOP_K)
 
 
-class MoIConfigError(ValueError):
-    """An invalid MoI setting. `field` names the offending field; the message gives the allowed range."""
-
-    def __init__(self, field: str, reason: str):
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
-
-
 @dataclass(frozen=True)
 class MoIConfig:
-    """One request's MoI settings. `beta == -100` (the reference's convention) means direct mixture."""
+    """One request's MoI settings, checked against `inputs.BETA` and `inputs.TOP_K` (errors name the field).
+    `beta == -100` (the reference's convention) means direct mixture."""
 
     mode: str = "moi"
     beta: float = DEFAULT_BETA
     top_k: int = DEFAULT_TOP_K
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise MoIConfigError("mode", f"must be one of {', '.join(MODES)}; got {self.mode!r}")
-        beta = self.beta
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)):
-            raise MoIConfigError("beta", f"must be a number >= 0 (or -100 for direct mixture); got {beta!r}")
-        if beta == DIRECT_MIXTURE_BETA:
+        check_choice(self.mode, "mode", MODES)
+        if self.beta == DIRECT_MIXTURE_BETA and not isinstance(self.beta, bool | str):
             object.__setattr__(self, "mode", "direct" if self.mode == "moi" else self.mode)
-        elif not math.isfinite(beta) or beta < 0:
-            raise MoIConfigError("beta", f"must be finite and >= 0 (or -100 for direct mixture); got {beta!r}")
-        object.__setattr__(self, "beta", float(beta))
-        top_k = self.top_k
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise MoIConfigError("top_k", f"must be an integer from 1 to the vocabulary size; got {top_k!r}")
+            object.__setattr__(self, "beta", float(self.beta))
+        else:
+            if isinstance(self.beta, str):  # numbers only: text is parsed by the callers that accept it
+                raise InputError("beta", f"must be {BETA.allowed()} (or -100 for direct mixture); got {self.beta!r}")
+            try:
+                object.__setattr__(self, "beta", BETA.check(self.beta))
+            except InputError as e:
+                raise InputError("beta", e.reason.replace("; got", " (or -100 for direct mixture); got")) from None
+        if isinstance(self.top_k, bool | str | float) or not isinstance(self.top_k, int) or self.top_k < TOP_K.lo:
+            raise InputError("top_k", f"must be an integer from 1 to the vocabulary size; got {self.top_k!r}")
 
     @property
     def mixes(self) -> bool:
@@ -73,7 +67,7 @@ class MoIConfig:
 
     def check_vocab(self, vocab_size: int) -> MoIConfig:
         if self.top_k > vocab_size:
-            raise MoIConfigError("top_k", f"must be from 1 to the vocabulary size {vocab_size}; got {self.top_k}")
+            raise InputError("top_k", f"must be from 1 to the vocabulary size {vocab_size}; got {self.top_k}")
         return self
 
     @classmethod
@@ -95,14 +89,14 @@ class MoIConfig:
         try:
             beta = float(beta) if isinstance(beta, str) else beta
         except ValueError:
-            raise MoIConfigError(KEY_BETA, f"must be a number >= 0 (or -100); got {beta!r}") from None
+            raise InputError(KEY_BETA, f"must be {BETA.allowed()} (or -100 for direct mixture); got {beta!r}") from None
         integral_float = isinstance(top_k, float) and top_k.is_integer()
         if integral_float or (isinstance(top_k, str) and top_k.strip().lstrip("-").isdigit()):
             top_k = int(top_k)
         try:
             return cls(mode=mode, beta=beta, top_k=top_k)
-        except MoIConfigError as e:
-            raise MoIConfigError(f"moi_{e.field}", e.reason) from None
+        except InputError as e:
+            raise e.renamed(f"moi_{e.field}") from None
 
     @classmethod
     def from_env_beta(cls, value: str | None) -> MoIConfig | None:
@@ -112,11 +106,11 @@ class MoIConfig:
         try:
             beta = float(value)
         except ValueError:
-            raise MoIConfigError("MIXINPUTS_BETA", f"must be a number >= 0 or -100; got {value!r}") from None
+            raise InputError("MIXINPUTS_BETA", f"must be {BETA.allowed()} or -100; got {value!r}") from None
         try:
             return cls(mode="moi", beta=beta)
-        except MoIConfigError as e:
-            raise MoIConfigError("MIXINPUTS_BETA", e.reason) from None
+        except InputError as e:
+            raise e.renamed("MIXINPUTS_BETA") from None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,19 @@ from typing import Any
 
 from moi_demo.core.mixing import MoIConfig, step_weights
 
+# The app's mode choices (label -> mixing mode), and each lane's name: written once, for the page, CLI and plots.
+MODE_CHOICES: dict[str, str] = {"MoI": "moi", "Direct mixture": "direct"}
+STANDARD_LABEL = "Standard"
+
+
+def lane_label(cfg: MoIConfig, full: bool = False) -> str:
+    """"Standard", "Direct mixture (w = p)", "MoI (beta = 1)" (`full`: "Mixture of Inputs (beta = 1)")."""
+    if cfg.mode == "standard":
+        return STANDARD_LABEL
+    if cfg.mode == "direct":
+        return "Direct mixture (w = p)"
+    return f"{'Mixture of Inputs' if full else 'MoI'} (beta = {cfg.beta:g})"
+
 
 @dataclass(frozen=True)
 class SamplingSettings:

@@ -21,25 +21,19 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from moi_demo.core import mixing
+from moi_demo.core import inputs, mixing
+from moi_demo.core.inputs import MAX_TOP_K, InputError
 from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import SamplingSettings, Step, Trace
 from moi_demo.vllm.plugin import enable_kwargs
 
 logger = logging.getLogger(__name__)
 
-MAX_TOP_K = 50  # the largest top-k a request may ask for (vLLM's max_logprobs)
 LANES_PER_RUN = 2  # a side-by-side run holds two engine sequences (standard + MoI)
 MAX_RESTART_ATTEMPTS = 5  # per death; backoff 2, 4, 8, 16 s between attempts
 WATCH_INTERVAL_S = 1.0  # how often the supervisor looks at an idle engine
 
 
-class MoIInputError(ValueError):
-    """A user input outside its allowed range; `field` names it, `reason` says what is allowed."""
-
-    def __init__(self, field: str, reason: str):
-        super().__init__(f"{field}: {reason}")
-        self.field, self.reason = field, reason
 
 
 class EngineUnavailableError(RuntimeError):
@@ -400,29 +394,23 @@ class MoIEngine:
     # -- requests ---------------------------------------------------------------------------------------
 
     def prompt_ids(self, prompt: str, max_tokens: int, chat: bool = True) -> list[int]:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise MoIInputError("prompt", "must not be empty")
-        ids = chat_ids(self.tokenizer, prompt, chat)
+        ids = chat_ids(self.tokenizer, inputs.check_prompt(prompt), chat)
         limit = self.options.max_model_len - max_tokens
         if len(ids) > limit:
-            raise MoIInputError(
+            raise InputError(
                 "prompt", f"is {len(ids)} tokens; at most {limit} fit ({self.options.max_model_len}-token context "
                 f"minus {max_tokens} new tokens)"
             )
         return list(ids)
 
     def validate(self, moi: MoIConfig, settings: SamplingSettings) -> None:
-        if not 1 <= moi.top_k <= MAX_TOP_K:
-            raise MoIInputError("top_k", f"must be from 1 to {MAX_TOP_K}; got {moi.top_k}")
-        if not 0.0 <= settings.temperature <= 2.0:
-            raise MoIInputError("temperature", f"must be from 0 to 2; got {settings.temperature}")
-        if not 0.0 < settings.top_p <= 1.0:
-            raise MoIInputError("top_p", f"must be in (0, 1]; got {settings.top_p}")
-        if not 1 <= settings.max_tokens <= self.options.max_model_len - 1:
-            raise MoIInputError("max_tokens", f"must be from 1 to {self.options.max_model_len - 1}; "
-                                f"got {settings.max_tokens}")
-        if settings.seed is not None and not 0 <= settings.seed < 2**63:
-            raise MoIInputError("seed", f"must be from 0 to 2^63 - 1; got {settings.seed}")
+        """A lane's settings within what this engine serves (the bounds of `core.inputs`)."""
+        inputs.APP_TOP_K.check(moi.top_k)
+        inputs.TEMPERATURE.check(settings.temperature)
+        inputs.TOP_P.check(settings.top_p)
+        inputs.MAX_TOKENS.with_hi(self.options.max_model_len - 1).check(settings.max_tokens)
+        if settings.seed is not None:
+            inputs.SEED.check(settings.seed)
 
     def sampling_params(self, moi: MoIConfig, settings: SamplingSettings, ignore_eos: bool = False,
                         logprobs: bool = True, stream: bool = True) -> Any:
@@ -463,7 +451,7 @@ class MoIEngine:
         decodes them in one batch, same prompt ids and seed: a beta sweep, or a MoI lane alone when the standard
         lane is reused. Yields one trace per config, in order, as tokens arrive."""
         if not configs:
-            raise MoIInputError("lanes", "must name at least one lane")
+            raise InputError("lanes", "must name at least one lane")
         for cfg in configs:
             self.validate(cfg, settings)
         self._check_available()
@@ -616,12 +604,12 @@ async def _cancel_pending() -> None:
 
 
 def _user_error(error: BaseException) -> BaseException:
-    """vLLM's validation errors name the parameter: keep them as MoIInputError for the UI and API."""
+    """vLLM's validation errors name the parameter: keep them as InputError for the UI and API."""
     parameter = getattr(error, "parameter", None)
     if parameter:
         raw = str(error.args[0]) if error.args else str(error)  # without vLLM's "(parameter=...)" suffix
         message = raw.removeprefix(f"{parameter}: ")
-        return MoIInputError(parameter, message)
+        return InputError(parameter, message)
     return error
 
 

@@ -385,7 +385,7 @@ def eval_throughput(s: EvalBenchSettings) -> str:
 def app_overhead(engine: Any, repeats: int) -> Row:
     from gradio_client import Client
 
-    from moi_demo.app.ui import build_demo
+    from moi_demo.app.layout import build_demo
 
     demo = build_demo(engine, max_new_tokens=64)
     demo.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)

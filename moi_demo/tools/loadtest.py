@@ -198,7 +198,7 @@ def _engine_rate(engine: Any, s: LoadSettings) -> float:
 
 
 def main(model: str | None, s: LoadSettings) -> str:
-    from moi_demo.app.ui import build_demo
+    from moi_demo.app.layout import build_demo
     from moi_demo.serving.engine import EngineOptions, MoIEngine
     from moi_demo.serving.models import resolve_model
 

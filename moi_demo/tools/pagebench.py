@@ -271,7 +271,7 @@ def _measure_apart(url: str, s: PageSettings, cpus: list[int] | None) -> dict[st
 
 
 def main(model: str | None, s: PageSettings) -> str:
-    from moi_demo.app.ui import build_demo
+    from moi_demo.app.layout import build_demo
     from moi_demo.serving.engine import EngineOptions, MoIEngine
     from moi_demo.serving.models import resolve_model
 

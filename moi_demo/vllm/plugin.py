@@ -48,7 +48,8 @@ import numpy as np
 import torch
 
 from moi_demo.core import mixing
-from moi_demo.core.mixing import MoIConfig, MoIConfigError
+from moi_demo.core.inputs import InputError
+from moi_demo.core.mixing import MoIConfig
 from moi_demo.vllm.batch_state import BatchState, HostReadCounter
 
 logger = logging.getLogger("vllm.moi_demo")  # a child of vLLM's logger: shown with its own log lines
@@ -84,7 +85,7 @@ def _additional_config(value: Any) -> Any:
         try:
             return json.loads(value)
         except json.JSONDecodeError as e:
-            raise MoIConfigError("additional_config", f"must be a JSON object; got {value!r} ({e})") from None
+            raise InputError("additional_config", f"must be a JSON object; got {value!r} ({e})") from None
     return value
 
 
@@ -95,7 +96,7 @@ def enabled(additional_config: Any) -> bool:
     if isinstance(cfg, dict) and SWITCH in cfg:
         value = cfg[SWITCH]
         if not isinstance(value, bool):
-            raise MoIConfigError("additional_config.moi", f"must be true or false; got {value!r}")
+            raise InputError("additional_config.moi", f"must be true or false; got {value!r}")
         return value
     return env_default() is not None
 
@@ -155,7 +156,7 @@ def _params_config(params: Any) -> MoIConfig | None:
     if cached is False:
         try:
             cached = request_config(params.extra_args if params is not None else None)
-        except MoIConfigError:  # refused at validation; never reached
+        except InputError:  # refused at validation; never reached
             cached = None
         with contextlib.suppress(AttributeError, TypeError):
             params._moi_config = cached
@@ -430,7 +431,7 @@ def validate_request(params: Any, vllm_config: Any) -> None:
         cfg = request_config(extra)
         if cfg is not None:
             cfg.check_vocab(vllm_config.model_config.get_vocab_size())
-    except MoIConfigError as e:
+    except InputError as e:
         key = e.field if e.field.startswith("moi_") or e.field == ENV_BETA else f"moi_{e.field}"
         raise VLLMValidationError(f"{key}: {e.reason}", parameter=key) from None
     if cfg is not None and (reason := unsupported_reason(vllm_config)):
@@ -467,7 +468,7 @@ def _request_mixes(request: Any) -> bool:
         params = request.sampling_params
         try:
             cached = request_config(params.extra_args if params is not None else None) is not None
-        except MoIConfigError:
+        except InputError:
             cached = False
         request._moi_mixes = cached
     return cached
