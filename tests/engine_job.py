@@ -15,12 +15,14 @@ def main() -> None:
     job = json.loads(sys.argv[1])
     from vllm import LLM, SamplingParams
 
-    engine = {"dtype": "float32", "enforce_eager": True, "max_model_len": 512, "seed": 0,
-              "kv_cache_memory_bytes": 256 << 20, "block_size": 32, **job.get("engine", {})}
+    from moi_demo.serving.settings import engine_kwargs
+
+    engine = engine_kwargs(job["model"], moi=False, cpu=True, kv_cache_memory_bytes=256 << 20, enforce_eager=True,
+                           max_model_len=512, **job.get("engine", {}))
     additional = job.get("additional_config", {"moi": True})
     if additional is not None:
         engine["additional_config"] = additional
-    llm = LLM(model=job["model"], **engine)
+    llm = LLM(**engine)
     config = llm.llm_engine.vllm_config
     print("CONFIG " + json.dumps({"enable_prompt_embeds": config.model_config.enable_prompt_embeds,
                                   "use_v2_model_runner": config.use_v2_model_runner}))

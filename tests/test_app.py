@@ -12,7 +12,7 @@ import pytest
 from moi_demo.core.mixing import step_weights
 from moi_demo.core.trace import Trace
 
-pytestmark = pytest.mark.vllm
+pytestmark = pytest.mark.engine
 PROMPT = "What is the capital of France?"
 # prompt, mode, beta, top_k, temperature, top_p, max_new_tokens, seed, color_by
 ARGS = (PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 48, 0, "p")

@@ -14,7 +14,7 @@ import pytest
 
 from tests.vllm_util import ROOT, free_port
 
-pytestmark = pytest.mark.vllm
+pytestmark = pytest.mark.engine
 
 
 def session_processes(sid: int) -> list[psutil.Process]:

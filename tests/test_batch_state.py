@@ -332,3 +332,40 @@ def test_recompute_of_10k_tokens_keeps_its_temporaries_under_the_bound(monkeypat
     whole = st.mixed_from_history(row, js, lambda ids: table[ids], torch.float32)
     torch.testing.assert_close(out[4:], whole, rtol=0, atol=0)
     assert out[:4].abs().sum() == 0  # the prompt's rows untouched
+
+
+def test_the_protocol_order_is_enforced():
+    """plan -> take_plan -> mix_target -> record, batch changes between steps: anything else raises, as vLLM's
+    BatchUpdateBuilder does, and a step with no MoI row to sample stays idle."""
+    from moi_demo.vllm.batch_state import HookOrderError
+
+    st = BatchState(2)
+    assert st.take_plan() is None and st.plan(1, np.array([0]), np.array([4]), np.array([True])).empty  # no request
+    st.apply_update([], [(0, MoIConfig("moi", 1.0, 3))], [], lambda r: ("a", 4, None))
+    feed = st.plan(1, np.array([0]), np.array([4]), np.array([True]))  # the prefill: samples token 0
+    assert feed.empty and st.phase == "planned"
+    with pytest.raises(HookOrderError, match=r"plan\(\) in phase 'planned'"):
+        st.plan(1, np.array([0]), np.array([4]), np.array([True]))  # the last plan was never sampled
+    with pytest.raises(HookOrderError, match=r"apply_update\(\) in phase 'planned'"):
+        st.apply_update([0], [], [], lambda r: ("a", 4, None))
+    with pytest.raises(HookOrderError, match="finish"):
+        st.finish("a")
+    with pytest.raises(HookOrderError, match="mix_target"):
+        st.mix_target(None, HIDDEN, torch.float32, torch.device("cpu"))
+    plan = st.take_plan()
+    assert st.phase == "sampling" and plan.rows.tolist() == [0]
+    with pytest.raises(HookOrderError, match="take_plan"):
+        st.take_plan()
+    other = BatchState(2)
+    cand, w = torch.tensor([[1, 2, 3, 1]]), torch.tensor([[0.5, 0.25, 0.25, 0.0]])
+    with pytest.raises(HookOrderError, match="a plan other than the one taken"):
+        st.record(other._finish_plan(np.array([0]), 1, np.array([0])), cand, w, torch.zeros(1, HIDDEN))
+    mixed = st.mix_target(plan, HIDDEN, torch.float32, torch.device("cpu"))
+    st.record(plan, cand, w, mixed)
+    assert st.phase == "idle" and st.length[0] == 1
+    with pytest.raises(HookOrderError, match=r"record\(\) in phase 'idle'"):
+        st.record(plan, cand, w, mixed)
+    # A step whose MoI row does not sample (mid-prefill) plans no sampling: the state stays idle.
+    st.finish("a")
+    st.apply_update([], [(1, MoIConfig("moi", 1.0, 3))], [], lambda r: ("b", 8, None))
+    assert st.plan(2, np.array([0, 0]), np.array([1, 4]), np.array([True, False])).empty and st.phase == "idle"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.vllm, pytest.mark.browser]
+pytestmark = [pytest.mark.engine, pytest.mark.browser]
 SHOTS = Path(os.environ.get("MOI_DEMO_SCREENSHOTS", Path(__file__).resolve().parents[1] / "out"))
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.vllm_util import ROOT
 
-pytestmark = pytest.mark.vllm
+pytestmark = pytest.mark.engine
 
 
 def test_doctor_passes_every_check_that_runs_here(tiny_models):

@@ -15,7 +15,7 @@ from moi_demo.core.trace import SamplingSettings
 from moi_demo.serving.engine import EngineOptions, MoIEngine
 from tests.vllm_util import KV_BYTES, PLUGINS_WITHOUT_MOI, ROOT
 
-pytestmark = pytest.mark.vllm
+pytestmark = pytest.mark.engine
 PROMPT = "What is the capital of France?"
 
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from moi_demo.serving.engine import (
+from moi_demo.serving.settings import (
     COMPILE_MIN_JOBS,
     CPU_KV_SHARE,
     KV_BLOCK_TOKENS,

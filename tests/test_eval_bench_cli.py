@@ -13,7 +13,7 @@ import pytest
 
 from tests.vllm_util import ROOT
 
-pytestmark = pytest.mark.vllm
+pytestmark = pytest.mark.engine
 MOI_DEMO = os.path.join(os.path.dirname(sys.executable), "moi-demo")
 
 

@@ -12,7 +12,7 @@ import pytest
 from tests.vllm_util import BLOCK, KV_BYTES, PLUGINS_WITHOUT_MOI, lm_eval_samples
 
 pytest.importorskip("lm_eval")
-pytestmark = pytest.mark.vllm
+pytestmark = pytest.mark.engine
 TASKS = "moi_sums,moi_sums_moi,moi_sums_direct"
 
 

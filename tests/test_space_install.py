@@ -7,7 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.vllm_util import ROOT
+
+pytestmark = pytest.mark.network
 
 SCRIPT = ROOT / "scripts" / "check_space_install.py"
 

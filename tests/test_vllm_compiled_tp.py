@@ -11,7 +11,7 @@ from moi_demo.core.trace import SamplingSettings
 from moi_demo.evaluation.reference import ReferenceDecoder
 from tests.vllm_util import KV_BYTES, close_llm, make_llm, params
 
-pytestmark = pytest.mark.vllm
+pytestmark = pytest.mark.engine
 STEPS = 24
 CASES = [MoIConfig("moi", 0.5, 5), MoIConfig("moi", 2.0, 20), MoIConfig("direct", 1.0, 5), MoIConfig("standard")]
 

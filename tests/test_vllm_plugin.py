@@ -9,7 +9,7 @@ from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import SamplingSettings
 from tests.vllm_util import BLOCK, PLUGINS_WITHOUT_MOI, close_llm, make_llm, params, run_engine_subprocess
 
-pytestmark = pytest.mark.vllm
+pytestmark = pytest.mark.engine
 
 STEPS = 32
 PROMPTS = ["Hello there", "The capital of France is", "1, 2, 3, 4,", "Once upon a time"]

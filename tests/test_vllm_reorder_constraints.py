@@ -22,7 +22,7 @@ from moi_demo.serving.lifecycle import temporary_env
 from moi_demo.tools.doctor import run_staggered
 from tests.vllm_util import close_llm, make_llm
 
-pytestmark = pytest.mark.vllm
+pytestmark = pytest.mark.engine
 
 PROMPTS = ["Hello there", "The capital of France is", "1, 2, 3, 4,", "Once upon a time", "Write a poem"]
 BASE = MoIConfig("moi", 0.0, 20)  # beta 0: the prior carries the most weight

