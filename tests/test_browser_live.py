@@ -27,8 +27,16 @@ def page(app):
         page.get_by_text("Sampling").click()  # open the accordion
         _type(page, "max-tokens", TOKENS, "Tab")  # not a live control: no run before Generate
         page.locator("#generate").click()
-        page.wait_for_function("() => document.querySelector('#download a') !== null", timeout=120_000)
+        page.wait_for_function("() => document.querySelector('#download a') !== null && "
+                               "document.querySelector('#status').innerText.includes('Done')", timeout=120_000)
+        _wait_idle(app[1])
         yield page
+
+
+def _wait_idle(engine, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while engine.num_unfinished_requests() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _box(page, elem_id: str):
