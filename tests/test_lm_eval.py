@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vllm_util import BLOCK, KV_BYTES, PLUGINS_WITHOUT_MOI, lm_eval_samples
+from tests.vllm_util import KV_BYTES, PLUGINS_WITHOUT_MOI, lm_eval_samples
 
 pytest.importorskip("lm_eval")
 pytestmark = pytest.mark.engine
@@ -20,12 +20,13 @@ def run_lm_eval(model: str, tasks: str, out: Path, env: dict[str, str], moi: boo
     """`lm_eval --model vllm` on `model` (greedy, as the tasks ask): each task's outputs in document order. `moi`:
     MoI enabled for lm-eval's engine as the README says: model_args as JSON, with additional_config {"moi": true}
     (lm-eval reads model_args that hold a brace as JSON)."""
-    model_args = (f"pretrained={model},dtype=float32,enforce_eager=True,max_model_len=512,seed=0,"
-                  f"kv_cache_memory_bytes={KV_BYTES},block_size={BLOCK}")
-    if moi:
-        model_args = json.dumps({"pretrained": model, "dtype": "float32", "enforce_eager": True, "max_model_len": 512,
-                                 "seed": 0, "kv_cache_memory_bytes": KV_BYTES, "block_size": BLOCK,
-                                 "additional_config": {"moi": True}})
+    from moi_demo.serving.settings import engine_kwargs
+
+    engine = engine_kwargs(model, moi=moi, cpu=True, kv_cache_memory_bytes=KV_BYTES, enforce_eager=True,
+                           max_model_len=512)
+    engine["pretrained"] = engine.pop("model")
+    # key=value pairs where they can say it; JSON where a value holds a brace (additional_config)
+    model_args = json.dumps(engine) if moi else ",".join(f"{k}={v}" for k, v in engine.items())
     result = lm_eval_samples(["--model", "vllm", "--model_args", model_args, "--tasks", tasks,
                               "--batch_size", "auto"], out, env)
     for task in tasks.split(","):

@@ -84,7 +84,9 @@ def engine_config(tiny_model: str, **kwargs):
     from vllm.engine.arg_utils import EngineArgs
 
     vllm_plugin.register()
-    return EngineArgs(model=tiny_model, dtype="float32", kv_cache_memory_bytes=64 << 20, block_size=32,
+    from moi_demo.serving.settings import host_kwargs
+
+    return EngineArgs(model=tiny_model, **host_kwargs(cpu=True, kv_cache_memory_bytes=64 << 20),
                       **kwargs).create_engine_config()
 
 

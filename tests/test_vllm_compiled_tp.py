@@ -29,8 +29,9 @@ def test_default_engine_arguments_compiled(tiny_models):
     crashing the graph."""
     from vllm import LLM
 
-    llm = LLM(model=tiny_models["llama"], dtype="float32", kv_cache_memory_bytes=KV_BYTES,  # needed on this host
-              additional_config={"moi": True})
+    from moi_demo.serving.settings import engine_kwargs
+
+    llm = LLM(**engine_kwargs(tiny_models["llama"], cpu=True, kv_cache_memory_bytes=KV_BYTES))  # compiled
     try:
         config = llm.llm_engine.vllm_config
         assert config.model_config.enforce_eager is False and config.compilation_config.mode != 0
