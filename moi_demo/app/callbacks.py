@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from moi_demo.core.inputs import InputError
 from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import MODE_CHOICES, STANDARD_LABEL, SamplingSettings, Trace, first_divergence, lane_label
 from moi_demo.serving.engine import EngineUnavailableError, MoIEngine, RunStopped
+from moi_demo.serving.run_card import run_card
+
+logger = logging.getLogger(__name__)
 
 # Streamed texts reach the page at most this often: every update costs the page a layout and a frame (measured in
 # `moi-demo bench --page`), and ten a second reads as live.
@@ -52,10 +56,13 @@ class Page:
     sweep_status: Any = None
     sweep_summary: Any = None
     sweep_curves: Any = None
+    reads: Any = None  # what the model reads back at the inspected step (HTML)
+    inspection: Any = None  # the same, as JSON (and the MoI lane's cos per step)
 
     @property
     def figures(self) -> list[Any]:
-        return [self.token_plot, self.step_plot, self.heatmap_plot, self.entropy_plot]
+        """The views drawn after a run, in the order plots.pair_views builds them, then the inspection's JSON."""
+        return [self.token_plot, self.step_plot, self.heatmap_plot, self.entropy_plot, self.reads, self.inspection]
 
 
 def _standard_label(reused: Trace | None) -> str:
@@ -201,7 +208,18 @@ class Callbacks:
             yield {figure: gr.skip() for figure in self.page.figures}
             return
         lanes.drawn = (lanes.version, color_by)
-        yield from one_per_update(self.page.figures, plots.pair_views(*lanes.shown, color_by))
+        diverge = first_divergence(*lanes.shown)
+        inspection = self._inspect(lanes.shown, diverge if diverge is not None else 0)
+        yield from one_per_update(self.page.figures, [*plots.pair_views(*lanes.shown, color_by, inspection),
+                                                      lambda: inspection])
+
+    def _inspect(self, traces: tuple[Trace, Trace], step: int) -> list[dict[str, Any]] | None:
+        """engine.inspect, or None when the engine cannot answer now (the views show the rest)."""
+        try:
+            return self.engine.inspect(traces, step)
+        except Exception as e:  # noqa: BLE001 - an inspector failing must not fail the run's views
+            logger.warning("moi-demo: inspect failed: %r", e)
+            return None
 
     def sweep(self, prompt: str, betas: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any, seed: Any,
               lanes: Lanes | None, request: gr.Request) -> Iterator[Updates]:
@@ -282,8 +300,11 @@ class Callbacks:
         except InputError as e:
             raise page_error(e) from None
         lanes.drawn = None  # the page's figures no longer show the run's first view
+        inspection = self._inspect(traces, i)
         return {self.page.step_plot: plots.step_distribution(*traces, i),
-                self.page.token_plot: plots.token_map(*traces, color_by, i)}
+                self.page.token_plot: plots.token_map(*traces, color_by, i),
+                self.page.reads: plots.reads_panel(inspection, "the engine could not inspect this step now"),
+                self.page.inspection: inspection}
 
     def export(self, lanes: Lanes | None) -> str:
         """The pair on display ("traces": standard, MoI) and every lane of this prompt and settings ("lanes":
@@ -291,7 +312,8 @@ class Callbacks:
         if lanes is None or lanes.shown is None and not lanes.mixed:
             raise gr.Error("Generate first: there are no traces to export.")
         path = Path(tempfile.mkdtemp(prefix="moi-traces-")) / "moi_traces.json"
-        path.write_text(json.dumps(lanes.export()))  # compact: a sweep's lanes with indentation were 3 MB
+        data = {**lanes.export(), "run_card": run_card(self.engine)}  # what produced them: `moi-demo replay` checks
+        path.write_text(json.dumps(data))  # compact: a sweep's lanes with indentation were 3 MB
         return str(path)
 
 
@@ -343,7 +365,9 @@ class ServiceCallbacks:
         title = f"{task}, n = {n}, T = {settings.temperature:g}, top-p = {settings.top_p:g}"
         path = Path(tempfile.mkdtemp(prefix="moi-eval-"))
         chart = ev.accuracy_chart(results, title)
-        files = ev.write_outputs(path, "eval", samples, chart)
+        card = {**run_card(self.engine), "eval": {"task": task, "n": n, "modes": modes, "beta": moi_cfg.beta,
+                                                  "top_k": moi_cfg.top_k, **asdict(settings)}}
+        files = ev.write_outputs(path, "eval", samples, chart, card)
         return chart, ev.table(results), str(files[0])
 
 

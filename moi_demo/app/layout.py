@@ -86,6 +86,10 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
     p.step = slider(inputs.Bound("step", 0, max(max_new_tokens - 1, 1), integer=True), 0, "Step to inspect", 1,
                     elem_id="step")
     p.step_plot = gr.Plot(label="Inside a step", elem_id="step-plot")
+    p.reads = gr.HTML(plots.reads_panel(None), label="What the model reads", elem_id="reads",
+                      css_template=plots.READS_CSS)
+    with gr.Accordion("What the model reads, as JSON (every step's cosine; the API's /select_step)", open=False):
+        p.inspection = gr.JSON(elem_id="inspection")
     with gr.Row():
         p.heatmap_plot = gr.Plot(label="Mix weights", elem_id="heatmap-plot")
         p.entropy_plot = gr.Plot(label="Entropy", elem_id="entropy-plot")
@@ -142,9 +146,10 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
     # and the engine.
     stop_btn.click(cb.stop, None, p.status, api_name="stop", queue=False)
     stop_btn.click(None, None, None, cancels=[run, sweep, *live_events], api_name=False)
-    p.step.release(cb.select_step, [p.lanes, p.step, color_by], [p.step_plot, p.token_plot], api_name="select_step",
+    inspector = [p.step_plot, p.token_plot, p.reads, p.inspection]
+    p.step.release(cb.select_step, [p.lanes, p.step, color_by], inspector, api_name="select_step",
                    show_progress="hidden")
-    color_by.change(cb.select_step, [p.lanes, p.step, color_by], [p.step_plot, p.token_plot], **quiet)
+    color_by.change(cb.select_step, [p.lanes, p.step, color_by], inspector, **quiet)
 
 
 def evaluate_tab(cb: Callbacks, service: ServiceCallbacks) -> None:

@@ -189,8 +189,10 @@ def weights_heatmap(moi: Trace) -> go.Figure:
     return fig
 
 
-def entropy_chart(standard: Trace, moi: Trace, diverge: int | None = None) -> go.Figure:
-    """H over steps for both lanes, and the weight kept on the sampled token (1 in the standard lane)."""
+def entropy_chart(standard: Trace, moi: Trace, diverge: int | None = None,
+                  fed_cos: list[float] | None = None) -> go.Figure:
+    """H over steps for both lanes, the weight kept on the sampled token (1 in the standard lane) and, where given,
+    cos(fed input, E[sampled]) per step of the MoI lane (what the model read back, against the sample's own)."""
     if not standard.steps and not moi.steps:
         return _empty("Entropy and kept weight")
     fig = go.Figure()
@@ -201,6 +203,10 @@ def entropy_chart(standard: Trace, moi: Trace, diverge: int | None = None) -> go
                              mode="lines",
                              name=f"w on sampled token, {_label(moi)}",
                              line=dict(color=COLORS["sampled"], dash="dot")))
+    if fed_cos:
+        fig.add_trace(go.Scatter(x=[s.index for s in moi.steps], y=[round(c, 4) for c in fed_cos], mode="lines",
+                                 name=f"cos(fed, E[sampled]), {_label(moi)}",
+                                 line=dict(color=COLORS["moi"], dash="dash", width=1)))
     _mark_divergence(fig, first_divergence(standard, moi) if diverge is None else diverge)
     fig.update_layout(**_layout(340, legend_below=68, b=95),
                       title="Normalised entropy H and the weight kept on the sampled token",
@@ -261,10 +267,38 @@ def sweep_curves(lanes: list[Trace]) -> go.Figure:
     return fig
 
 
-def pair_views(standard: Trace, moi: Trace, color_by: str = "p") -> list[Callable[[], go.Figure | str]]:
-    """The four views of a pair as the page first shows them (the inspected step: the first divergence), each
-    built when called: token map, inside a step, mix weights, entropy."""
+READS_CSS = """
+.moi-reads table { border-collapse: collapse; font-size: 0.9em; }
+.moi-reads th, .moi-reads td { padding: 2px 8px; text-align: left; vertical-align: top; }
+.moi-reads .cos { font-variant-numeric: tabular-nums; }
+.moi-reads .near { margin-right: 8px; white-space: nowrap; }
+"""
+
+
+def reads_panel(inspection: list[dict] | None, message: str = "Generate, then pick a step") -> str:
+    """What the model read back at the inspected step, per lane: cos(fed input, E[sampled]) and the vocabulary
+    tokens nearest to the fed input (engine.inspect's result)."""
+    if not inspection:
+        return f'<div class="moi-reads"><p>{_text(message)}</p></div>'
+    rows = []
+    for lane in inspection:
+        near = " ".join(f'<span class="near" title="id {n["id"]}"><code>{_text(_show(n["token"]))}</code> '
+                        f'{n["cos"]:.3f}</span>' for n in lane["nearest"])
+        rows.append(f'<tr class="lane-{lane["lane"]}"><th>{_text(lane["label"])}</th>'
+                    f'<td class="cos">{lane["cos_at_step"]:.4f}</td><td>{near}</td></tr>')
+    step = inspection[0]["step"]
+    return (f'<div class="moi-reads"><table><caption>What the model reads back after step {step}: the fed input '
+            f'embedding</caption><tr><th>lane</th><th>cos(fed, E[sampled])</th><th>nearest vocabulary tokens '
+            f'(cosine)</th></tr>{"".join(rows)}</table></div>')
+
+
+def pair_views(standard: Trace, moi: Trace, color_by: str = "p", inspection: list[dict] | None = None
+               ) -> list[Callable[[], go.Figure | str]]:
+    """The views of a pair as the page first shows them (the inspected step: the first divergence), each built when
+    called: token map, inside a step, mix weights, entropy, and what the model reads (given `inspection`)."""
     diverge = first_divergence(standard, moi)
     selected = diverge if diverge is not None else 0
+    fed_cos = next((lane["cos"] for lane in inspection or [] if lane["lane"] == "moi"), None)
     return [lambda: token_map(standard, moi, color_by, selected), lambda: step_distribution(standard, moi, selected),
-            lambda: weights_heatmap(moi), lambda: entropy_chart(standard, moi, diverge)]
+            lambda: weights_heatmap(moi), lambda: entropy_chart(standard, moi, diverge, fed_cos),
+            lambda: reads_panel(inspection)]

@@ -135,8 +135,12 @@ def first_divergence(a: Trace, b: Trace) -> int | None:
     return None if len(a.steps) == len(b.steps) else min(len(a.steps), len(b.steps))
 
 
-def save_traces(path: str | Path, traces: list[Trace]) -> None:
-    Path(path).write_text(json.dumps({"traces": [t.to_dict() for t in traces]}, indent=1))
+def save_traces(path: str | Path, traces: list[Trace], run_card: dict[str, Any] | None = None) -> None:
+    """The traces as JSON, with the run card of what produced them (serving/run_card.py) where given."""
+    data: dict[str, Any] = {"traces": [t.to_dict() for t in traces]}
+    if run_card is not None:
+        data["run_card"] = run_card
+    Path(path).write_text(json.dumps(data, indent=1))
 
 
 def load_traces(path: str | Path) -> list[Trace]:

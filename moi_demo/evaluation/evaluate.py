@@ -157,10 +157,16 @@ def sweep_chart(results: list[ModeResult], title: str) -> go.Figure:
     return fig
 
 
-def write_outputs(out_dir: Path, name: str, samples: list[Sample], fig: go.Figure) -> list[Path]:
+def write_outputs(out_dir: Path, name: str, samples: list[Sample], fig: go.Figure,
+                  card: dict[str, Any] | None = None) -> list[Path]:
+    """NAME.jsonl (every sample), NAME.html (the chart; .png where kaleido is installed) and NAME.card.json (the run
+    card of what produced them, with the eval's settings) where given."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.jsonl", out_dir / f"{name}.html"]
     paths[0].write_text("".join(json.dumps(asdict(s)) + "\n" for s in samples))
+    if card is not None:
+        paths.append(out_dir / f"{name}.card.json")
+        paths[-1].write_text(json.dumps(card, indent=1))
     fig.write_html(paths[1], include_plotlyjs="cdn")
     try:  # PNG where an image engine (kaleido) is installed
         fig.write_image(out_dir / f"{name}.png")
@@ -193,6 +199,7 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
 
     from moi_demo.serving.engine import MoIEngine, batch_job_options
     from moi_demo.serving.models import resolve_model
+    from moi_demo.serving.run_card import run_card
 
     examples, checker = get_task(a.task, a.n, a.seed)
     configs = mode_configs(a.modes.split(","), [float(b) for b in a.betas.split(",")], a.top_k)
@@ -207,11 +214,13 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
                                     progress=lambda done: bar.update(done - bar.n))
         seconds = time.perf_counter() - start
         bar.close()
+        card = {**run_card(engine), "eval": {"task": a.task, "n": len(examples), "modes": a.modes, "betas": a.betas,
+                                             "top_k": a.top_k, **asdict(settings)}}
     title = (f"{a.task}, n = {len(examples)}, T = {a.temperature:g}, top-p = {a.top_p:g}, "
              f"model {Path(engine.model).name}")
     fig = sweep_chart(results, title) if sweep else accuracy_chart(results, title)
     name = f"{'sweep' if sweep else 'eval'}-{Path(a.task).stem}-n{len(examples)}-seed{a.seed}"
-    paths = write_outputs(Path(a.out), name, samples, fig)
+    paths = write_outputs(Path(a.out), name, samples, fig, card)
     speed = (f"{len(samples)} samples in {seconds:.1f} s: {len(samples) / seconds:.2f} samples/s "
              f"({options.max_num_seqs} sequences at once)")
     print(f"{title}\n\n{table(results)}\n\n{speed}\nwritten: {', '.join(str(x) for x in paths)}")  # noqa: T201

@@ -12,14 +12,15 @@ import asyncio
 import contextlib
 import logging
 import queue
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from moi_demo.core import inputs, mixing
 from moi_demo.core.inputs import InputError
 from moi_demo.core.mixing import MoIConfig
-from moi_demo.core.trace import SamplingSettings, Step, Trace
+from moi_demo.core.trace import SamplingSettings, Step, Trace, lane_label
 from moi_demo.serving.settings import (  # noqa: F401 - the engine's options, also imported from here
     KV_BLOCK_TOKENS,
     EngineOptions,
@@ -91,6 +92,37 @@ class MoIEngine(EngineSupervisor):
                 "moi-demo plugin excluded by VLLM_PLUGINS, or the V2 model runner forced?"
             )
         logger.info("moi-demo: self-check passed (MoI applied on %d engine(s))", len(self._engines))
+        self.runner_name = self.stats().get("runner")  # for run cards
+
+    def inspect(self, traces: Sequence[Trace], step: int) -> list[dict[str, Any]]:
+        """What each lane's model read back (worker RPC `moi_inspect`, where the embedding matrix lives): per lane
+        the cosine of every step's fed input to E[sampled] (1 in a standard lane: the control), and at `step` the
+        NEAREST vocabulary tokens to the fed input by cosine, with their cosines. The fed inputs are rebuilt from the
+        trace's weights (those mixing.py computes from the returned top-k log-probabilities, what the plugin fed)."""
+        from moi_demo.core.inspection import NEAREST
+
+        self._check_available()
+        shown = [t for t in traces if t.steps]
+        lanes = []
+        for t in shown:
+            rows = [(s.candidate_ids, s.weights) if s.weights else ([s.token_id], [1.0]) for s in t.steps]
+            width = max(len(ids) for ids, _ in rows)
+            lanes.append({"ids": [list(ids) + [0] * (width - len(ids)) for ids, _ in rows],
+                          "weights": [list(w) + [0.0] * (width - len(w)) for _, w in rows],
+                          "sampled": t.token_ids, "step": min(max(step, 0), len(t.steps) - 1)})
+        start = time.perf_counter()
+        ranks = self._call(self.engine_for("moi").collective_rpc("moi_inspect", args=(lanes,)), timeout=60)
+        ms = (time.perf_counter() - start) * 1e3
+        out = []
+        for i, (t, lane) in enumerate(zip(shown, lanes, strict=True)):
+            merged = sorted((sim, tid) for rank in ranks for tid, sim in zip(rank[i]["nearest_ids"],
+                                                                                rank[i]["nearest_sims"], strict=True))
+            near = [(self.tokenizer.decode([tid]), tid, sim) for sim, tid in reversed(merged[-NEAREST:])]
+            cos = ranks[0][i]["cos"]
+            out.append({"lane": t.lane, "label": lane_label(t.config, full=True), "step": lane["step"],
+                        "sampled": t.steps[lane["step"]].token, "cos_at_step": cos[lane["step"]], "cos": cos,
+                        "nearest": [{"token": tok, "id": tid, "cos": sim} for tok, tid, sim in near], "ms": ms})
+        return out
 
     # -- requests ---------------------------------------------------------------------------------------
 

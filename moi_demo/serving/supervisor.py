@@ -96,6 +96,8 @@ class EngineSupervisor:
         self._thread = threading.Thread(target=self._loop.run_forever, name="moi-engine-loop", daemon=True)
         self._engines: list[Any] = []
         self.tokenizer: Any = None
+        self.dtype_name: str | None = None
+        self.runner_name: str | None = None
         self.start_seconds = 0.0
         self.state = EngineState.STARTING
         self.created_at = time.time()
@@ -115,6 +117,8 @@ class EngineSupervisor:
         self._thread.start()
         self._create_engines()
         self.tokenizer = self._engines[0].get_tokenizer()
+        config = getattr(self._engines[0], "vllm_config", None)  # for run cards: the dtype vLLM chose
+        self.dtype_name = str(config.model_config.dtype).removeprefix("torch.") if config is not None else None
         self.start_seconds = time.perf_counter() - t0
         logger.info("moi-demo: %d vLLM engine(s) on %s ready in %.1f s", len(self._engines), self.model,
                     self.start_seconds)
@@ -246,6 +250,7 @@ class EngineSupervisor:
         for engine in self._engines:
             worker = self._call(engine.collective_rpc("moi_stats", args=(records,)), timeout=60)[0]
             total["hooked"] &= worker["hooked"]
+            total["runner"] = worker.get("runner")
             total["applied_steps"] += worker["applied_steps"]
             total["recomputed_steps"] += worker["recomputed_steps"]
             total["requests"].update(worker["requests"])

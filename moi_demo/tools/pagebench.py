@@ -253,7 +253,7 @@ def figure_bytes(engine: Any, tokens: int) -> str:
 
     standard, moi = engine.generate_pair_sync(PROMPTS[0], MoIConfig("moi", 1.0, 20),
                                               SamplingSettings(max_tokens=tokens))
-    names = ["token map", "inside a step", "mix weights", "entropy"]
+    names = ["token map", "inside a step", "mix weights", "entropy", "what the model reads"]
     figs = {name: view() for name, view in zip(names, plots.pair_views(standard, moi), strict=True)}
     sizes = {name: len(fig if isinstance(fig, str) else fig.to_json()) for name, fig in figs.items()}
     return (f"figure JSON per run ({len(standard.steps)} + {len(moi.steps)} tokens): "

@@ -273,9 +273,41 @@ def _worker_stats(worker: Any, records: bool = False) -> dict[str, Any]:
     on = enabled(runner.vllm_config.additional_config) if runner is not None else False
     device = torch.cuda.memory_allocated() if torch.cuda.is_available() else None  # what the process holds there
     return {"hooked": bool(getattr(type(runner), _PATCHED, False)), "enabled": on,
+            "runner": type(runner).__name__ if runner is not None else None,
             "state": isinstance(state, BatchState), "device_allocated": device,
             **(state or BatchState(1)).stats(records)}
 
+
+_NORMS: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}  # embedding weight -> its row norms [V]: once per model
+
+
+def _worker_inspect(worker: Any, lanes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Diagnostics (`collective_rpc("moi_inspect")`): for each lane {"ids": [n][C], "weights": [n][C], "sampled":
+    [n], "step": i}, the cosine of each step's fed input to E[sampled] [n], and the NEAREST vocabulary tokens (of this
+    rank's shard, global ids) to step i's fed input with their cosines. Where the embedding matrix lives: nothing of
+    it is copied; its row norms are computed once."""
+    from moi_demo.core import inspection
+
+    runner = worker.model_runner
+    emb = runner.model.get_input_embeddings()
+    shard = getattr(emb, "shard_indices", None)
+    start = shard.org_vocab_start_index if shard is not None else 0
+    stop = shard.org_vocab_end_index if shard is not None else emb.weight.shape[0]
+    matrix = emb.weight[: stop - start]  # [V_shard, D] a view: the original vocabulary's rows of this shard
+    key = (matrix.data_ptr(), tuple(matrix.shape))
+    with torch.inference_mode():
+        if key not in _NORMS:
+            _NORMS[key] = matrix.float().norm(dim=-1)
+        out = []
+        for lane in lanes:
+            ids = torch.tensor(lane["ids"], dtype=torch.long, device=runner.device)  # [n, C]
+            w = torch.tensor(lane["weights"], dtype=torch.float32, device=runner.device)  # [n, C]
+            sampled = torch.tensor(lane["sampled"], dtype=torch.long, device=runner.device)  # [n]
+            fed = inspection.fed_inputs(ids, w, runner.model.embed_input_ids)  # [n, D]
+            cos = inspection.cosine_to(fed, runner.model.embed_input_ids(sampled).float())  # [n]
+            near_ids, near_sims = inspection.nearest(fed[lane["step"]], matrix, _NORMS[key], offset=start)
+            out.append({"cos": cos.tolist(), "nearest_ids": near_ids, "nearest_sims": near_sims})
+    return out
 
 
 def install(runner_cls: type, sampler_cls: type, builder_cls: type, worker_cls: type) -> None:
@@ -288,3 +320,4 @@ def install(runner_cls: type, sampler_cls: type, builder_cls: type, worker_cls: 
     _patch_runner(runner_cls)
     worker_cls.moi_stats = _worker_stats
     worker_cls.moi_force_reorder = _worker_force_reorder
+    worker_cls.moi_inspect = _worker_inspect

@@ -1,0 +1,49 @@
+"""core/inspection.py on hand-built tensors: the fed input, its cosine to E[sampled], the nearest rows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from moi_demo.core import inspection
+
+E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [-2.0, 0.0]])  # V = 5, D = 2
+
+
+def embed(ids: torch.Tensor) -> torch.Tensor:
+    return E[ids]
+
+
+def test_fed_input_is_the_weighted_sum_and_a_standard_step_is_its_token():
+    ids = torch.tensor([[0, 1], [2, 0]])
+    w = torch.tensor([[0.75, 0.25], [1.0, 0.0]])
+    fed = inspection.fed_inputs(ids, w, embed)
+    assert fed.tolist() == [[0.75, 0.25], [1.0, 1.0]]
+    assert inspection.fed_inputs(ids, w, embed).dtype == torch.float32 and ids.tolist() == [[0, 1], [2, 0]]
+
+
+def test_fed_inputs_in_chunks_equal_one_pass(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 5, (10, 3), generator=gen)
+    w = torch.softmax(torch.randn(10, 3, generator=gen), -1)
+    whole = inspection.fed_inputs(ids, w, embed)
+    monkeypatch.setattr(inspection, "CHUNK_STEPS", 3)
+    torch.testing.assert_close(inspection.fed_inputs(ids, w, embed), whole, rtol=0, atol=0)
+
+
+def test_cosine_to_the_sampled_token():
+    fed = torch.tensor([[0.75, 0.25], [1.0, 1.0], [0.0, 0.0]])
+    target = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
+    cos = inspection.cosine_to(fed, target)
+    assert cos[0].item() == pytest.approx(0.75 / math.sqrt(0.625))  # 0.9487
+    assert cos[1].item() == pytest.approx(1.0) and cos[2].item() == 0.0  # a zero vector: 0, not NaN
+
+
+def test_nearest_rows_by_cosine_with_an_offset():
+    norms = E.norm(dim=-1)
+    ids, sims = inspection.nearest(torch.tensor([0.75, 0.25]), E, norms, k=3, offset=100)
+    # cos to rows 0..4: 0.949, 0.316, 0.894, 0 (zero row), -0.949
+    assert ids == [100, 102, 101]
+    assert sims == pytest.approx([0.75 / math.sqrt(0.625), 1.0 / math.sqrt(1.25), 0.25 / math.sqrt(0.625)])
