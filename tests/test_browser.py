@@ -111,7 +111,7 @@ def test_sweep_renders_every_lane_and_its_charts_then_the_slider_shows_a_swept_l
 
 def test_page_bench_smoke(page, app):
     """`moi-demo bench --page` at smoke size against the shared app: every action is timed from the user's own
-    click or release event (the bench raises when the page saw none) to a first token, and the table prints."""
+    click or input event (the bench raises when the page saw none) to a first token, and the table prints."""
     from moi_demo.tools.pagebench import PageSettings, measure_page, page_table
 
     s = PageSettings(runs=1, tokens=8, betas=(0.5,), sweep="0, direct")

@@ -2,11 +2,11 @@
 
 Against the real app (engine + Gradio server started here, ended with its processes), in one tab, driven from a
 process of its own (Playwright and the browser: with `--page-cores own`, on a core the server does not use). Every
-first token is timed from the time stamp of the user's own event (the click; the number box's change):
+first token is timed from the time stamp of the user's own event (the click; the number box's input):
 - Generate, repeated with a fresh prompt each time (both lanes run): click to the first token visible in the MoI
   box, and the page's main-thread long tasks (PerformanceObserver `longtask`) from the click until the figures
   are drawn and the page is quiet again;
-- the live slider: a new beta entered and released, to the first new MoI token on the page;
+- the live slider: a new beta typed in its number box, to the first new MoI token on the page;
 - a beta sweep (standard + 7 MoI lanes): its long tasks;
 - the bytes the page receives per run (Chrome's network events) and the size of the four figures' JSON.
 """
@@ -46,8 +46,8 @@ window.__changed = (selector, word) => {  // the element's text changed since __
   const el = document.querySelector(selector);
   return !!el && el.innerText !== window.__before[selector] && el.innerText.includes(word);
 };
-// From the user's action: the time stamp of the next `trigger` event (a click, or the number box's change, which
-// is the slider's release), not of Playwright's call, which first waits for the element to be actionable.
+// From the user's action: the time stamp of the next `trigger` event (a click, or the number box's input, which
+// fires the slider's change), not of Playwright's call, which first waits for the element to be actionable.
 window.__watch = (selector, statuses, trigger) => {
   window.__before = {};
   for (const s of statuses) { const el = document.querySelector(s); window.__before[s] = el ? el.innerText : ''; }
@@ -175,14 +175,15 @@ class PageProbe:
                             "Done")
 
     def set_beta(self, beta: float) -> Window:
-        """Type a beta in the slider's number box and leave it (the slider's release event)."""
+        """Type a beta in the slider's number box and leave it: the box's input event runs the live re-run (the
+        slider's change), and the clock starts at it."""
         box = self.page.locator("#beta input[type=number]")
 
         def act() -> None:
             box.fill(f"{beta:g}")
             box.blur()
 
-        return self._window(act, "change", "#moi-text textarea", "#status", "Done")
+        return self._window(act, "input", "#moi-text textarea", "#status", "Done")
 
     def sweep(self, betas: str) -> Window:
         self.page.locator("#betas textarea").fill(betas)
@@ -220,7 +221,7 @@ def measure_page(page: Any, url: str, s: PageSettings) -> dict[str, list[Window]
         page.mouse.move(0, 0)  # no hover label or mode bar in the picture
         page.wait_for_timeout(300)
         page.screenshot(path=s.screenshot, full_page=True)
-    return {f"Generate ({s.tokens} + {s.tokens} tokens)": runs, "beta change (number box, release)": live,
+    return {f"Generate ({s.tokens} + {s.tokens} tokens)": runs, "beta change (number box)": live,
             f"beta sweep (standard + {len(s.sweep.split(','))} lanes)": [sweep]}
 
 
@@ -228,7 +229,7 @@ def page_table(results: dict[str, list[Window]], s: PageSettings) -> str:
     where = ("the browser on a core of its own, engine and server on the others" if s.cores == "own" else
              "browser, engine and server sharing every core")
     lines = [f"### The page in Chromium ({where}; one tab, repeated runs; long tasks = main-thread tasks > 50 ms)",
-             "| action | n | click or release to first token p50 / p95 | long tasks: total per action p50 (max) "
+             "| action | n | click or input to first token p50 / p95 | long tasks: total per action p50 (max) "
              "| after the run p50 | longest task | bytes received per action p50 |", "|---|---|---|---|---|---|---|"]
     for name, windows in results.items():
         first = [w.first_token_s for w in windows if w.first_token_s is not None]

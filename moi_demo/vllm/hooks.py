@@ -281,6 +281,21 @@ def _worker_stats(worker: Any, records: bool = False) -> dict[str, Any]:
 _NORMS: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}  # embedding weight -> its row norms [V]: once per model
 
 
+def _input_embedding(model: Any) -> Any:
+    """The model's input embedding module (a VocabParallelEmbedding: `model.embed_tokens` in vLLM's decoders, found
+    by type in wrappers), not its LM head (a subclass)."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+
+    inner = getattr(model, "model", None)
+    emb = getattr(inner, "embed_tokens", None)
+    if isinstance(emb, VocabParallelEmbedding) and not isinstance(emb, ParallelLMHead):
+        return emb
+    for module in model.modules():
+        if isinstance(module, VocabParallelEmbedding) and not isinstance(module, ParallelLMHead):
+            return module
+    raise RuntimeError(f"moi-demo: no input embedding found in {type(model).__name__}")
+
+
 def _worker_inspect(worker: Any, lanes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Diagnostics (`collective_rpc("moi_inspect")`): for each lane {"ids": [n][C], "weights": [n][C], "sampled":
     [n], "step": i}, the cosine of each step's fed input to E[sampled] [n], and the NEAREST vocabulary tokens (of this
@@ -289,7 +304,7 @@ def _worker_inspect(worker: Any, lanes: list[dict[str, Any]]) -> list[dict[str, 
     from moi_demo.core import inspection
 
     runner = worker.model_runner
-    emb = runner.model.get_input_embeddings()
+    emb = _input_embedding(runner.model)
     shard = getattr(emb, "shard_indices", None)
     start = shard.org_vocab_start_index if shard is not None else 0
     stop = shard.org_vocab_end_index if shard is not None else emb.weight.shape[0]
