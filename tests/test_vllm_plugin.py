@@ -175,8 +175,8 @@ def test_prefix_cache_never_shares_generated_moi_blocks(llm, prompt_ids):
 @pytest.mark.parametrize(
     ("extra", "key", "fragment"),
     [
-        ({"moi_beta": -1}, "moi_beta", "must be finite and >= 0 (or -100 for direct mixture); got -1"),
-        ({"moi_beta": "abc"}, "moi_beta", "must be a number"),
+        ({"moi_beta": -1}, "moi_beta", "must be a finite number >= 0 (or -100 for direct mixture); got -1"),
+        ({"moi_beta": "abc"}, "moi_beta", "must be a finite number >= 0 (or -100 for direct mixture); got 'abc'"),
         ({"moi_top_k": 0}, "moi_top_k", "from 1 to the vocabulary size"),
         ({"moi_top_k": 60000}, "moi_top_k", "from 1 to the vocabulary size 49152"),
         ({"moi_mode": "blend"}, "moi_mode", "must be one of standard, moi, direct"),

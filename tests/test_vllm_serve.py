@@ -79,7 +79,7 @@ def test_bad_value_is_a_400_naming_the_key_and_server_keeps_serving(client, serv
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model=server[1], prompt="hi", max_tokens=4,
                                   extra_body={"vllm_xargs": {"moi_beta": -2}})
-    assert "moi_beta: must be finite and >= 0" in str(err.value)
+    assert "moi_beta: must be a finite number >= 0" in str(err.value)
     with pytest.raises(openai.BadRequestError, match="moi_top_k"):
         client.completions.create(model=server[1], prompt="hi", max_tokens=4,
                                   extra_body={"vllm_xargs": {"moi_top_k": 0}})

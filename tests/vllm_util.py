@@ -24,8 +24,9 @@ def make_llm(model: str, **kwargs: Any):
 
     from moi_demo.serving.settings import engine_kwargs
 
-    return LLM(**engine_kwargs(model, cpu=True, kv_cache_memory_bytes=KV_BYTES, enforce_eager=True, max_model_len=512,
-                               max_logprobs=50, **kwargs))
+    kv = kwargs.pop("kv_cache_memory_bytes", KV_BYTES)
+    return LLM(**engine_kwargs(model, cpu=True, kv_cache_memory_bytes=kv,
+                               **{"enforce_eager": True, "max_model_len": 512, "max_logprobs": 50, **kwargs}))
 
 
 def close_llm(llm) -> None:
