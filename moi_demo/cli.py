@@ -145,7 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-PASSTHROUGH = ("serve", "bench", "eval", "sweep", "vllm", "doctor")
+PASSTHROUGH = ("serve", "bench", "eval", "sweep", "replay", "vllm", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:
