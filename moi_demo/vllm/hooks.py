@@ -154,6 +154,8 @@ def _feed(runner: Any, state: BatchState, inputs_embeds: torch.Tensor | None) ->
     """Plan the step (BatchState's step 1) and overwrite the input rows of generated MoI tokens with their mixed
     inputs."""
     _drain_updates(runner, state)
+    if not state.requests:  # no MoI request alive: plan() has nothing to do (the plugin's whole cost for the rest)
+        return
     batch = runner.input_batch
     num_reqs = batch.num_reqs
     query_start = runner.query_start_loc.np[: num_reqs + 1]  # [R + 1] flat offset of each row's tokens
