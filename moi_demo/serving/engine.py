@@ -84,7 +84,8 @@ class MoIEngine(EngineSupervisor):
             for _ in self._stream(engine, [1, 2, 3], MoIConfig("moi", 0.5, 5), SamplingSettings(max_tokens=3),
                                   ignore_eos=True):
                 pass
-        applied = self.stats()["applied_steps"] - before
+        after = self.stats()
+        applied = after["applied_steps"] - before
         expected = 2 * len(self._engines)
         if applied != expected:
             raise MoINotAppliedError(
@@ -92,7 +93,7 @@ class MoIEngine(EngineSupervisor):
                 "moi-demo plugin excluded by VLLM_PLUGINS, or the V2 model runner forced?"
             )
         logger.info("moi-demo: self-check passed (MoI applied on %d engine(s))", len(self._engines))
-        self.runner_name = self.stats().get("runner")  # for run cards
+        self.runner_name = after.get("runner")  # for run cards
 
     def inspect(self, traces: Sequence[Trace], step: int) -> list[dict[str, Any]]:
         """What each lane's model read back (worker RPC `moi_inspect`, where the embedding matrix lives): per lane

@@ -88,12 +88,18 @@ def model_revision(model: str) -> str:
     return f"sha256:{digest.hexdigest()[:32]}" if files else f"path:{path.name}"
 
 
+@functools.cache
+def _environment() -> tuple[tuple[str, Any], ...]:
+    return tuple({"moi_demo": _version("moi-demo"), "git_commit": git_commit(), "vllm": _version("vllm"),
+                  "torch": _version("torch"), "transformers": _version("transformers"),
+                  "python": platform.python_version(), "platform": f"{platform.system()} {platform.machine()}",
+                  "device": device_name()}.items())
+
+
 def environment() -> dict[str, Any]:
-    """The software and hardware of this process: what a replay compares first."""
-    return {"moi_demo": _version("moi-demo"), "git_commit": git_commit(), "vllm": _version("vllm"),
-            "torch": _version("torch"), "transformers": _version("transformers"),
-            "python": platform.python_version(), "platform": f"{platform.system()} {platform.machine()}",
-            "device": device_name()}
+    """The software and hardware of this process (read once: they do not change while it runs): what a replay
+    compares first."""
+    return dict(_environment())
 
 
 def run_card(engine: Any) -> dict[str, Any]:
