@@ -35,6 +35,9 @@ def test_eval_end_to_end(tiny_models, tmp_path):
     assert len(rows) == 12 and {r["mode"] for r in rows} == {"standard", "direct", "moi (beta=1)"}
     assert all(set(r) >= {"prompt", "output", "extracted", "correct", "answer"} for r in rows)
     assert (tmp_path / "ev" / "eval-arithmetic-1-n4-seed0.html").stat().st_size > 1000
+    card = json.loads((tmp_path / "ev" / "eval-arithmetic-1-n4-seed0.card.json").read_text())  # what produced them
+    assert card["model"] == tiny_models["llama"] and card["runner"] == "CPUModelRunner" and card["dtype"] == "float32"
+    assert card["vllm"] and card["torch"] and card["eval"]["task"] == "arithmetic-1" and card["eval"]["seed"] == 0
 
 
 def test_sweep_end_to_end(tiny_models, tmp_path):
@@ -74,6 +77,9 @@ def test_generate_with_betas_prints_every_lane_and_its_divergence(tiny_models, t
     stdout = run(["generate", "Count to ten.", "--model", tiny_models["llama"], "--betas", "0,2,direct",
                   "--max-tokens", "12", "--max-model-len", "256", "--json", str(tmp_path / "sweep.json")], tmp_path)
     standard, *lanes = load_traces(tmp_path / "sweep.json")
+    card = json.loads((tmp_path / "sweep.json").read_text())["run_card"]
+    assert card["model"] == tiny_models["llama"] and card["runner"] == "CPUModelRunner"
+    assert card["engine_options"]["max_model_len"] == 256 and card["model_revision"].startswith("sha256:")
     assert [(t.mode, t.beta) for t in lanes] == [("moi", 0.0), ("moi", 2.0), ("direct", 0.0)]
     for trace, label in zip(lanes, ["MoI (beta = 0)", "MoI (beta = 2)", "Direct mixture (w = p)"], strict=True):
         d = first_divergence(standard, trace)
