@@ -12,6 +12,9 @@ tries to capture one decode step's device work (top-k, weights, mix, record writ
 whether it captured. Each decode step's fed inputs are checked against the formula computed afresh from the
 previous step's logits (the bench fails when they differ), so a fast wrong answer cannot pass.
 
+Each batch runs twice: the paper's MoI, and every row switched (moi_entropy=full, moi_prior=processed, moi_noise=0.5:
+the O(B * V) full entropy and log-partition, the top-p mask, the noise), checked the same way.
+
 `--smoke`: tiny sizes on the CPU, what CI runs (tests/test_bench_hook_math.py).
 """
 
@@ -126,21 +129,26 @@ class Rig:
         rows_logits = logits if plan.all_rows else logits.index_select(0, plan.rows_t)
         rows_sampled = sampled if plan.all_rows else sampled.index_select(0, plan.rows_t)
         top_ids, top_logits = mixing.topk_logits(rows_logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
+        extras = (mixing.prior_extras(rows_logits, cfg.switches, plan.positions) if cfg.switches is not None
+                  else mixing.NO_EXTRAS)
         mixed = self.state.mix_target(plan, self.hidden, self.dtype, self.device)  # [M, D]
-        cand, weights = mixing.fed_step(top_ids, top_logits, rows_sampled, cfg, self.embed, mixed)
-        self.state.record(plan, cand, weights, mixed)
+        cand, weights, h = mixing.fed_step(top_ids, top_logits, rows_sampled, cfg, self.embed, mixed, extras)
+        self.state.record(plan, cand, weights, mixed, h)
 
     def device_step(self, plan, logits: torch.Tensor, sampled: torch.Tensor) -> None:
         """Only the device work of a steady decode step of rows 0..n-1 (what a CUDA graph would hold)."""
         cfg = plan.config
         top_ids, top_logits = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
-        mixing.fed_step(top_ids, top_logits, sampled, cfg, self.embed, self.state.buffer[: logits.shape[0]])
+        extras = (mixing.prior_extras(logits, cfg.switches, plan.positions) if cfg.switches is not None
+                  else mixing.NO_EXTRAS)
+        mixing.fed_step(top_ids, top_logits, sampled, cfg, self.embed, self.state.buffer[: logits.shape[0]], extras)
 
 
 def expected_inputs(logits: torch.Tensor, sampled: torch.Tensor, cfg: MoIConfig, embed: Callable,
-                    dtype: torch.dtype) -> torch.Tensor:
-    """The paper's formula afresh (mixing.mix_step: top-k, p, H, onehot(y), w): [B, D]."""
-    step = mixing.mix_step(logits, sampled, mixing.BatchConfig.from_configs([cfg] * logits.shape[0], logits.device))
+                    dtype: torch.dtype, positions: torch.Tensor) -> torch.Tensor:
+    """The formula afresh (mixing.mix_step: top-k, p, H, onehot(y), w; `positions` [B] for the noise): [B, D]."""
+    config = mixing.BatchConfig.from_configs([cfg] * logits.shape[0], logits.device)
+    step = mixing.mix_step(logits, sampled, config, positions)
     return mixing.mix_embeddings(step.weights, step.candidate_ids, embed, out_dtype=dtype)
 
 
@@ -159,10 +167,17 @@ class _sync_checked:  # noqa: N801
             torch.cuda.set_sync_debug_mode("default")
 
 
+PAPER = MoIConfig("moi", 1.0, 20)
+SWITCHED = MoIConfig("moi", 1.0, 20, entropy="full", prior="processed", noise=0.5,
+                     context=mixing.SamplingContext(temperature=0.8, top_p=0.9, seed=1))
+
+
 def bench_batch(b: int, a: argparse.Namespace, device: torch.device, table: torch.Tensor, clock: Clock,
-                tol: float) -> dict[str, object]:
+                tol: float, base: MoIConfig = PAPER) -> dict[str, object]:
+    import dataclasses
+
     dtype = table.dtype
-    cfg = MoIConfig("moi", 1.0, a.k)
+    cfg = dataclasses.replace(base, top_k=a.k)
 
     def embed(ids: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.embedding(ids, table)
@@ -202,7 +217,8 @@ def bench_batch(b: int, a: argparse.Namespace, device: torch.device, table: torc
                     worst = max(worst, float((fed - expected[req][pos - PROMPT].float()).abs().max()))
                     checked += 1
             start += s
-        fresh = expected_inputs(logits, sampled, cfg, embed, dtype)
+        positions = torch.from_numpy(np.maximum(state.length[:n] - 1, 0)).to(device)  # each row's token index
+        fresh = expected_inputs(logits, sampled, cfg, embed, dtype, positions)
         for r in range(n):
             if ids[r] is not None:
                 held = int(state.length[r])
@@ -224,7 +240,7 @@ def try_graph(rig: Rig, logits: torch.Tensor, device: torch.device) -> str:
         return "n/a (CPU)"
     n = logits.shape[0]
     config = mixing.BatchConfig.from_configs([rig.cfg] * n, logits.device)
-    plan = SimpleNamespace(config=config)
+    plan = SimpleNamespace(config=config, positions=torch.zeros(n, dtype=torch.long, device=device))
     sampled = logits.argmax(dim=-1)
     try:
         rig.device_step(plan, logits, sampled)  # warm-up outside capture
@@ -260,14 +276,21 @@ def main(argv: list[str] | None = None) -> int:
     table = (torch.randn(a.vocab, a.hidden, device=device, dtype=torch.float32) * 0.02).to(dtype)
     clock = Clock(device)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    rows = [bench_batch(int(b), a, device, table, clock, tol) for b in a.batches.split(",")]
+    rows = []
+    for b in a.batches.split(","):
+        paper, switched = (bench_batch(int(b), a, device, table, clock, tol, cfg) for cfg in (PAPER, SWITCHED))
+        rows.append({**paper, "switched_ms": switched["hook_ms"], "checked": paper["checked"] + switched["checked"],
+                     "max_err": max(paper["max_err"], switched["max_err"]),
+                     "graph": paper["graph"] + ("" if switched["graph"] == paper["graph"] else
+                                                f" / switched: {switched['graph']}")})
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     lines = [f"### MoI hook work per decode step: vocabulary {a.vocab}, hidden {a.hidden}, k {a.k}, {a.dtype}, "
              f"{name}, torch {torch.__version__}",
-             "", "| batch | hook work ms/step | one [B, V] argmax ms | hook / argmax | steps checked | max err "
-             "| CUDA graph |", "|---|---|---|---|---|---|---|"]
+             "", "| batch | hook work ms/step | switched ms/step | switched / paper | one [B, V] argmax ms "
+             "| hook / argmax | steps checked | max err | CUDA graph |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['batch']} | {r['hook_ms']:.3f} | {r['argmax_ms']:.3f} | "
+        lines.append(f"| {r['batch']} | {r['hook_ms']:.3f} | {r['switched_ms']:.3f} | "
+                     f"{r['switched_ms'] / max(r['hook_ms'], 1e-9):.2f} | {r['argmax_ms']:.3f} | "
                      f"{r['hook_ms'] / max(r['argmax_ms'], 1e-9):.1f} | {r['checked']} | {r['max_err']:.1e} "
                      f"| {r['graph']} |")
     sync = "every step under torch.cuda.set_sync_debug_mode('error'): no sync" if device.type == "cuda" else \

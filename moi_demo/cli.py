@@ -11,7 +11,7 @@ from typing import Any
 
 from moi_demo.core import inputs
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import DEFAULT_TOP_K, MoIConfig
+from moi_demo.core.mixing import DEFAULT_TOP_K, ENTROPIES, PRIORS, MoIConfig
 from moi_demo.core.trace import SamplingSettings, Trace, lane_label, save_traces
 
 logger = logging.getLogger("moi_demo")
@@ -41,6 +41,20 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    add_switches(p)
+
+
+def add_switches(p: argparse.ArgumentParser) -> None:
+    """MoI's design choices (core/mixing.py), the defaults the paper's."""
+    p.add_argument("--entropy", choices=list(ENTROPIES), default="top_k",
+                   help="H of the top-k prior over log k (default), or of the full distribution over log |V|")
+    p.add_argument("--prior", choices=list(PRIORS), default="raw",
+                   help="raw temperature-1 top-k (default), or the request's own after temperature and top-p")
+    p.add_argument("--noise", type=float, default=0.0, help="Gumbel scale on the prior's logits, seeded (default 0)")
+
+
+def switches_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {"entropy": args.entropy, "prior": args.prior, "noise": inputs.NOISE.check(args.noise)}
 
 
 def step_table(trace: Trace, rows: int | None = None) -> str:
@@ -62,7 +76,8 @@ def _checked(args: argparse.Namespace) -> tuple[MoIConfig, SamplingSettings]:
     settings = SamplingSettings(inputs.TEMPERATURE.check(args.temperature), inputs.TOP_P.check(args.top_p),
                                 inputs.MAX_TOKENS.check(args.max_tokens),
                                 None if args.seed is None else inputs.SEED.check(args.seed))
-    return MoIConfig(args.mode, args.beta, inputs.APP_TOP_K.check(args.top_k)), settings
+    moi = MoIConfig(args.mode, args.beta, inputs.APP_TOP_K.check(args.top_k)).with_switches(**switches_of(args))
+    return moi, settings
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -114,7 +129,7 @@ def _generate_sweep(args: argparse.Namespace, model: str, settings: SamplingSett
     from moi_demo.serving.engine import EngineOptions, MoIEngine
 
     try:
-        configs = parse_betas(args.betas, args.top_k)
+        configs = [c.with_switches(**switches_of(args)) for c in parse_betas(args.betas, args.top_k)]
     except InputError as e:
         print(f"error: --{e.field.replace('_', '-')}: {e.reason}", file=sys.stderr)
         return 2

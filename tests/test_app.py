@@ -140,6 +140,9 @@ def test_stop_aborts_both_requests(client, app):
         (ARGS[:2] + ("abc",) + ARGS[3:], "beta: must be "),
         (ARGS[:7] + ("abc",) + ARGS[8:], "seed: must be "),
         (ARGS[:7] + (1.5,) + ARGS[8:], "seed: must be "),
+        (ARGS + ("vocab",), "entropy: must be one of top_k, full; got 'vocab'"),
+        (ARGS + ("top_k", "tempered"), "prior: must be one of raw, processed; got 'tempered'"),
+        (ARGS + ("top_k", "raw", 2.5), "noise: must be from 0 to 2; got 2.5"),
     ],
 )
 def test_bad_input_names_the_field_and_app_keeps_serving(client, args, message):
@@ -359,3 +362,31 @@ def test_an_export_carries_its_run_card_and_replays_lane_for_lane(client, app, t
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert "same platform, device, versions and model as the run card" in out.stdout
     assert "3 of 3 lanes identical" in out.stdout and "Mixture of Inputs (beta = 0.25): identical" in out.stdout
+
+
+def test_switches_through_the_api_show_what_the_plugin_fed_and_replay(client, app):
+    """/generate with MoI's switches (full entropy, processed prior, noise 0.5; sampled, seeded): the MoI lane's
+    label names them; the export holds them, and per step the plugin's own weights and H (its records, which no
+    returned log-prob can rebuild): the weights sum to 1, the prior shown is the processed one (top-p 0.7 leaves
+    candidates out: p = 0 there), H is the whole vocabulary's (not the top-k one). /live with the noise off reruns
+    the MoI lane alone; the export replays lane for lane."""
+    from moi_demo.evaluation.replay import load_export, replay
+
+    args = (PROMPT, "MoI", 1.0, 10, 0.8, 0.7, 16, 5, "p", "full", "processed", 0.5)
+    final = client.predict(*args, api_name="/generate")
+    assert final[1]["label"] == "Mixture of Inputs (beta = 1) · H over V, processed prior, noise 0.5"
+    standard, moi = export(client)
+    assert (moi.entropy, moi.prior, moi.noise) == ("full", "processed", 0.5)
+    assert (standard.entropy, standard.prior, standard.noise) == ("top_k", "raw", 0.0)
+    top_k_h = []
+    for step in moi.steps:
+        assert sum(step.weights) == pytest.approx(1.0, abs=1e-5) and len(step.mixed_prior) == 10
+        assert sum(step.mixed_prior) == pytest.approx(1.0, abs=1e-4)
+        top_k_h.append(step_weights(step.topk_logprobs, step.topk_ids, step.token_id, moi.config)[2])
+    assert any(abs(s.entropy - h) > 1e-3 for s, h in zip(moi.steps, top_k_h, strict=True))
+    assert any(min(s.mixed_prior) == 0.0 for s in moi.steps)
+    off = client.predict(*args[:-1], 0.0, api_name="/live")
+    assert off[1]["label"] == "Mixture of Inputs (beta = 1) · H over V, processed prior" and "reused" in off[-1]
+    traces, _ = load_export(client.predict(api_name="/export"))
+    assert [(t.mode, t.noise) for t in traces] == [("standard", 0.0), ("moi", 0.5), ("moi", 0.0)]
+    assert [r.identical for r in replay(app[1], traces)] == [True, True, True]

@@ -76,7 +76,7 @@ class Sim:
             sampled = torch.randint(0, VOCAB, (plan.rows.size,), generator=self.rng)
             cfg = plan.config
             ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
-            cand, weights = mixing.fed_weights(ids, top, sampled, cfg)
+            cand, weights, _ = mixing.fed_weights(ids, top, sampled, cfg)
             mixed = mixing.mix_embeddings(weights, cand, embed, torch.float64)
             self.state.record(plan, cand, weights, mixed)
             for i, row in enumerate(plan.rows):
@@ -192,7 +192,7 @@ def test_history_is_paged_k_plus_one_columns_per_token_and_freed_at_finish():
     st = sim.state
     mem = st.stats()["memory"]
     assert mem["history_tokens"] == 2 * steps
-    assert mem["history_bytes"] == steps * 8 * 21 + steps * 8 * 4
+    assert mem["history_bytes"] == steps * (8 * 21 + 4) + steps * (8 * 4 + 4)  # ids + weights, and H
     assert len(st.requests["a"].pages) == 3
     hist = st.history(st.requests["a"])
     assert len(hist) == steps and all(len(ids) in (20, 21) and len(w) == len(ids) for ids, w in hist)

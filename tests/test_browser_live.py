@@ -94,12 +94,14 @@ def _after(page, engine, act) -> dict:
     page never settles on the setting it shows (a run with the previous value, or none)."""
     before = page.locator("#download a").get_attribute("href")
     act()
-    deadline, last = time.monotonic() + 120, None
+    deadline, last, seen = time.monotonic() + 120, None, {}
     while time.monotonic() < deadline:
         time.sleep(0.3)
         href = page.locator("#download a").get_attribute("href")
         status = page.locator("#status").inner_text()
-        if href == before or engine.num_unfinished_requests() or not re.search("Done|Shown", status):
+        busy = engine.num_unfinished_requests()
+        seen = {"new export": href != before, "engine requests": busy, "status": status[:160]}
+        if href == before or busy or not re.search("Done|Shown", status):
             continue
         export = _export(page)
         beta, top_k, mode = _shown(page)
@@ -107,7 +109,8 @@ def _after(page, engine, act) -> dict:
         last = (moi["mode"], moi["beta"], moi["top_k"]), (mode, beta, top_k)
         if (moi["mode"], moi["top_k"]) == (mode, top_k) and (mode == "direct" or moi["beta"] == pytest.approx(beta)):
             return export
-    raise AssertionError(f"the page never settled on the setting it shows: (exported, shown) = {last}")
+    raise AssertionError(f"the page never settled on the setting it shows: (exported, shown) = {last}; last seen: "
+                         f"{seen}")
 
 
 def _check(page, export: dict) -> dict:
@@ -158,6 +161,22 @@ def test_top_k_reruns_the_moi_lane_with_the_value_shown(page, app, method):
 def test_each_mode_choice_reruns_the_moi_lane(page, app, choice):
     moi = _check(page, _after(page, app[1], lambda: page.locator("#mode").get_by_text(choice, exact=True).click()))
     assert moi["mode"] == {"MoI": "moi", "Direct mixture": "direct"}[choice]
+
+
+def test_the_advanced_switches_rerun_the_moi_lane(page, app):
+    """MoI's switches under Advanced are live controls too: a choice or a value re-runs the MoI lane with it (its
+    heading names it); back to the paper's defaults, the heading is the plain one again."""
+    page.get_by_text("Advanced: MoI's design choices").click()  # open the accordion
+    full = _after(page, app[1], lambda: page.locator("#entropy").get_by_text("full: of the whole").click())
+    assert full["traces"][1]["entropy"] == "full" and "H over V" in page.locator("#moi-text").inner_text()
+    noised = _after(page, app[1], lambda: _type(page, "noise", "0.5", "Enter"))
+    assert (noised["traces"][1]["entropy"], noised["traces"][1]["noise"]) == ("full", 0.5)
+    _check(page, noised)
+    assert "H over V, noise 0.5" in page.locator("#moi-text").inner_text()
+    _after(page, app[1], lambda: _type(page, "noise", "0", "Enter"))
+    paper = _after(page, app[1], lambda: page.locator("#entropy").get_by_text("top-k: of p").click())
+    assert (paper["traces"][1]["entropy"], paper["traces"][1]["noise"]) == ("top_k", 0.0)
+    assert "·" not in page.locator("#moi-text").inner_text()
 
 
 def test_a_newer_value_cancels_the_older_run(page, app):

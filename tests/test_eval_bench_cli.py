@@ -41,10 +41,18 @@ def test_eval_end_to_end(tiny_models, tmp_path):
 
 
 def test_sweep_end_to_end(tiny_models, tmp_path):
+    """With MoI's switches (moi_entropy=full, moi_noise=0.3): each MoI row names them, the card holds them."""
     stdout = run(["sweep", "--task", "countdown-3", "--n", "2", "--betas", "0,2", "--max-tokens", "8", "--model",
-                  tiny_models["llama"], "--out", str(tmp_path / "sw"), "--max-model-len", "256"], tmp_path)
-    assert "| moi (beta=0) |" in stdout and "| moi (beta=2) |" in stdout and "| standard |" in stdout
+                  tiny_models["llama"], "--out", str(tmp_path / "sw"), "--max-model-len", "256", "--entropy", "full",
+                  "--noise", "0.3"], tmp_path)
+    assert "| moi (beta=0) · H over V, noise 0.3 |" in stdout and "| moi (beta=2) · H over V, noise 0.3 |" in stdout
+    assert "| standard |" in stdout
     assert (tmp_path / "sw" / "sweep-countdown-3-n2-seed0.html").is_file()
+    card = json.loads((tmp_path / "sw" / "sweep-countdown-3-n2-seed0.card.json").read_text())
+    assert (card["eval"]["entropy"], card["eval"]["prior"], card["eval"]["noise"]) == ("full", "raw", 0.3)
+    bad = subprocess.run([MOI_DEMO, "sweep", "--noise", "-1", "--model", tiny_models["llama"]], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert bad.returncode == 2 and "--noise: must be a finite number >= 0; got -1.0" in bad.stderr
 
 
 def test_bench_smoke(tiny_models, tmp_path):

@@ -148,3 +148,32 @@ def test_paced_shows_each_lanes_first_token_at_once_then_coalesces():
     assert shown == [(1, 0), (2, 1)]  # the first update, then the MoI lane's first token; the rest coalesced
     assert [tuple(len(t.steps) for t in traces) for traces in _paced(iter(grown), interval=0.0)] == [
         (1, 0), (2, 0), (2, 1), (3, 1), (3, 2), (3, 3)]
+
+
+def test_a_run_the_page_numbered_before_a_started_one_never_supersedes_it():
+    """The page numbers its run events in the order they happened; their runs start on worker threads in any order.
+    A run numbered before one that already started is dropped (None) and aborts nothing; a newer number, or an API
+    client's 0, supersedes and aborts the session's older runs. Sessions and kinds are apart."""
+    from moi_demo.app.callbacks import Callbacks
+
+    class Aborts:  # what Callbacks asks of the engine here: abort a session's runs of a kind
+        def __init__(self):
+            self.cancelled: list[str] = []
+
+        def cancel(self, prefix: str) -> None:
+            self.cancelled.append(prefix)
+
+    engine = Aborts()
+    cb = Callbacks(engine)  # type: ignore[arg-type]
+    newest = cb._supersede("a", "run", 5)  # the drag's last value started first
+    assert newest == "a/run/1" and cb._current(newest) and engine.cancelled == ["a/run"]
+    assert cb._supersede("a", "run", 4) is None  # its previous value, started after it
+    assert cb._supersede("a", "run", 5) is None  # the same event twice
+    assert cb._current(newest) and engine.cancelled == ["a/run"]  # nothing aborted
+    assert cb._supersede("b", "run", 1) == "b/run/1" and cb._supersede("a", "sweep", 1) == "a/sweep/1"
+    api = cb._supersede("a", "run", 0)  # an API client: order of arrival
+    assert api == "a/run/2" and not cb._current(newest) and cb._current(api)
+    assert cb._supersede("a", "run", 4) is None  # still older than the page's newest
+    later = cb._supersede("a", "run", 6)
+    assert later == "a/run/3" and cb._current(later) and not cb._current(api)
+    assert engine.cancelled == ["a/run", "b/run", "a/sweep", "a/run", "a/run"]

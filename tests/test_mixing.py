@@ -279,7 +279,7 @@ def test_fed_weights_are_the_posterior(uniform):
     ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
     sampled = torch.tensor([ids[0, 0].item(), 29, ids[2, 1].item(), 7, ids[4, 2].item(), 3])
     exact = mixing.mix_from_topk(ids, top, sampled, cfg)
-    cand, w = mixing.fed_weights(ids, top, sampled, cfg)
+    cand, w, _ = mixing.fed_weights(ids, top, sampled, cfg)
     for row, c in enumerate(configs):
         got, want = _merged(cand[row], w[row]), _merged(exact.candidate_ids[row], exact.weights[row])
         assert got.keys() == want.keys(), (row, c)
@@ -315,10 +315,187 @@ def test_fed_step_writes_the_same_mixed_inputs_bit_for_bit(uniform, table_dtype,
     table = torch.randn(300, 16, generator=gen).to(table_dtype)
     before = (ids.clone(), top.clone(), sampled.clone())
     buffer = torch.full((6, 16), 7.0, dtype=out_dtype)
-    cand, w = mixing.fed_step(ids, top, sampled, cfg, lambda i: table[i], buffer[1:5])
-    want_c, want_w = mixing.fed_weights(ids, top, sampled, cfg)
+    cand, w, _ = mixing.fed_step(ids, top, sampled, cfg, lambda i: table[i], buffer[1:5])
+    want_c, want_w, _ = mixing.fed_weights(ids, top, sampled, cfg)
     want = mixing.mix_embeddings(want_w, want_c, lambda i: table[i], out_dtype=out_dtype)
     assert torch.equal(cand, want_c) and torch.equal(w, want_w)
     assert torch.equal(buffer[1:5], want)
     assert (buffer[0] == 7).all() and (buffer[5] == 7).all()
     assert all(torch.equal(a, b) for a, b in zip(before, (ids, top, sampled), strict=True))
+
+
+# --- the switches: moi_entropy, moi_prior, moi_noise ------------------------------------------------
+
+
+def switched(cfg: MoIConfig, temperature: float = 1.0, top_p: float = 1.0, seed: int | None = 7) -> MoIConfig:
+    """A config with the request's sampling attached (what the plugin does for a switched request)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, context=mixing.SamplingContext(temperature, top_p, seed))
+
+
+def test_switches_default_to_the_paper_and_parse_from_extra_args():
+    plain = MoIConfig.from_extra_args({"moi_beta": 1.0})
+    assert (plain.entropy, plain.prior, plain.noise, plain.switched) == ("top_k", "raw", 0.0, False)
+    assert BatchConfig.from_configs([plain]).switches is None  # the default path: nothing more to compute
+    cfg = MoIConfig.from_extra_args({"moi_entropy": "full", "moi_prior": "processed", "moi_noise": "0.5"})
+    assert (cfg.mode, cfg.entropy, cfg.prior, cfg.noise, cfg.switched) == ("moi", "full", "processed", 0.5, True)
+    assert cfg.switches() == {"moi_entropy": "full", "moi_prior": "processed", "moi_noise": 0.5}
+    assert MoIConfig(noise=0.0, entropy="top_k").switches() == {}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"moi_entropy": "vocab"}, "moi_entropy: must be one of top_k, full; got 'vocab'"),
+    ({"moi_prior": "tempered"}, "moi_prior: must be one of raw, processed; got 'tempered'"),
+    ({"moi_noise": -1}, "moi_noise: must be a finite number >= 0; got -1"),
+    ({"moi_noise": float("inf")}, "moi_noise: must be a finite number >= 0; got inf"),
+    ({"moi_noise": "lots"}, "moi_noise: must be a finite number >= 0; got 'lots'"),
+])
+def test_switch_errors_name_the_key_and_the_allowed_values(extra, message):
+    with pytest.raises(InputError) as e:
+        MoIConfig.from_extra_args(extra)
+    assert str(e.value) == message
+
+
+def test_full_entropy_by_hand():
+    """probs (1/4, 1/4, 1/2): entropy 1.5 ln 2, over ln 3; uniform: 1."""
+    logits = torch.tensor([[0.0, 0.0, math.log(2.0)], [3.0, 3.0, 3.0]], dtype=torch.float64)
+    h = mixing.full_entropy(logits)
+    assert h.tolist() == pytest.approx([1.5 * math.log(2) / math.log(3), 1.0], abs=1e-12)
+
+
+def test_entropy_full_replaces_h_and_nothing_else():
+    """moi_entropy=full: the top-k prior as before, H from the whole vocabulary (here V = 4, k = 2)."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]], dtype=torch.float64)
+    cfg = MoIConfig("moi", 1.0, 2, entropy="full")
+    step = mixing.mix_step(logits, torch.tensor([0]), BatchConfig.from_configs([cfg]))
+    q = [math.exp(x) for x in (2.0, 1.0, 0.0, -1.0)]
+    h = -sum(x / sum(q) * math.log(x / sum(q)) for x in q) / math.log(4)
+    p = [q[0] / (q[0] + q[1]), q[1] / (q[0] + q[1])]
+    assert float(step.entropy[0]) == pytest.approx(h, abs=1e-12)
+    assert step.p[0].tolist() == pytest.approx(p, abs=1e-12)
+    # w = (H p + (beta + 1 - H) onehot) / (beta + 1), y = token 0 (in the top-k)
+    assert step.weights[0].tolist() == pytest.approx([(h * p[0] + 2 - h) / 2, h * p[1] / 2, 0.0], abs=1e-12)
+
+
+def test_processed_prior_by_hand():
+    """moi_prior=processed, T = 0.5, top-p 0.9, k = 3 over V = 4: tempered logits (4, 2, 0, -2); the request's
+    probabilities q = e^z / sum e^z; top-p keeps a token while the mass above it is < 0.9: q0 = 0.865 and q0 + q1 =
+    0.982, so tokens 0 and 1 stay, token 2 (in the top-3) gets p = 0."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]], dtype=torch.float64)
+    cfg = switched(MoIConfig("moi", 1.0, 3, prior="processed"), temperature=0.5, top_p=0.9)
+    step = mixing.mix_step(logits, torch.tensor([1]), BatchConfig.from_configs([cfg]))
+    e4, e2 = math.exp(4.0), math.exp(2.0)
+    p = [e4 / (e4 + e2), e2 / (e4 + e2), 0.0]
+    h = -(p[0] * math.log(p[0]) + p[1] * math.log(p[1])) / math.log(3)
+    assert step.p[0].tolist() == pytest.approx(p, abs=1e-12)
+    assert float(step.entropy[0]) == pytest.approx(h, abs=1e-12)
+    assert step.weights[0].tolist() == pytest.approx([h * p[0] / 2, (h * p[1] + 2 - h) / 2, 0.0, 0.0], abs=1e-12)
+    # top-p 0.99 keeps the third as well (mass above it 0.982 < 0.99); top-p 1: softmax(logits / T) over the top-3
+    loose = mixing.mix_step(logits, torch.tensor([1]), BatchConfig.from_configs([
+        switched(MoIConfig("moi", 1.0, 3, prior="processed"), temperature=0.5, top_p=0.99)]))
+    z = [math.exp(x) for x in (4.0, 2.0, 0.0)]
+    assert loose.p[0].tolist() == pytest.approx([x / sum(z) for x in z], abs=1e-12)
+
+
+def test_processed_prior_when_greedy_is_the_top_1():
+    """Temperature 0 (greedy): the request's distribution is onehot(argmax); H = 0, so MoI feeds E[y] alone."""
+    logits = torch.tensor([[0.5, 0.4, 0.3, 0.2]])
+    cfg = switched(MoIConfig("moi", 0.0, 3, prior="processed"), temperature=0.0)
+    step = mixing.mix_step(logits, torch.tensor([0]), BatchConfig.from_configs([cfg]))
+    assert step.p[0].tolist() == [1.0, 0.0, 0.0] and float(step.entropy[0]) == 0.0
+    assert step.weights[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def _hash32(x: int) -> int:  # the hash of mixing.gumbel, in Python integers
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & 0xFFFFFFFF
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & 0xFFFFFFFF
+    return (x >> 16) ^ x
+
+
+def test_gumbel_noise_is_a_pure_function_of_seed_position_and_token():
+    ids = torch.tensor([[5, 9, 2], [5, 9, 2]])
+    g = mixing.gumbel(torch.tensor([3, 3]), torch.tensor([0, 1]), ids)
+    x = _hash32(((_hash32(((_hash32((9 + 0x9E3779B9) & 0xFFFFFFFF) ^ 1) + 0x7F4A7C15) & 0xFFFFFFFF)) ^ 3)
+                + 0x2545F491 & 0xFFFFFFFF)
+    assert float(g[1, 1]) == pytest.approx(-math.log(-math.log((x + 0.5) / 2**32)), abs=1e-12)
+    # the same (seed, position, id) anywhere in any batch: the same noise; another seed, position or id: not
+    alone = mixing.gumbel(torch.tensor([3]), torch.tensor([1]), torch.tensor([[2, 9]]))
+    assert alone[0].tolist() == [float(g[1, 2]), float(g[1, 1])]
+    assert len({float(v) for v in g.flatten()}) == 6
+    assert mixing.gumbel(torch.tensor([4]), torch.tensor([1]), torch.tensor([[9]]))[0, 0] != g[1, 1]
+    # Gumbel(0, 1): mean the Euler-Mascheroni constant, variance pi^2 / 6
+    many = mixing.gumbel(torch.arange(4000), torch.zeros(4000, dtype=torch.long), torch.arange(50).expand(4000, 50))
+    assert float(many.mean()) == pytest.approx(0.5772, abs=0.01)
+    assert float(many.var()) == pytest.approx(math.pi**2 / 6, abs=0.03)
+
+
+def test_noise_is_added_to_the_prior_logits_before_the_softmax():
+    """moi_noise = g: p = softmax(logits + g * G(seed, position, id)); g = 0 is the unswitched prior."""
+    logits = torch.tensor([[1.0, 0.5, 0.0, -0.5]], dtype=torch.float64)
+    cfg = switched(MoIConfig("moi", 1.0, 3, noise=0.75), seed=11)  # 0.75: exact in float32 (the scale's dtype)
+    step = mixing.mix_step(logits, torch.tensor([0]), BatchConfig.from_configs([cfg]), positions=torch.tensor([4]))
+    g = mixing.gumbel(torch.tensor([11]), torch.tensor([4]), torch.tensor([[0, 1, 2]]))[0].tolist()
+    z = [math.exp(x + 0.75 * n) for x, n in zip((1.0, 0.5, 0.0), g, strict=True)]
+    assert step.p[0].tolist() == pytest.approx([x / sum(z) for x in z], abs=1e-12)
+    zero = mixing.mix_step(logits, torch.tensor([0]), BatchConfig.from_configs([
+        switched(MoIConfig("moi", 1.0, 3, entropy="full", noise=0.0))]))
+    assert zero.p[0].tolist() == pytest.approx(weights_for([1.0, 0.5, 0.0, -0.5], 0, MoIConfig("moi", 1.0, 3))
+                                               .p[0].tolist(), abs=1e-12)
+
+
+def test_switched_batch_fast_path_equals_the_plain_reference_per_row():
+    """The engine's fed_weights on a batch mixing every switch (per-row k, greedy and sampled, noise), against
+    reference_prior (the whole vocabulary, sorted, one row at a time) and mix_weights: the same p, H and weights.
+    And nothing modified in place."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 300, dtype=torch.float64) * 2
+    configs = [
+        MoIConfig("moi", 0.5, 5),
+        MoIConfig("moi", 1.0, 8, entropy="full"),
+        switched(MoIConfig("moi", 2.0, 5, prior="processed"), temperature=0.7, top_p=0.8),
+        switched(MoIConfig("direct", 1.0, 8, prior="processed", entropy="full"), temperature=0.0),
+        switched(MoIConfig("moi", 0.0, 5, noise=0.5), seed=3),
+        switched(MoIConfig("moi", 1.0, 8, prior="processed", noise=1.0), temperature=1.3, top_p=0.5, seed=None),
+    ]
+    seeds = [0, 0, 0, 0, 0, 99]  # the engine's seed where a request has none
+    positions = torch.tensor([0, 1, 2, 3, 17, 5])
+    cfg = BatchConfig.from_configs(configs, seeds=seeds)
+    sampled = torch.tensor([0, 3, 1, 0, 250, 2])
+    ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
+    before = (logits.clone(), top.clone())
+    extras = mixing.prior_extras(logits, cfg.switches, positions)
+    cand, w, h = mixing.fed_weights(ids, top, sampled, cfg, extras)
+    assert torch.equal(logits, before[0]) and torch.equal(top, before[1])
+    for b, c in enumerate(configs):
+        k = c.top_k
+        c = c if c.context is None or c.context.seed is not None else switched(
+            c, c.context.temperature, c.context.top_p, seeds[b])
+        p, want_h = mixing.reference_prior(logits[b], ids[b, :k], c, c.context.seed if c.context else 0,
+                                           int(positions[b]))
+        assert float(h[b]) == pytest.approx(want_h, abs=1e-6), c  # the settings are float32 (as on an engine)
+        y = int(sampled[b])
+        onehot = torch.tensor([float(i == y) for i in ids[b, :k].tolist()] + [0.0], dtype=torch.float64)
+        if onehot.sum() == 0:
+            onehot[-1] = 1.0
+        want = mixing.mix_weights(p[None], torch.tensor([want_h], dtype=torch.float64), onehot[None],
+                                  torch.tensor([c.beta], dtype=torch.float64),
+                                  torch.tensor([mixing.MODE_CODES[c.mode]]))[0]
+        got = {}
+        for i, x in zip(cand[b, : k + 1].tolist(), w[b, : k + 1].tolist(), strict=True):
+            got[i] = got.get(i, 0.0) + x
+        expect = {}
+        for i, x in zip(ids[b, :k].tolist() + [y], want.tolist(), strict=True):
+            expect[i] = expect.get(i, 0.0) + x
+        assert got == pytest.approx(expect, abs=1e-6), c
+
+
+@pytest.mark.parametrize("cfg", [MoIConfig("moi", 0.5, 4), MoIConfig("moi", 2.0, 4), MoIConfig("direct", 1.0, 4)])
+@pytest.mark.parametrize("sampled", [1, 9])  # inside the top-k, and outside it
+def test_prior_from_weights_inverts_the_posterior(cfg, sampled):
+    p = [0.5, 0.3, 0.15, 0.05]
+    ids = [3, 1, 4, 7]
+    cands, w, h_used = mixing.step_weights([math.log(x) for x in p], ids, sampled, cfg)
+    # with the H the weights were mixed with, the prior comes back
+    assert mixing.prior_from_weights(cands, w, ids, sampled, h_used, cfg) == pytest.approx(p, abs=1e-9)
+    assert mixing.prior_from_weights([sampled], [1.0], ids, sampled, 0.0, MoIConfig("moi", 1.0, 4)) is None

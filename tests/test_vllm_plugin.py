@@ -172,9 +172,69 @@ def test_prefix_cache_never_shares_generated_moi_blocks(llm, prompt_ids):
             assert second.num_cached_tokens == prompt_blocks
 
 
+# --- MoI's switches (moi_entropy, moi_prior, moi_noise) against the oracle ------------------------------
+
+SWITCH_CASES = [
+    MoIConfig("moi", 0.5, 5, entropy="full"),
+    MoIConfig("moi", 0.5, 5, noise=0.7),
+    MoIConfig("direct", 1.0, 20, entropy="full", noise=0.3),
+    MoIConfig("moi", 1.0, 20, prior="processed"),
+]
+
+
+def switch_xargs(cfg: MoIConfig) -> dict:
+    return {**xargs(cfg), **cfg.switches()}
+
+
+def test_switches_greedy_equal_the_oracle_in_one_batch(llm, oracle, prompt_ids):
+    """Greedy, seed 5 (the noise's): every switch, batched with the paper's MoI and a standard request, == the
+    oracle (reference.py: the prior written over the whole vocabulary). Full entropy and noise change the tokens
+    (a switch ignored could not pass); the processed prior of a greedy request is onehot(top-1), so it decodes
+    the standard tokens exactly."""
+    paper = MoIConfig("moi", 0.5, 5)
+    jobs = [(ids, cfg) for cfg in [*SWITCH_CASES, paper] for ids in prompt_ids[:2]] + [(prompt_ids[0], None)]
+    outs = llm.generate([{"prompt_token_ids": ids} for ids, _ in jobs],
+                        [params(STEPS, seed=5, **(switch_xargs(cfg) if cfg else {})) for _, cfg in jobs])
+    got = {(tuple(ids), cfg): list(o.outputs[0].token_ids) for (ids, cfg), o in zip(jobs, outs, strict=True)}
+    settings = SamplingSettings(max_tokens=STEPS, seed=5)
+    for (ids, cfg), tokens in got.items():
+        if cfg is not None:
+            assert tokens == oracle.generate(list(ids), cfg, settings, chat=False).token_ids, cfg
+    for ids in map(tuple, prompt_ids[:2]):
+        assert got[(ids, SWITCH_CASES[3])] == ref_tokens(oracle, list(ids), MoIConfig("standard"))
+    for cfg in SWITCH_CASES[:2]:
+        assert any(got[(tuple(ids), cfg)] != got[(tuple(ids), paper)] for ids in prompt_ids[:2]), cfg
+
+
+@pytest.mark.parametrize("cfg", [MoIConfig("moi", 0.5, 5, prior="processed"),
+                                 MoIConfig("moi", 1.0, 5, entropy="full", noise=0.5)], ids=["processed", "full+noise"])
+def test_switched_sampled_run_matches_the_oracle_and_the_records(llm, oracle, prompt_ids, cfg):
+    """Sampled (temperature 1.2, top-p 0.8, seed 11): vLLM's tokens replayed through the oracle give the same
+    top-k at every step (so the same inputs were fed), and the plugin's records of what it fed (`moi_records`:
+    what the page shows for a switched lane) hold the oracle's weights and H; a seeded rerun is identical."""
+    settings = SamplingSettings(temperature=1.2, top_p=0.8, max_tokens=24, seed=11)
+    sp = params(24, logprobs=5, temperature=1.2, top_p=0.8, seed=11, **switch_xargs(cfg))
+    out = llm.generate({"prompt_token_ids": prompt_ids[2]}, sp)[0]
+    (fed,) = llm.collective_rpc("moi_records", args=([out.request_id],))[0].values()
+    tokens = list(out.outputs[0].token_ids)
+    replay = oracle.generate(prompt_ids[2], cfg, settings, chat=False, forced=tokens)
+    assert len(fed["weights"]) == len(replay.steps) == 24
+    for step, logprobs, ids, weights, entropy in zip(replay.steps, out.outputs[0].logprobs, fed["candidates"],
+                                                     fed["weights"], fed["entropy"], strict=True):
+        assert [t for t in sorted(logprobs, key=lambda t: logprobs[t].rank) if logprobs[t].rank <= 5] == step.topk_ids
+        assert entropy == pytest.approx(step.entropy, abs=1e-4)
+        assert dict(zip(ids, weights, strict=True)) == pytest.approx(
+            dict(zip(step.candidate_ids, step.weights, strict=True)), abs=1e-4)
+    again = llm.generate({"prompt_token_ids": prompt_ids[2]}, sp)[0]
+    assert list(again.outputs[0].token_ids) == tokens
+
+
 @pytest.mark.parametrize(
     ("extra", "key", "fragment"),
     [
+        ({"moi_entropy": "vocab"}, "moi_entropy", "must be one of top_k, full; got 'vocab'"),
+        ({"moi_prior": "tempered"}, "moi_prior", "must be one of raw, processed; got 'tempered'"),
+        ({"moi_noise": -0.5}, "moi_noise", "must be a finite number >= 0; got -0.5"),
         ({"moi_beta": -1}, "moi_beta", "must be a finite number >= 0 (or -100 for direct mixture); got -1"),
         ({"moi_beta": "abc"}, "moi_beta", "must be a finite number >= 0 (or -100 for direct mixture); got 'abc'"),
         ({"moi_top_k": 0}, "moi_top_k", "from 1 to the vocabulary size"),

@@ -42,8 +42,9 @@ def params(max_tokens: int = 32, logprobs: int | None = None, **extra: Any):
     n = extra.pop("n", 1)
     temperature = extra.pop("temperature", 0.0)
     seed = extra.pop("seed", None)
-    return SamplingParams(temperature=temperature, max_tokens=max_tokens, ignore_eos=True, logprobs=logprobs,
-                          n=n, seed=seed, extra_args=extra or None)
+    top_p = extra.pop("top_p", 1.0)
+    return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, ignore_eos=True,
+                          logprobs=logprobs, n=n, seed=seed, extra_args=extra or None)
 
 
 def run_engine_subprocess(job: dict[str, Any], env: dict[str, str], with_stats: bool = False,

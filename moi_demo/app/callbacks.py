@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from moi_demo.app.explorer import Lanes, parse_betas, standard_key
 from moi_demo.app.fields import page_error
 from moi_demo.core import inputs
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.mixing import ENTROPIES, PRIORS, MoIConfig
 from moi_demo.core.trace import MODE_CHOICES, STANDARD_LABEL, SamplingSettings, Trace, first_divergence, lane_label
 from moi_demo.serving.engine import EngineUnavailableError, MoIEngine, RunStopped
 from moi_demo.serving.run_card import run_card
@@ -70,14 +71,19 @@ def _standard_label(reused: Trace | None) -> str:
 
 
 def parse_run(mode: Any, beta: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any, seed: Any,
-              max_new_tokens: int) -> tuple[MoIConfig, SamplingSettings]:
-    """The page's (and its API's) run settings, checked against the bounds of `core.inputs`."""
+              max_new_tokens: int, entropy: Any = "top_k", prior: Any = "raw",
+              noise: Any = 0.0) -> tuple[MoIConfig, SamplingSettings]:
+    """The page's (and its API's) run settings, checked against the bounds of `core.inputs`; MoI's switches
+    (`entropy`, `prior`, `noise`: core/mixing.py) default to the paper's."""
     mode = inputs.check_choice(mode, "mode", list(MODE_CHOICES))
     settings = SamplingSettings(
         temperature=inputs.TEMPERATURE.check(temperature), top_p=inputs.TOP_P.check(top_p),
         max_tokens=inputs.MAX_TOKENS.named("max_new_tokens").with_hi(max_new_tokens).check(max_tokens),
         seed=inputs.SEED.check(seed))
-    return MoIConfig(MODE_CHOICES[mode], inputs.APP_BETA.check(beta), inputs.APP_TOP_K.check(top_k)), settings
+    moi = MoIConfig(MODE_CHOICES[mode], inputs.APP_BETA.check(beta), inputs.APP_TOP_K.check(top_k),
+                    entropy=inputs.check_choice(entropy, "entropy", list(ENTROPIES)),
+                    prior=inputs.check_choice(prior, "prior", list(PRIORS)), noise=inputs.APP_NOISE.check(noise))
+    return moi, settings
 
 
 class Callbacks:
@@ -88,43 +94,58 @@ class Callbacks:
         self.max_new_tokens = max_new_tokens
         self.page = Page()  # filled by layout.py
         self.demo: gr.Blocks | None = None  # set by build_demo: its queue
-        self._tickets: dict[tuple[str, str], int] = {}  # (session, "run" | "sweep") -> its newest run
+        # (session, "run" | "sweep") -> (its newest run's ticket, the newest page event number seen)
+        self._tickets: dict[tuple[str, str], tuple[int, float]] = {}
+        self._tickets_lock = threading.Lock()  # runs start on worker threads
 
-    def parse(self, *args: Any) -> tuple[MoIConfig, SamplingSettings]:
-        return parse_run(*args, max_new_tokens=self.max_new_tokens)
+    def parse(self, *args: Any, **switches: Any) -> tuple[MoIConfig, SamplingSettings]:
+        return parse_run(*args, max_new_tokens=self.max_new_tokens, **switches)
 
     def generate(self, prompt: str, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any,
-                 seed: Any, color_by: str, lanes: Lanes | None, request: gr.Request) -> Iterator[Updates]:
+                 seed: Any, color_by: str, lanes: Lanes | None, entropy: Any = "top_k", prior: Any = "raw",
+                 noise: Any = 0.0, event: Any = 0, request: gr.Request = None) -> Iterator[Updates]:
         """Generate: stream the MoI lane (and the standard lane, unless it is reused: same model, prompt, sampling
         settings, seed and max tokens as the last finished one) every token, then the state and status. Figures are
         not built here: the page draws them after the run (`figures`, chained), so API clients never pay for plots
-        they do not want. The run is keyed by the session: Stop (page or API) stops it, a newer run supersedes it."""
-        yield from self._run(prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, lanes, request,
-                             live=False)
+        they do not want. The run is keyed by the session: Stop (page or API) stops it, a newer run supersedes it.
+        `event` is the page's count of its run events (`layout.NEXT_EVENT`; 0 from API clients): see `_supersede`."""
+        switches = {"entropy": entropy, "prior": prior, "noise": noise}
+        yield from self._run(prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, lanes, switches, event,
+                             request, live=False)
 
     def live(self, prompt: str, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any,
-             seed: Any, color_by: str, lanes: Lanes | None, request: gr.Request) -> Iterator[Updates]:
+             seed: Any, color_by: str, lanes: Lanes | None, entropy: Any = "top_k", prior: Any = "raw",
+             noise: Any = 0.0, event: Any = 0, request: gr.Request = None) -> Iterator[Updates]:
         """A beta, mode or top-k change after a run (the live controls): the MoI lane again, shown at once with no
         engine call when this session already ran that setting (a sweep's lanes too), the standard lane reused.
         A newer change supersedes (and aborts) an older one. Nothing happens before the session's first run."""
         if lanes is None or lanes.shown is None:
             yield {self.page.status: gr.skip()}  # every output as it was (an empty dict reads as one value)
             return
-        yield from self._run(prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, lanes, request,
-                             live=True)
+        switches = {"entropy": entropy, "prior": prior, "noise": noise}
+        yield from self._run(prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, lanes, switches, event,
+                             request, live=True)
 
-    def _supersede(self, session: str, kind: str) -> str:
-        """A new run of this kind for the session: older ones are aborted, and stop updating the page."""
-        ticket = self._tickets.pop((session, kind), 0) + 1
-        self._tickets[(session, kind)] = ticket  # newest last: the oldest sessions' entries go first
-        while len(self._tickets) > MAX_TICKETS:
-            self._tickets.pop(next(iter(self._tickets)))
+    def _supersede(self, session: str, kind: str, event: Any = 0) -> str | None:
+        """A new run of this kind for the session: older ones are aborted, and stop updating the page. None when the
+        page numbered this event (`event` > 0) before one of the session's runs already started: the page's events
+        reach the server in order, but their runs start on worker threads in any order (a drag's last two values
+        can swap), and the older value must not supersede the newer one the page shows."""
+        event = float(event or 0)
+        with self._tickets_lock:
+            ticket, newest = self._tickets.pop((session, kind), (0, 0.0))
+            if event and event <= newest:
+                self._tickets[(session, kind)] = (ticket, newest)
+                return None
+            self._tickets[(session, kind)] = (ticket + 1, max(event, newest))  # newest last: oldest pruned first
+            while len(self._tickets) > MAX_TICKETS:
+                self._tickets.pop(next(iter(self._tickets)))
         self.engine.cancel(f"{session}/{kind}")
-        return f"{session}/{kind}/{ticket}"
+        return f"{session}/{kind}/{ticket + 1}"
 
     def _current(self, run_id: str) -> bool:
         session, kind, ticket = run_id.rsplit("/", 2)
-        return self._tickets.get((session, kind)) == int(ticket)
+        return self._tickets.get((session, kind), (0, 0.0))[0] == int(ticket)
 
     def _stream(self, prompt: str, configs: list[MoIConfig], settings: SamplingSettings,
                 run_id: str) -> Iterator[tuple[Trace, ...]]:
@@ -142,16 +163,20 @@ class Callbacks:
             raise gr.Error(str(e), title="Engine unavailable") from None
 
     def _run(self, prompt: str, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any,
-             seed: Any, lanes: Lanes | None, request: gr.Request, live: bool) -> Iterator[Updates]:
+             seed: Any, lanes: Lanes | None, switches: dict[str, Any], event: Any, request: gr.Request,
+             live: bool) -> Iterator[Updates]:
         p = self.page
         try:
             prompt = inputs.check_prompt(prompt)
-            moi_cfg, settings = self.parse(mode, beta, top_k, temperature, top_p, max_tokens, seed)
+            moi_cfg, settings = self.parse(mode, beta, top_k, temperature, top_p, max_tokens, seed, **switches)
         except InputError as e:
             raise page_error(e) from None
         lanes = lanes if lanes is not None else Lanes()
         key = standard_key(self.engine.model, prompt, settings)
-        run_id = self._supersede(_session(request), "run")
+        run_id = self._supersede(_session(request), "run", event)
+        if run_id is None:  # a newer event of the page already runs: it owns the page
+            yield {p.status: gr.skip()}
+            return
         label = lane_label(moi_cfg, full=True)
         standard = lanes.reusable_standard(key, moi_cfg.top_k)
         cached = lanes.cached(key, moi_cfg) if live else None
@@ -222,15 +247,18 @@ class Callbacks:
             return None
 
     def sweep(self, prompt: str, betas: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any, seed: Any,
-              lanes: Lanes | None, request: gr.Request) -> Iterator[Updates]:
+              lanes: Lanes | None, entropy: Any = "top_k", prior: Any = "raw", noise: Any = 0.0,
+              request: gr.Request = None) -> Iterator[Updates]:
         """The beta sweep: the standard lane (reused when its inputs are unchanged) and a MoI lane per entry of
         `betas` (e.g. "0, 0.5, 1, direct"), in one engine batch, streamed. Every lane is kept: the slider then
         shows a swept beta at once, and Export writes them all."""
         p = self.page
         try:
             prompt = inputs.check_prompt(prompt)
-            moi_cfg, settings = self.parse("MoI", 1.0, top_k, temperature, top_p, max_tokens, seed)
-            configs = parse_betas(betas, moi_cfg.top_k)
+            moi_cfg, settings = self.parse("MoI", 1.0, top_k, temperature, top_p, max_tokens, seed, entropy=entropy,
+                                           prior=prior, noise=noise)
+            configs = [c.with_switches(moi_cfg.entropy, moi_cfg.prior, moi_cfg.noise)
+                       for c in parse_betas(betas, moi_cfg.top_k)]
         except InputError as e:
             raise page_error(e) from None
         lanes = lanes if lanes is not None else Lanes()
@@ -334,8 +362,8 @@ class ServiceCallbacks:
                 f"{h['uptime_s'] / 60:.0f} min · restarts: {h['restarts']}")
 
     def evaluate(self, task: str, n: Any, modes: list[str], beta: Any, temperature: Any, top_p: Any,
-                 max_tokens: Any, seed: Any, request: gr.Request,
-                 progress: gr.Progress = gr.Progress()) -> tuple[Any, str, str]:
+                 max_tokens: Any, seed: Any, entropy: Any = "top_k", prior: Any = "raw", noise: Any = 0.0,
+                 request: gr.Request = None, progress: gr.Progress = gr.Progress()) -> tuple[Any, str, str]:
         """A small eval (n <= 50) of the chosen modes with a progress bar: accuracy bars, 95% intervals."""
         from moi_demo.evaluation import evaluate as ev
         from moi_demo.evaluation.tasks import get_task
@@ -345,11 +373,13 @@ class ServiceCallbacks:
             if not modes or any(m not in EVAL_MODES for m in modes):
                 raise InputError("modes", f"choose one or more of {', '.join(EVAL_MODES)}; got {modes!r}")
             n = inputs.EVAL_N.check(n)
-            moi_cfg, settings = self.runs.parse("MoI", beta, 20, temperature, top_p, max_tokens, seed)
+            moi_cfg, settings = self.runs.parse("MoI", beta, 20, temperature, top_p, max_tokens, seed,
+                                                entropy=entropy, prior=prior, noise=noise)
         except InputError as e:
             raise page_error(e) from None
         examples, checker = get_task(task, n, settings.seed or 0)
-        configs = ev.mode_configs(modes, [moi_cfg.beta], moi_cfg.top_k)
+        configs = ev.with_switches(ev.mode_configs(modes, [moi_cfg.beta], moi_cfg.top_k), moi_cfg.entropy,
+                                   moi_cfg.prior, moi_cfg.noise)
         total = len(examples) * len(configs)
         progress(0, desc="generating")
         try:
@@ -366,7 +396,7 @@ class ServiceCallbacks:
         path = Path(tempfile.mkdtemp(prefix="moi-eval-"))
         chart = ev.accuracy_chart(results, title)
         card = {**run_card(self.engine), "eval": {"task": task, "n": n, "modes": modes, "beta": moi_cfg.beta,
-                                                  "top_k": moi_cfg.top_k, **asdict(settings)}}
+                                                  "top_k": moi_cfg.top_k, **moi_cfg.switches(), **asdict(settings)}}
         files = ev.write_outputs(path, "eval", samples, chart, card)
         return chart, ev.table(results), str(files[0])
 

@@ -22,7 +22,7 @@ MAX_SWEEP_LANES = 8  # MoI lanes in one sweep (plus the standard lane): what the
 MAX_KEPT_LANES = 12  # MoI lanes a session keeps for one standard key, oldest dropped first (~1 MB per 512-token lane)
 
 StandardKey = tuple[str, str, float, float, int, int | None]
-LaneKey = tuple[str, float | None, int]
+LaneKey = tuple[str, float | None, int, str, str, float]
 
 
 
@@ -32,8 +32,8 @@ def standard_key(model: str, prompt: str, settings: SamplingSettings) -> Standar
 
 
 def lane_key(cfg: MoIConfig) -> LaneKey:
-    """Direct mixture ignores beta: one direct lane per top-k."""
-    return (cfg.mode, cfg.beta if cfg.mode == "moi" else None, cfg.top_k)
+    """Direct mixture ignores beta: one direct lane per top-k (and switches)."""
+    return (cfg.mode, cfg.beta if cfg.mode == "moi" else None, cfg.top_k, cfg.entropy, cfg.prior, cfg.noise)
 
 
 def parse_betas(text: Any, top_k: int, field_name: str = "betas") -> list[MoIConfig]:

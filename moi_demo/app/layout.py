@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -26,6 +27,28 @@ A standard LLM samples a token and feeds back only its embedding. **Mixture of I
 `w = (H·p + (β + 1 − H)·onehot(y)) / (β + 1)`: the less certain the model (high entropy H) and the lower β,
 the more of the distribution it keeps. Same model, prompt, chat template and seed in both columns.
 """
+
+
+# The page numbers its own run events (Generate, Enter in the prompt, each live change) before sending them, in the
+# order they happened: their runs start on worker threads in any order, and callbacks._supersede drops a run the
+# page made before one already started. The last input is that number; the rest pass through.
+NEXT_EVENT = """(...values) => {
+    window.moiRunEvents = (window.moiRunEvents || 0) + 1;
+    return [...values.slice(0, %d), window.moiRunEvents];
+}"""
+
+
+def switch_controls(prefix: str = "") -> tuple[Any, Any, Any]:
+    """MoI's design choices (core/mixing.py) as controls, the paper's by default: entropy, prior, noise."""
+    entropy = named(FieldRadio([("top-k: of p, over log k (paper)", "top_k"),
+                                ("full: of the whole distribution, over log |V|", "full")], value="top_k",
+                               label="Entropy H", elem_id=f"{prefix}entropy"), "entropy")
+    prior = named(FieldRadio([("raw: temperature-1 top-k (paper)", "raw"),
+                              ("processed: after the temperature and top-p", "processed")], value="raw",
+                             label="Prior p", elem_id=f"{prefix}prior"), "prior")
+    noise = slider(inputs.APP_NOISE, 0.0, "Gumbel noise on the prior's logits (from the seed)", 0.05,
+                   elem_id=f"{prefix}noise")
+    return entropy, prior, noise
 
 
 def load_examples() -> list[str]:
@@ -73,6 +96,8 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
                 max_tokens = slider(inputs.MAX_TOKENS.with_hi(max_new_tokens), min(128, max_new_tokens),
                                     "max new tokens", 1, field="max_new_tokens", elem_id="max-tokens")
                 seed = number(inputs.SEED, 0, "seed")
+            with gr.Accordion("Advanced: MoI's design choices · live after a run", open=False, elem_id="advanced"):
+                entropy, prior, noise = switch_controls()
     p.status = gr.Markdown("", elem_id="status")
     with gr.Row(equal_height=True):
         p.standard_text = gr.Textbox(label=STANDARD_LABEL, lines=12, max_lines=12, interactive=False,
@@ -110,33 +135,37 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
     download = gr.File(label="Every lane (JSON)", elem_id="download")
 
     run_outputs = [p.standard_text, p.moi_text, p.lanes, p.step, p.status]
-    run_inputs = [prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, color_by, p.lanes]
+    event_number = gr.Number(0, visible=False)  # set by NEXT_EVENT on the page; API clients leave it 0
+    run_inputs = [prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, color_by, p.lanes, entropy, prior,
+                  noise, event_number]
     # Runs share the engine's sequence budget: at most max_concurrent_runs at once, the rest wait in the queue.
     # Progress shows on the status line only: a loading overlay and timer on every output (four plots among them)
     # re-rendered at every streamed token is what kept the page's main thread busy.
-    limit = dict(concurrency_id="engine-runs", concurrency_limit=cb.engine.max_concurrent_runs,
-                 show_progress="minimal", show_progress_on=[p.status])
+    run_opts = dict(concurrency_id="engine-runs", concurrency_limit=cb.engine.max_concurrent_runs,
+                 show_progress="minimal", show_progress_on=[p.status], js=NEXT_EVENT % (len(run_inputs) - 1))
     quiet = dict(api_name=False, show_progress="hidden")
 
     def after_run(event: gr.events.Dependency, export_api: str | bool = False) -> None:
         event.then(cb.figures, [p.lanes, color_by], p.figures, **quiet).then(
             cb.export, p.lanes, download, api_name=export_api, show_progress="hidden")
 
-    run = generate_btn.click(cb.generate, run_inputs, run_outputs, api_name="generate", **limit)
+    run = generate_btn.click(cb.generate, run_inputs, run_outputs, api_name="generate", **run_opts)
     after_run(run, export_api="export")
-    after_run(prompt.submit(cb.generate, run_inputs, run_outputs, api_name=False, **limit))
+    after_run(prompt.submit(cb.generate, run_inputs, run_outputs, api_name=False, **run_opts))
     # The live controls re-run the MoI lane on `change`: what every way of setting a value fires (a drag, a click
     # on the track, typing in the number box, Enter, Tab, the arrow keys), with the value the page shows. `release`
     # fires for a drag and a blur only, and a blur's with the value before the browser's own step (the arrow keys).
     # Every change runs: a newer one supersedes (and aborts) the older server side, so "multiple".
     live_events = []
-    for control, api in ((beta, "live"), (mode, False), (top_k, False)):
-        event = control.change(cb.live, run_inputs, run_outputs, api_name=api, trigger_mode="multiple", **limit)
+    for control, api in ((beta, "live"), (mode, False), (top_k, False), (entropy, False), (prior, False),
+                         (noise, False)):
+        event = control.change(cb.live, run_inputs, run_outputs, api_name=api, trigger_mode="multiple", **run_opts)
         after_run(event)
         live_events.append(event)
     # A sweep holds up to MAX_SWEEP_LANES + 1 sequences: fewer sweeps than pair runs at once.
     sweep_limit = max(1, cb.engine.options.max_num_seqs // (2 * (MAX_SWEEP_LANES + 1)))
-    sweep = sweep_btn.click(cb.sweep, [prompt, betas, top_k, temperature, top_p, max_tokens, seed, p.lanes],
+    sweep = sweep_btn.click(cb.sweep, [prompt, betas, top_k, temperature, top_p, max_tokens, seed, p.lanes, entropy,
+                                       prior, noise],
                             [p.standard_text, *p.sweep_boxes, p.lanes, p.sweep_status], api_name="sweep",
                             concurrency_id="engine-sweeps", concurrency_limit=sweep_limit, show_progress="minimal",
                             show_progress_on=[p.sweep_status])
@@ -166,13 +195,15 @@ def evaluate_tab(cb: Callbacks, service: ServiceCallbacks) -> None:
         top_p = slider(inputs.TOP_P, 0.8, "top-p", 0.01, lo=inputs.TOP_P_SLIDER_MIN)
         max_tokens = slider(inputs.MAX_TOKENS.with_hi(256), 64, "max new tokens", 1, field="max_new_tokens", lo=8)
         seed = number(inputs.SEED, 0, "seed")
+    with gr.Accordion("Advanced: MoI's design choices", open=False):
+        entropy, prior, noise = switch_controls("eval-")
     with gr.Row():
         run = gr.Button("Run evaluation", variant="primary", elem_id="run-eval")
         stop = gr.Button("Stop", variant="stop", elem_id="stop-eval")
     chart = gr.Plot(label="Accuracy", elem_id="eval-plot")
     summary = gr.Markdown(elem_id="eval-table")
     samples = gr.File(label="Every sample (JSONL)")
-    run.click(service.evaluate, [task, n, modes, beta, temperature, top_p, max_tokens, seed],
+    run.click(service.evaluate, [task, n, modes, beta, temperature, top_p, max_tokens, seed, entropy, prior, noise],
               [chart, summary, samples], api_name="evaluate")
     # The same Stop as the side-by-side tab: drops a queued evaluation, aborts a running one (its requests).
     stop.click(cb.stop, None, summary, api_name=False, queue=False)

@@ -79,6 +79,8 @@ APP_BETA = Bound("beta", 0.0, 4.0)  # the app's slider and sweep
 TOP_K = Bound("top_k", 1, math.inf, integer=True)  # the plugin's: up to the vocabulary size (with_hi at run time)
 MAX_TOP_K = 50  # engines started by moi-demo: vLLM's max_logprobs, the top-k log-probs each trace step keeps
 APP_TOP_K = TOP_K.with_hi(MAX_TOP_K)
+NOISE = Bound("noise", 0.0, math.inf)  # the plugin's: a Gumbel scale >= 0 on the prior's logits (0: none)
+APP_NOISE = NOISE.with_hi(2.0)  # the app's slider
 # -- sampling ----------------------------------------------------------------------------------------------
 TEMPERATURE = Bound("temperature", 0.0, 2.0)
 TOP_P = Bound("top_p", 0.0, 1.0, lo_open=True)

@@ -9,6 +9,15 @@ the raw (temperature-1) logits, H its entropy divided by log k, and a concentrat
     w = onehot(y)                                                ("standard": no mixing)
     input = sum_i w_i * embed(candidate_i)
 
+Three of MoI's design choices are per-request switches (defaults: the paper's MoI, exactly):
+    entropy "top_k": H = entropy(p) / log k         "full": H = entropy(softmax(raw logits over V)) / log |V|
+    prior   "raw":   p = softmax(top-k raw logits)  "processed": p = the request's distribution after its temperature
+                     and top-p (vLLM's rule), renormalised over the top-k; greedy: onehot(top-1). The request's
+                     penalties, top-k and min-p are not applied (the prior is taken where the raw one is)
+    noise   g >= 0:  p = softmax(prior logits + g * G), G ~ Gumbel(0, 1) per (seed, position, token id), drawn by
+                     a counter-based hash (`gumbel`): the same noise on every device, batch and replay of a seed
+The candidates stay the top-k of the raw logits in every case; a prior entry that top-p or top-k leaves out has p = 0.
+
 Everything here is batched: one row per request, each row with its own mode, beta and top_k.
 Shapes: B rows, V vocabulary, K = max top_k over the batch, C = K + 1 candidates (row b: its top_k[b] ids,
 then the sampled id, which carries weight only when it is outside the row's top-k), D hidden size.
@@ -17,13 +26,15 @@ No function modifies its inputs.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 
-from moi_demo.core.inputs import BETA, TOP_K, InputError, check_choice
+from moi_demo.core.inputs import BETA, NOISE, TOP_K, InputError, check_choice
 
 MODES: tuple[str, ...] = ("standard", "moi", "direct")
 MODE_STANDARD, MODE_MOI, MODE_DIRECT = 0, 1, 2
@@ -32,22 +43,45 @@ MODE_CODES: dict[str, int] = {name: code for code, name in enumerate(MODES)}
 DIRECT_MIXTURE_BETA = -100.0
 DEFAULT_BETA = 1.0
 DEFAULT_TOP_K = 20
+ENTROPIES: tuple[str, ...] = ("top_k", "full")  # how H is taken (see the module docstring)
+PRIORS: tuple[str, ...] = ("raw", "processed")  # which distribution p is
 # Keys of SamplingParams.extra_args (and of the OpenAI API's `vllm_xargs`).
 KEY_MODE, KEY_BETA, KEY_TOP_K = "moi_mode", "moi_beta", "moi_top_k"
-EXTRA_ARGS_KEYS = (KEY_MODE, KEY_BETA, KEY_TOP_K)
+KEY_ENTROPY, KEY_PRIOR, KEY_NOISE = "moi_entropy", "moi_prior", "moi_noise"
+EXTRA_ARGS_KEYS = (KEY_MODE, KEY_BETA, KEY_TOP_K, KEY_ENTROPY, KEY_PRIOR, KEY_NOISE)
+GREEDY_EPS = 1e-5  # vLLM's _SAMPLING_EPS: a temperature below it samples greedily
+
+
+@dataclass(frozen=True)
+class SamplingContext:
+    """What of a request's own sampling settings shapes a switched prior: temperature (< GREEDY_EPS: greedy) and
+    top-p, and the seed its noise is drawn from (None: the engine derives one per request)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
 class MoIConfig:
-    """One request's MoI settings, checked against `inputs.BETA` and `inputs.TOP_K` (errors name the field).
-    `beta == -100` (the reference's convention) means direct mixture."""
+    """One request's MoI settings, checked against `inputs.BETA`, `inputs.TOP_K` and `inputs.NOISE` (errors name
+    the field). `beta == -100` (the reference's convention) means direct mixture. `entropy`, `prior` and `noise` are
+    the switches (module docstring); `context` is the request's sampling (set by the engine side where a switch
+    reads it), not part of the settings' identity."""
 
     mode: str = "moi"
     beta: float = DEFAULT_BETA
     top_k: int = DEFAULT_TOP_K
+    entropy: str = "top_k"
+    prior: str = "raw"
+    noise: float = 0.0
+    context: SamplingContext | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_choice(self.mode, "mode", MODES)
+        check_choice(self.entropy, "entropy", ENTROPIES)
+        check_choice(self.prior, "prior", PRIORS)
+        object.__setattr__(self, "noise", NOISE.check(self.noise))
         if self.beta == DIRECT_MIXTURE_BETA and not isinstance(self.beta, bool | str):
             object.__setattr__(self, "mode", "direct" if self.mode == "moi" else self.mode)
             object.__setattr__(self, "beta", float(self.beta))
@@ -64,6 +98,31 @@ class MoIConfig:
     @property
     def mixes(self) -> bool:
         return self.mode != "standard"
+
+    @property
+    def switched(self) -> bool:
+        """A switch away from the paper's MoI: its weights cannot be recomputed from the top-k log-probs an engine
+        returns (the full entropy, the processed prior and the noise need what only the sampler sees)."""
+        return self.entropy != "top_k" or self.prior != "raw" or self.noise > 0
+
+    @property
+    def needs_context(self) -> bool:
+        return self.prior == "processed" or self.noise > 0
+
+    def with_switches(self, entropy: str = "top_k", prior: str = "raw", noise: Any = 0.0) -> MoIConfig:
+        """The same lane with these switches (checked); a standard lane mixes nothing and stays as it is."""
+        return dataclasses.replace(self, entropy=entropy, prior=prior, noise=noise) if self.mixes else self
+
+    def switches(self) -> dict[str, Any]:
+        """The switches as `extra_args` keys (only those away from their defaults)."""
+        out: dict[str, Any] = {}
+        if self.entropy != "top_k":
+            out[KEY_ENTROPY] = self.entropy
+        if self.prior != "raw":
+            out[KEY_PRIOR] = self.prior
+        if self.noise > 0:
+            out[KEY_NOISE] = self.noise
+        return out
 
     def check_vocab(self, vocab_size: int) -> MoIConfig:
         if self.top_k > vocab_size:
@@ -85,6 +144,8 @@ class MoIConfig:
         mode = extra_args.get(KEY_MODE, base.mode if default else "moi")
         beta = extra_args.get(KEY_BETA, base.beta if base.beta != DIRECT_MIXTURE_BETA else DEFAULT_BETA)
         top_k = extra_args.get(KEY_TOP_K, base.top_k)
+        switches = {"entropy": extra_args.get(KEY_ENTROPY, base.entropy),
+                    "prior": extra_args.get(KEY_PRIOR, base.prior), "noise": extra_args.get(KEY_NOISE, base.noise)}
         # JSON clients send numbers as strings or floats: accept "1.5" and 20.0, never 20.5.
         try:
             beta = float(beta) if isinstance(beta, str) else beta
@@ -94,7 +155,7 @@ class MoIConfig:
         if integral_float or (isinstance(top_k, str) and top_k.strip().lstrip("-").isdigit()):
             top_k = int(top_k)
         try:
-            return cls(mode=mode, beta=beta, top_k=top_k)
+            return cls(mode=mode, beta=beta, top_k=top_k, **switches)
         except InputError as e:
             raise e.renamed(f"moi_{e.field}") from None
 
@@ -132,10 +193,12 @@ class BatchConfig:
     direct: torch.Tensor  # [B] bool: direct mixture
     inv_log_k32: torch.Tensor  # [B] inv_log_k in float32, and inv_beta1: cast once per batch, not per step
     inv_beta1_32: torch.Tensor
+    switches: Switches | None = None  # None: every row is the paper's MoI (the default path, nothing more to do)
 
     @classmethod
     def from_tensors(
-        cls, mode: torch.Tensor, beta: torch.Tensor, top_k: torch.Tensor, k_max: int, uniform_k: bool, all_moi: bool
+        cls, mode: torch.Tensor, beta: torch.Tensor, top_k: torch.Tensor, k_max: int, uniform_k: bool, all_moi: bool,
+        switches: Switches | None = None,
     ) -> BatchConfig:
         """From device tensors and the host-side facts about them (device ops only: no sync)."""
         log_k = torch.log(top_k.clamp_min(2).to(torch.float64))  # exact enough for float64 callers too
@@ -143,17 +206,61 @@ class BatchConfig:
         valid = torch.arange(k_max, device=top_k.device)[None, :] < top_k[:, None]  # [B, K]
         inv_beta1 = 1.0 / (beta.to(torch.float64) + 1.0)  # exact enough for float64 callers too
         return cls(mode, beta, top_k, k_max, uniform_k, all_moi, inv_log_k, valid, inv_beta1, mode == MODE_DIRECT,
-                   inv_log_k.to(torch.float32), inv_beta1.to(torch.float32))
+                   inv_log_k.to(torch.float32), inv_beta1.to(torch.float32), switches)
 
     @classmethod
-    def from_configs(cls, configs: Sequence[MoIConfig], device: torch.device | str = "cpu") -> BatchConfig:
+    def from_configs(cls, configs: Sequence[MoIConfig], device: torch.device | str = "cpu",
+                     seeds: Sequence[int] | None = None) -> BatchConfig:
+        """`seeds`: each row's noise seed where its context has none (an engine draws them per request)."""
         ks = [c.top_k for c in configs]
         return cls.from_tensors(
             mode=torch.tensor([MODE_CODES[c.mode] for c in configs], dtype=torch.long, device=device),
             beta=torch.tensor([max(c.beta, 0.0) for c in configs], dtype=torch.float32, device=device),
             top_k=torch.tensor(ks, dtype=torch.long, device=device),
             k_max=max(ks), uniform_k=len(set(ks)) == 1, all_moi=all(c.mode == "moi" for c in configs),
+            switches=Switches.from_configs(configs, device, seeds),
         )
+
+
+@dataclass(frozen=True)
+class Switches:
+    """The switched rows' settings, device tensors [B] (module docstring): full entropy (bool), processed prior
+    (bool), greedy (bool), inv_temp (1 / temperature; 1 where greedy), top_p, noise (Gumbel scale) and seed (int64,
+    < 2^32). `any_*` are host-side facts: what a step computes."""
+
+    full: torch.Tensor
+    processed: torch.Tensor
+    greedy: torch.Tensor
+    inv_temp: torch.Tensor
+    top_p: torch.Tensor
+    noise: torch.Tensor
+    seed: torch.Tensor
+    any_full: bool
+    any_processed: bool
+    any_noise: bool
+
+    @classmethod
+    def from_configs(cls, configs: Sequence[MoIConfig], device: torch.device | str = "cpu",
+                     seeds: Sequence[int] | None = None) -> Switches | None:
+        """None when no row is switched (the default path)."""
+        if not any(c.switched for c in configs):
+            return None
+        ctx = [c.context or SamplingContext() for c in configs]
+        seeds = seeds or [0] * len(configs)
+        greedy = [x.temperature < GREEDY_EPS for x in ctx]
+
+        def t(values: list, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        return cls(
+            full=t([c.entropy == "full" for c in configs], torch.bool),
+            processed=t([c.prior == "processed" for c in configs], torch.bool), greedy=t(greedy, torch.bool),
+            inv_temp=t([1.0 if g else 1.0 / x.temperature for x, g in zip(ctx, greedy, strict=True)], torch.float32),
+            top_p=t([x.top_p for x in ctx], torch.float32), noise=t([c.noise for c in configs], torch.float32),
+            seed=t([(x.seed if x.seed is not None else s) & 0xFFFFFFFF for x, s in zip(ctx, seeds, strict=True)],
+                   torch.long),
+            any_full=any(c.entropy == "full" for c in configs),
+            any_processed=any(c.prior == "processed" for c in configs), any_noise=any(c.noise > 0 for c in configs))
 
 
 @dataclass(frozen=True)
@@ -262,6 +369,114 @@ def candidates(
     return candidate_ids, onehot
 
 
+# -- the switches (module docstring) --------------------------------------------------------------------------
+
+
+class PriorExtras(NamedTuple):
+    """What a switched step needs beyond the top-k, taken from the full logits before sampling (`prior_extras`):
+    the full entropy H_full [B] (normalised), the request's log-partition log Z_T [B] = logsumexp(logits / T), and
+    each row's position [B] (its generated-token index: the noise's counter). None where no row needs it."""
+
+    full_entropy: torch.Tensor | None = None
+    log_z: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+
+
+NO_EXTRAS = PriorExtras()  # a step with no switched row
+
+
+def full_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H_full = entropy(softmax(logits)) / log V per row [B], from logits [B, V] (temperature 1)."""
+    logp = torch.log_softmax(logits.to(_compute_dtype(logits)), dim=-1)  # [B, V]
+    return (-(logp.exp() * logp).sum(dim=-1) / math.log(logits.shape[-1])).clamp_(0.0, 1.0)
+
+
+def prior_extras(logits: torch.Tensor, switches: Switches, positions: torch.Tensor | None) -> PriorExtras:
+    """The extras of a switched step from its full logits [B, V] (each O(B * V): computed only when a row asks)."""
+    h_full = full_entropy(logits) if switches.any_full else None
+    log_z = None
+    if switches.any_processed:
+        x = logits.to(_compute_dtype(logits))
+        log_z = torch.logsumexp(x * switches.inv_temp.to(x.dtype)[:, None], dim=-1)  # [B]
+    return PriorExtras(h_full, log_z, positions if switches.any_noise else None)
+
+
+_M32 = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (x in [0, 2^32), int64 tensor): two multiply-xorshift rounds. Each product stays
+    below 2^59, so int64 never overflows on any device."""
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    return (x >> 16) ^ x
+
+
+def gumbel(seed: torch.Tensor, position: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise [B, K] for token ids [B, K] at each row's position [B] under its seed [B]: a pure
+    function of (seed, position, id), so a seeded request draws the same noise on any device, in any batch, at
+    any replay. u = (hash + 1/2) / 2^32 in (0, 1), G = -log(-log u)."""
+    x = _hash32((ids.long() + 0x9E3779B9) & _M32)
+    x = _hash32(((x ^ position.long()[:, None]) + 0x7F4A7C15) & _M32)
+    x = _hash32(((x ^ seed.long()[:, None]) + 0x2545F491) & _M32)
+    u = (x.to(torch.float64) + 0.5) / 2.0**32
+    return -torch.log(-torch.log(u))
+
+
+def prior_logits(ids: torch.Tensor, top_logits: torch.Tensor, switches: Switches, extras: PriorExtras) -> torch.Tensor:
+    """The prior's logits [B, K] whose softmax is p, from the top-k of the raw logits (ids, logits [B, K], sorted
+    descending, -inf past a row's k). Raw rows: the logits as they are. Processed rows: logits / T, with the
+    entries top-p leaves out at -inf (it keeps a token while the mass ranked above it, under the full tempered
+    distribution exp(logit / T - log Z_T), is below top_p: vLLM's rule), and only the top-1 where greedy. Noised
+    rows: + noise * G."""
+    z = top_logits if top_logits.dtype in _FLOAT32_64 else top_logits.to(torch.float32)
+    rank = _arange(z.shape[1], z.device)[None, :]  # [1, K]
+    if switches.any_processed:
+        assert extras.log_z is not None
+        zt = z * switches.inv_temp.to(z.dtype)[:, None]  # [B, K]
+        q = torch.exp(zt - extras.log_z.to(z.dtype)[:, None])  # [B, K] the request's probabilities
+        above = torch.cumsum(q, dim=-1) - q  # mass ranked above each entry
+        keep = above < switches.top_p.to(z.dtype)[:, None]
+        keep = torch.where(switches.greedy[:, None], rank == 0, keep | (rank == 0))  # the top-1 always stays
+        z = torch.where(switches.processed[:, None], zt.masked_fill(~keep, float("-inf")), z)
+    if switches.any_noise:
+        assert extras.positions is not None
+        g = gumbel(switches.seed, extras.positions, ids).to(z.dtype)  # [B, K]
+        z = z + switches.noise.to(z.dtype)[:, None] * g  # -inf stays -inf
+    return z
+
+
+def reference_prior(logits: torch.Tensor, ids: torch.Tensor, cfg: MoIConfig, seed: int,
+                    position: int) -> tuple[torch.Tensor, float]:
+    """The switched prior p [K] over `ids` [K] and its H, written plainly over the whole vocabulary from one row's
+    raw logits [V] (float64): the oracle for `prior_logits` and `full_entropy` (reference.py decodes with it)."""
+    x = logits.to(torch.float64)
+    ctx = cfg.context or SamplingContext()
+    z = x[ids]
+    if cfg.prior == "processed":
+        if ctx.temperature < GREEDY_EPS:
+            top = int(torch.argmax(z))
+            z = torch.full_like(z, float("-inf"))
+            z[top] = 0.0
+        else:
+            probs = torch.softmax(x / ctx.temperature, dim=-1)  # [V] the request's distribution
+            order = torch.argsort(probs, descending=True, stable=True)
+            sorted_p = probs[order]
+            kept = (torch.cumsum(sorted_p, dim=-1) - sorted_p) < ctx.top_p  # top-p: mass above < top_p
+            kept[0] = True
+            keep = torch.zeros(x.numel(), dtype=torch.bool)
+            keep[order[kept]] = True
+            z = torch.where(keep[ids], x[ids] / ctx.temperature, torch.tensor(float("-inf"), dtype=torch.float64))
+    if cfg.noise > 0:
+        z = z + cfg.noise * gumbel(torch.tensor([seed & _M32]), torch.tensor([position]), ids[None, :])[0]
+    p = torch.softmax(z, dim=-1)
+    if cfg.entropy == "full":
+        h = float(torch.special.entr(torch.softmax(x, dim=-1)).sum() / math.log(x.numel()))
+    else:
+        h = float(torch.special.entr(p).sum() / math.log(ids.numel())) if ids.numel() > 1 else 0.0
+    return p, min(max(h, 0.0), 1.0)
+
+
 def mix_weights(
     p: torch.Tensor, entropy: torch.Tensor, onehot: torch.Tensor, beta: torch.Tensor, mode: torch.Tensor,
     all_moi: bool = False,
@@ -284,37 +499,59 @@ def mix_weights(
     return torch.where(m == MODE_MOI, posterior, torch.where(m == MODE_DIRECT, p_c, onehot))
 
 
-def mix_step(logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig) -> MixStep:
-    """The whole step from raw logits [B, V] (temperature 1, before penalties) and sampled ids [B]."""
+def mix_step(logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig,
+             positions: torch.Tensor | None = None) -> MixStep:
+    """The whole step from raw logits [B, V] (temperature 1, before penalties) and sampled ids [B]; `positions`
+    [B] (generated-token index) where a row is noised."""
     ids, top_logits = topk_logits(logits, config.top_k, config.k_max, config.uniform_k)
-    return mix_from_topk(ids, top_logits, sampled, config)
+    extras = prior_extras(logits, config.switches, positions) if config.switches is not None else PriorExtras()
+    return mix_from_topk(ids, top_logits, sampled, config, extras)
 
 
 def mix_from_topk(
-    ids: torch.Tensor, top_logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig
+    ids: torch.Tensor, top_logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig,
+    extras: PriorExtras = NO_EXTRAS,
 ) -> MixStep:
     """The step from the top-k of the raw logits (ids [B, K], logits [B, K]) and sampled ids [B]: for
-    engines whose sampler modifies the logits in place, so the top-k must be taken before sampling."""
-    p = renormalized_probs(top_logits)
+    engines whose sampler modifies the logits in place, so the top-k must be taken before sampling. Switched rows
+    need the step's `extras` (`prior_extras`, from the full logits)."""
+    sw = config.switches
+    p = renormalized_probs(top_logits if sw is None else prior_logits(ids, top_logits, sw, extras))
     entropy = normalized_entropy(p, config.top_k, config.inv_log_k)
+    if sw is not None and sw.any_full:
+        entropy = torch.where(sw.full, extras.full_entropy.to(entropy.dtype), entropy)
     candidate_ids, onehot = candidates(ids, sampled, config.top_k, config.valid)
     weights = mix_weights(p, entropy, onehot, config.beta, config.mode, config.all_moi)
     return MixStep(ids, top_logits, p, entropy, candidate_ids, weights)
 
 
+class Fed(NamedTuple):
+    """What a serving step feeds: candidates [B, C], weights [B, C], and the H [B] they were mixed with."""
+
+    candidate_ids: torch.Tensor
+    weights: torch.Tensor
+    entropy: torch.Tensor
+
+
 def fed_weights(
-    ids: torch.Tensor, top_logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
+    ids: torch.Tensor, top_logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig,
+    extras: PriorExtras = NO_EXTRAS,
+) -> Fed:
     """The weights an engine feeds, in the fewest ops (`sampled` [B], or an engine's [B, 1]): candidates [B, C]
     (row b: its top-k ids, then y in
     column top_k[b]) and weights [B, C] = (a*p, then 1 - a in y's column), a = H / (beta + 1) for MoI and
     1 for direct mixture. The same mixture as `mix_weights` (the posterior): when y is among the top-k its
     two columns add up to a*p_y + 1 - a = (H*p_y + beta + 1 - H) / (beta + 1). No top-k membership test,
-    no one-hot: what a serving step can afford."""
+    no one-hot: what a serving step can afford. Switched rows (config.switches) need the step's `extras`."""
     x = top_logits if top_logits.dtype in _FLOAT32_64 else top_logits.to(torch.float32)
+    sw = config.switches
+    if sw is not None:
+        x = prior_logits(ids, x, sw, extras)
     p = torch.softmax(x, dim=-1)  # [B, K]
     f32 = p.dtype == torch.float32  # the scales in p's dtype: precomputed for float32 (every engine step)
     h = torch.special.entr(p).sum(dim=-1) * (config.inv_log_k32 if f32 else config.inv_log_k.to(p.dtype))  # [B] H
+    if sw is not None and sw.any_full:
+        h = torch.where(sw.full, extras.full_entropy.to(h.dtype), h)
     a = h * (config.inv_beta1_32 if f32 else config.inv_beta1.to(p.dtype))  # [B] weight of the prior
     if not config.all_moi:
         a = torch.where(config.direct, torch.ones_like(a), a)
@@ -327,23 +564,24 @@ def fed_weights(
         y_weight = weights[:, -1:].clone()
         candidate_ids = candidate_ids.scatter(1, column, y.to(ids.dtype))
         weights = weights.masked_fill(~torch.nn.functional.pad(config.valid, (0, 1)), 0.0).scatter(1, column, y_weight)
-    return candidate_ids, weights
+    return Fed(candidate_ids, weights, h)
 
 
 def fed_step(
     ids: torch.Tensor, top_logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig,
-    embed: Callable[[torch.Tensor], torch.Tensor], out: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    embed: Callable[[torch.Tensor], torch.Tensor], out: torch.Tensor, extras: PriorExtras = NO_EXTRAS,
+) -> Fed:
     """A serving step in the fewest ops: `fed_weights`, then the mixed inputs sum_i w_i * embed(candidate_i) written
-    into `out` [B, D] (float32 sum, cast to out's dtype by the copy). Returns (candidates [B, C], weights [B, C]).
-    The same values as `mix_embeddings(*fed_weights(...))`: tested bit for bit."""
-    candidate_ids, weights = fed_weights(ids, top_logits, sampled, config)
+    into `out` [B, D] (float32 sum, cast to out's dtype by the copy). Returns what `fed_weights` does.
+    The same values as `mix_embeddings(*fed_weights(...)[:2])`: tested bit for bit."""
+    fed = fed_weights(ids, top_logits, sampled, config, extras)
+    candidate_ids, weights = fed.candidate_ids, fed.weights
     emb = embed(candidate_ids)  # [B, C, D]
     dtype = torch.promote_types(weights.dtype, _compute_dtype(emb))
     w = weights if weights.dtype == dtype else weights.to(dtype)
     e = emb if emb.dtype == dtype else emb.to(dtype)
     out.copy_(torch.einsum("bc,bcd->bd", w, e))  # [B, D] (einsum's summation order: what the oracle sums)
-    return candidate_ids, weights
+    return fed
 
 
 def mix_embeddings(
@@ -361,6 +599,20 @@ def mix_embeddings(
     dtype = torch.promote_types(_compute_dtype(weights), _compute_dtype(emb))
     mixed = torch.einsum("bc,bcd->bd", weights.to(dtype), emb.to(dtype))  # [B, D]
     return mixed.to(out_dtype or emb.dtype)
+
+
+def prior_from_weights(candidate_ids: Sequence[int], weights: Sequence[float], topk_ids: Sequence[int],
+                       sampled_id: int, entropy: float, config: MoIConfig) -> list[float] | None:
+    """The prior p over `topk_ids` that a step's weights were mixed from, given its H: the posterior's inverse.
+    w_c = a * p_c (+ 1 - a on y), a = H / (beta + 1) for MoI and 1 for direct mixture; None when a ~ 0 (the weights
+    are onehot(y) and hold no trace of p)."""
+    a = 1.0 if config.mode == "direct" else entropy / (max(config.beta, 0.0) + 1.0)
+    if a < 1e-6:
+        return None
+    w: dict[int, float] = {}
+    for c, x in zip(candidate_ids, weights, strict=True):
+        w[c] = w.get(c, 0.0) + x
+    return [max(0.0, (w.get(t, 0.0) - (1.0 - a if t == sampled_id else 0.0)) / a) for t in topk_ids]
 
 
 def step_weights(

@@ -22,12 +22,20 @@ STANDARD_LABEL = "Standard"
 
 
 def lane_label(cfg: MoIConfig, full: bool = False) -> str:
-    """"Standard", "Direct mixture (w = p)", "MoI (beta = 1)" (`full`: "Mixture of Inputs (beta = 1)")."""
+    """"Standard", "Direct mixture (w = p)", "MoI (beta = 1)" (`full`: "Mixture of Inputs (beta = 1)"), then the
+    switches away from the paper's MoI: "MoI (beta = 1) · H over V, processed prior, noise 0.5"."""
     if cfg.mode == "standard":
         return STANDARD_LABEL
-    if cfg.mode == "direct":
-        return "Direct mixture (w = p)"
-    return f"{'Mixture of Inputs' if full else 'MoI'} (beta = {cfg.beta:g})"
+    base = "Direct mixture (w = p)" if cfg.mode == "direct" else (
+        f"{'Mixture of Inputs' if full else 'MoI'} (beta = {cfg.beta:g})")
+    return base + (f" · {switch_text}" if (switch_text := switches_label(cfg)) else "")
+
+
+def switches_label(cfg: MoIConfig) -> str:
+    """The switches away from the paper's MoI, in words ("" when none)."""
+    parts = (["H over V"] if cfg.entropy == "full" else []) + (
+        ["processed prior"] if cfg.prior == "processed" else []) + ([f"noise {cfg.noise:g}"] if cfg.noise > 0 else [])
+    return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class Step:
     topk_tokens: list[str] | None = None  # decoded text of topk_ids
     candidate_ids: list[int] | None = None  # None in a standard lane
     weights: list[float] | None = None  # the mix fed back as the next input
+    mixed_prior: list[float] | None = None  # a switched lane's prior p over topk_ids (None: the raw top-k one)
 
     @property
     def p_sampled(self) -> float:
@@ -60,7 +69,9 @@ class Step:
 
     @property
     def prior(self) -> list[float]:
-        """The renormalised top-k distribution p (over topk_ids)."""
+        """The prior p the lane mixed (over topk_ids): the renormalised top-k distribution, or a switched lane's."""
+        if self.mixed_prior is not None:
+            return self.mixed_prior
         m = max(self.topk_logprobs)
         e = [math.exp(lp - m) for lp in self.topk_logprobs]
         s = sum(e)
@@ -99,6 +110,9 @@ class Trace:
     top_p: float = 1.0
     seed: int | None = 0
     max_tokens: int = 0
+    entropy: str = "top_k"  # MoI's switches (core/mixing.py): the defaults are the paper's MoI
+    prior: str = "raw"
+    noise: float = 0.0
     request_id: str = ""
     steps: list[Step] = field(default_factory=list)
     text: str = ""
@@ -110,10 +124,11 @@ class Trace:
 
     @property
     def config(self) -> MoIConfig:
-        return MoIConfig(self.mode, self.beta, self.top_k)
+        return MoIConfig(self.mode, self.beta, self.top_k, self.entropy, self.prior, self.noise)
 
     def recompute(self, step: Step) -> tuple[list[int], list[float], float]:
-        """(candidates, weights, H) of a step from its top-k log-probs, with this lane's settings."""
+        """(candidates, weights, H) of a step from its top-k log-probs, with this lane's settings (the paper's MoI:
+        a switched lane's own come from the plugin's records, see serving/engine.py)."""
         return step_weights(step.topk_logprobs, step.topk_ids, step.token_id, self.config)
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -15,8 +16,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from moi_demo.core.inputs import InputError
 from moi_demo.core.mixing import MoIConfig
-from moi_demo.core.trace import SamplingSettings
+from moi_demo.core.trace import SamplingSettings, switches_label
 from moi_demo.evaluation.tasks import Example, get_task
 
 logger = logging.getLogger("moi_demo.eval")
@@ -80,6 +82,16 @@ def mode_configs(modes: Sequence[str], betas: Sequence[float], top_k: int) -> li
             out.append((mode, MoIConfig(mode, 1.0, top_k)))
         else:
             raise ValueError(f"modes: each must be standard, direct or moi; got {mode!r}")
+    return out
+
+
+def with_switches(configs: list[tuple[str, MoIConfig]], entropy: str = "top_k", prior: str = "raw",
+                  noise: float = 0.0) -> list[tuple[str, MoIConfig]]:
+    """The mixing modes with MoI's switches (core/mixing.py), their labels naming them."""
+    out = []
+    for label, cfg in configs:
+        cfg = cfg.with_switches(entropy, prior, noise)
+        out.append((f"{label} · {switches_label(cfg)}" if cfg.switched else label, cfg))
     return out
 
 
@@ -177,6 +189,8 @@ def write_outputs(out_dir: Path, name: str, samples: list[Sample], fig: go.Figur
 
 
 def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
+    from moi_demo.cli import add_switches, switches_of
+
     p = argparse.ArgumentParser(prog=f"moi-demo {'sweep' if sweep else 'eval'}", description=__doc__)
     p.add_argument("--task", default="arithmetic-1", help="arithmetic[-1..4], countdown[-3..5], or FILE.jsonl")
     p.add_argument("--n", type=int, default=100)
@@ -193,6 +207,7 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
     p.add_argument("--max-num-seqs", type=int, default=None,
                    help="sequences at once (default: every job, up to 256 and to what memory holds)")
     p.add_argument("--eager", action="store_true", help="never compile (default: compiled from 64 samples on)")
+    add_switches(p)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from tqdm import tqdm
@@ -202,7 +217,13 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
     from moi_demo.serving.run_card import run_card
 
     examples, checker = get_task(a.task, a.n, a.seed)
-    configs = mode_configs(a.modes.split(","), [float(b) for b in a.betas.split(",")], a.top_k)
+    try:
+        switches = switches_of(a)
+    except InputError as e:
+        print(f"error: --{e.field}: {e.reason}", file=sys.stderr)  # noqa: T201
+        return 2
+    configs = with_switches(mode_configs(a.modes.split(","), [float(b) for b in a.betas.split(",")], a.top_k),
+                            **switches)
     settings = SamplingSettings(a.temperature, a.top_p, a.max_tokens, a.seed)
     model = resolve_model(a.model)
     options = batch_job_options(model, [ex.prompt for ex in examples], len(configs), a.max_tokens,
@@ -215,7 +236,7 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
         seconds = time.perf_counter() - start
         bar.close()
         card = {**run_card(engine), "eval": {"task": a.task, "n": len(examples), "modes": a.modes, "betas": a.betas,
-                                             "top_k": a.top_k, **asdict(settings)}}
+                                             "top_k": a.top_k, **switches, **asdict(settings)}}
     title = (f"{a.task}, n = {len(examples)}, T = {a.temperature:g}, top-p = {a.top_p:g}, "
              f"model {Path(engine.model).name}")
     fig = sweep_chart(results, title) if sweep else accuracy_chart(results, title)

@@ -7,6 +7,7 @@ top-k candidates' embeddings (mixing.py), through the model's own input-embeddin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -14,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from moi_demo.core import mixing
-from moi_demo.core.mixing import BatchConfig, MoIConfig
+from moi_demo.core.mixing import BatchConfig, MoIConfig, SamplingContext
 from moi_demo.core.trace import SamplingSettings, Step, Trace
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,13 @@ class ReferenceDecoder:
         forced: list[int] | None = None,
     ) -> Trace:
         """Decode one request. `forced` replays given tokens instead of sampling (teacher forcing), to
-        check another engine's sampled run step by step: its top-k and weights must match ours."""
+        check another engine's sampled run step by step: its top-k and weights must match ours. A switched config
+        (moi_entropy, moi_prior, moi_noise) takes its prior from `mixing.reference_prior`, written over the whole
+        vocabulary, with the settings' temperature, top-p and seed (0 where None) as the request's."""
         moi.check_vocab(self.vocab_size)
+        if moi.switched:
+            moi = dataclasses.replace(moi, context=SamplingContext(
+                settings.temperature, settings.top_p, settings.seed if settings.seed is not None else 0))
         ids = self.prompt_ids(prompt, chat) if isinstance(prompt, str) else list(prompt)
         device = self.model.device
         cfg = BatchConfig.from_configs([moi], device=device)
@@ -81,7 +87,7 @@ class ReferenceDecoder:
             lane=lane or ("standard" if moi.mode == "standard" else "moi"), mode=moi.mode, beta=moi.beta,
             top_k=moi.top_k, prompt=prompt if isinstance(prompt, str) else "", model=self.model_path,
             engine="reference", temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed,
-            max_tokens=settings.max_tokens,
+            max_tokens=settings.max_tokens, entropy=moi.entropy, prior=moi.prior, noise=moi.noise,
         )
         cache = DynamicCache(config=self.model.config)
         inputs = self.embed(torch.tensor([ids], device=device))  # [1, T, D]
@@ -90,7 +96,8 @@ class ReferenceDecoder:
             out = self.model(inputs_embeds=inputs, past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1, :].float()  # [1, V] raw, temperature 1
             token = sample_token(logits[0], settings, generator) if forced is None else forced[index]
-            step = mixing.mix_step(logits, torch.tensor([token], device=device), cfg)
+            step = (self._switched_step(logits, token, moi, cfg, index) if moi.switched else
+                    mixing.mix_step(logits, torch.tensor([token], device=device), cfg))
             logprobs = torch.log_softmax(logits, dim=-1)[0]  # [V]
             k = moi.top_k
             record = Step(
@@ -103,6 +110,8 @@ class ReferenceDecoder:
                 keep = slice(None) if token not in record.topk_ids else slice(0, k)
                 record.candidate_ids = step.candidate_ids[0, keep].tolist()
                 record.weights = step.weights[0, keep].tolist()
+                if moi.prior != "raw" or moi.noise > 0:
+                    record.mixed_prior = step.p[0, :k].tolist()
             out_ids.append(token)
             record.token = self.tokenizer.decode([token])
             trace.steps.append(record)
@@ -117,6 +126,17 @@ class ReferenceDecoder:
             trace.finish_reason = "length"
         trace.text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
         return trace
+
+    @staticmethod
+    def _switched_step(logits: torch.Tensor, token: int, moi: MoIConfig, cfg: BatchConfig,
+                       index: int) -> mixing.MixStep:
+        """A switched step: the top-k candidates as always, p and H from reference_prior, then the posterior."""
+        ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)  # [1, K]
+        p, h = mixing.reference_prior(logits[0], ids[0], moi, moi.context.seed, index)
+        entropy = torch.tensor([h], dtype=torch.float64, device=logits.device)
+        cand, onehot = mixing.candidates(ids, torch.tensor([token], device=logits.device), cfg.top_k)
+        weights = mixing.mix_weights(p[None], entropy, onehot, cfg.beta, cfg.mode)
+        return mixing.MixStep(ids, top, p[None], entropy, cand, weights)
 
     def generate_pair(
         self, prompt: str, moi: MoIConfig, settings: SamplingSettings = SamplingSettings()

@@ -59,12 +59,30 @@ def steps_from_output(completion: Any, first_index: int, top_k: int) -> list[Ste
 
 
 def complete_step(trace: Trace, step: Step) -> Step:
-    """Fill H and, in a mixing lane, the weights the plugin fed back (recomputed with mixing.py)."""
+    """Fill H and, in a mixing lane, the weights the plugin fed back (recomputed with mixing.py). A switched lane's
+    H and weights need what only the sampler saw: they come from the plugin's records when the lane ends
+    (`fill_from_records`); until then its steps carry the top-k H and no weights."""
     candidates, weights, entropy = trace.recompute(step)
     step.entropy = entropy
-    if trace.config.mixes:
+    if trace.config.mixes and not trace.config.switched:
         step.candidate_ids, step.weights = candidates, weights
     return step
+
+
+def fill_from_records(trace: Trace, records: dict[str, dict[str, list]]) -> bool:
+    """A switched lane's H and weights per step, from the plugin's records of what it fed (`moi_records`). False
+    (and the steps as they were) when the records do not cover the lane."""
+    found = [r for rid, r in records.items() if rid == trace.request_id or rid.startswith(trace.request_id + "-")]
+    if len(found) != 1 or len(found[0]["weights"]) < len(trace.steps):
+        logger.warning("moi-demo: no records of what lane %s fed (%d found)", trace.request_id, len(found))
+        return False
+    record, cfg = found[0], trace.config
+    for step, ids, weights, entropy in zip(trace.steps, record["candidates"], record["weights"], record["entropy"],
+                                           strict=False):
+        step.candidate_ids, step.weights, step.entropy = list(ids), list(weights), float(entropy)
+        if cfg.prior != "raw" or cfg.noise > 0:
+            step.mixed_prior = mixing.prior_from_weights(ids, weights, step.topk_ids, step.token_id, entropy, cfg)
+    return True
 
 
 class MoIEngine(EngineSupervisor):
@@ -159,7 +177,8 @@ class MoIEngine(EngineSupervisor):
             seed=settings.seed, logprobs=moi.top_k if logprobs else None,
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
             ignore_eos=ignore_eos,
-            extra_args={mixing.KEY_MODE: moi.mode, mixing.KEY_BETA: moi.beta, mixing.KEY_TOP_K: moi.top_k},
+            extra_args={mixing.KEY_MODE: moi.mode, mixing.KEY_BETA: moi.beta, mixing.KEY_TOP_K: moi.top_k,
+                        **moi.switches()},
         )
 
     def _stream(
@@ -264,7 +283,7 @@ class MoIEngine(EngineSupervisor):
         traces = [
             Trace(lane=lane, mode=cfg.mode, beta=cfg.beta, top_k=cfg.top_k, prompt=prompt, model=self.model,
                   engine="vllm", temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed,
-                  max_tokens=settings.max_tokens)
+                  max_tokens=settings.max_tokens, entropy=cfg.entropy, prior=cfg.prior, noise=cfg.noise)
             for lane, _, cfg in lanes
         ]
         request_ids = [f"{lane}-{i}-{tag}" for i, (lane, _, _) in enumerate(lanes)]
@@ -312,6 +331,9 @@ class MoIEngine(EngineSupervisor):
                     if done:
                         trace.finish_reason = completion.finish_reason
                         finished[i] = True
+                        if trace.config.switched and trace.config.mixes:  # what it fed: only the plugin knows
+                            fill_from_records(trace, self._call(lanes[i][1].collective_rpc(
+                                "moi_records", args=([request_ids[i]],)), timeout=60)[0])
                 yield tuple(traces)
         finally:
             self._runs.end(run_id)

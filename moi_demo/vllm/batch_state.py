@@ -7,8 +7,8 @@ it hands to logits processors). `BatchState` mirrors that: every per-row setting
 when the batch changes. A steady decode step is then a few tensor ops whatever the batch size: no Python
 loop over requests, no device-to-host read.
 
-Memory. Per generated token a request keeps its (k + 1) candidate ids (int32) and mix weights (float32):
-8 * (k + 1) bytes (168 at k = 20), whatever the hidden size, in pages of `PAGE` tokens drawn from a pool
+Memory. Per generated token a request keeps its (k + 1) candidate ids (int32), mix weights (float32) and H:
+8 * (k + 1) + 4 bytes (172 at k = 20), whatever the hidden size, in pages of `PAGE` tokens drawn from a pool
 per width (like vLLM's KV blocks: a page belongs to one request, returns to the pool when it finishes).
 The next step's mixed inputs live in one preallocated [rows, hidden] buffer. The history is what rebuilds
 the mixed inputs when the engine recomputes a request (after preemption) and what `records` return.
@@ -25,6 +25,7 @@ Over the house's ~500 lines (and BatchState over ~250) on purpose: one state mac
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -46,6 +47,9 @@ from moi_demo.vllm.history import (  # noqa: F401 - PAGE, the pool and the bound
 from moi_demo.vllm.host_reads import HostReadCounter
 
 logger = logging.getLogger("moi_demo.vllm.batch_state")
+
+MAX_SWITCHED_RECORDS = 256  # finished switched requests whose records wait to be read (records_of)
+
 
 class HookOrderError(RuntimeError):
     """The engine adapter called BatchState out of the order its protocol writes down (see BatchState)."""
@@ -79,6 +83,7 @@ class StepPlan:
     config: BatchConfig | None  # of `rows`
     write_t: dict[int, tuple[torch.Tensor | None, torch.Tensor]]  # width -> (positions in rows [G] or None
     # for all of them, pool rows [G])
+    positions: torch.Tensor | None = None  # [M] long: each row's generated-token index (where a row is noised)
 
 
 class BatchState:
@@ -109,6 +114,7 @@ class BatchState:
         self.mode = np.zeros(r, dtype=np.int64)
         self.beta = np.zeros(r, dtype=np.float32)
         self.top_k = np.ones(r, dtype=np.int64)
+        self.switched = np.zeros(r, dtype=bool)  # a switch away from the paper's MoI (MoIConfig.switched)
         self.prompt_len = np.zeros(r, dtype=np.int64)
         self.length = np.zeros(r, dtype=np.int64)
         self.fed = np.zeros(r, dtype=np.int64)
@@ -131,8 +137,11 @@ class BatchState:
         self.rewound_tokens = 0  # tokens cut from histories because the engine went back on them
         self.moves = self.swaps = 0  # batch rows moved / swapped while a MoI request was in the batch
         self.finished: dict[str, int] = {}  # req_id -> tokens fed (bounded)
-        self.finished_records: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # req_id -> (ids, weights)
+        self.finished_records: dict[str, tuple[torch.Tensor, ...]] = {}  # req_id -> (ids, weights, H)
         self.max_finished = 4096
+        # Switched requests' records (their weights cannot be recomputed from returned log-probs): kept at finish
+        # until read (`records_of`), the oldest dropped past MAX_SWITCHED_RECORDS.
+        self.switched_records: dict[str, tuple[torch.Tensor, ...]] = {}
         self.tokens_total = self.bytes_total = 0  # history held by finished requests, summed
         self.host_reads: HostReadCounter | None = None
         self.hook_seconds = 0.0  # wall time of the engine hooks' own code (set by the engine adapter)
@@ -193,6 +202,7 @@ class BatchState:
         self.mode[row] = MODE_CODES[hist.config.mode]
         self.beta[row] = max(hist.config.beta, 0.0)
         self.top_k[row] = hist.config.top_k
+        self.switched[row] = hist.config.switched
         self.prompt_len[row] = hist.prompt_len
         self.length[row] = hist.length
         self.fed[row] = hist.fed
@@ -213,7 +223,7 @@ class BatchState:
         self.mixes[row] = False
         self.buffer_valid[row] = False
 
-    _ROW_ARRAYS = ("mixes", "mode", "beta", "top_k", "prompt_len", "length", "fed", "page", "buffer_valid")
+    _ROW_ARRAYS = ("mixes", "mode", "beta", "top_k", "switched", "prompt_len", "length", "fed", "page", "buffer_valid")
 
     def _move(self, a: int, b: int) -> None:
         self.req[b], self.req[a] = self.req[a], None
@@ -256,9 +266,12 @@ class BatchState:
             self.bytes_total += hist.length * self.pools[hist.width].bytes_per_token
         if self.record_all:
             self.finished_records[req_id] = self._held(hist)  # read on the host only when asked (stats)
+        if hist.config.switched:
+            self.switched_records[req_id] = self._held(hist)
         self._release(hist)
-        for store in (self.finished, self.finished_records):
-            while len(store) > self.max_finished:
+        for store, most in ((self.finished, self.max_finished), (self.finished_records, self.max_finished),
+                            (self.switched_records, MAX_SWITCHED_RECORDS)):
+            while len(store) > most:
                 store.pop(next(iter(store)))
 
     def _release(self, hist: RequestHistory) -> None:
@@ -429,13 +442,21 @@ class BatchState:
             mode = dev["mode"][:num_reqs] if all_rows else dev["mode"].index_select(0, rows_t)
             beta = dev["beta"][:num_reqs] if all_rows else dev["beta"].index_select(0, rows_t)
             top_k = dev["top_k"][:num_reqs] if all_rows else dev["top_k"].index_select(0, rows_t)
+            switches = None
+            if self.switched[rows].any():  # built on batch changes only; a request without a seed: one from its id
+                hists = [self.req[r] for r in rows]
+                switches = mixing.Switches.from_configs([h.config for h in hists], self.device,
+                                                        [zlib.crc32(h.req_id.encode()) for h in hists])
             config = BatchConfig.from_tensors(mode, beta, top_k, k_max=int(k.max()), uniform_k=len(widths) == 1,
-                                              all_moi=bool((self.mode[rows] == MODE_MOI).all()))
+                                              all_moi=bool((self.mode[rows] == MODE_MOI).all()), switches=switches)
             self._config_key, self._cached = key, (config, all_rows, rows_t, groups, sels_t)
         config, all_rows, rows_t, groups, sels_t = self._cached
-        flats = self._to_device(*([flat] if len(groups) == 1 else [flat[sel] for _, sel in groups]))
+        noised = config.switches is not None and config.switches.any_noise
+        parts = [flat] if len(groups) == 1 else [flat[sel] for _, sel in groups]
+        flats = self._to_device(*parts, *([self.length[rows]] if noised else []))
+        positions = flats.pop() if noised else None  # the next token's index: the noise's counter
         write_t = {w: (sel_t, f) for (w, _), sel_t, f in zip(groups, sels_t, flats, strict=True)}
-        return StepPlan(rows, all_rows, rows_t, config, write_t)
+        return StepPlan(rows, all_rows, rows_t, config, write_t, positions)
 
     def take_plan(self) -> StepPlan | None:
         """Step 2, in the sampler hook: the step's plan (None when no MoI row samples this step)."""
@@ -460,9 +481,9 @@ class BatchState:
             self.buffer_valid[:] = False
 
     def record(self, plan: StepPlan, candidate_ids: torch.Tensor, weights: torch.Tensor,
-               mixed: torch.Tensor) -> None:
-        """After sampling: candidates [M, C] and weights [M, C] of the planned rows, and their mixed inputs
-        [M, D] (the next step's inputs; already in place when written into `mix_target`)."""
+               mixed: torch.Tensor, entropy: torch.Tensor | None = None) -> None:
+        """After sampling: candidates [M, C] and weights [M, C] of the planned rows, their mixed inputs [M, D] (the
+        next step's inputs; already in place when written into `mix_target`), and the H [M] they were mixed with."""
         self._expect(SAMPLING, "record")
         if plan is not self._pending:
             raise HookOrderError("moi-demo: BatchState.record() with a plan other than the one taken this step")
@@ -477,10 +498,14 @@ class BatchState:
             pool = self.pools[width]
             ids = candidate_ids if candidate_ids.shape[1] == width else candidate_ids[:, :width]
             w = weights if weights.shape[1] == width else weights[:, :width]
+            h = entropy
             if sel is not None:
                 ids, w = ids.index_select(0, sel), w.index_select(0, sel)
+                h = h.index_select(0, sel) if h is not None else None
             pool.ids_flat.index_copy_(0, flat, ids if ids.dtype == torch.int32 else ids.to(torch.int32))
             pool.weights_flat.index_copy_(0, flat, w if w.dtype == torch.float32 else w.float())
+            if h is not None:
+                pool.entropy_flat.index_copy_(0, flat, h if h.dtype == torch.float32 else h.float())
         rows = plan.rows
         if plan.all_rows:
             self.length[: rows.size] += 1
@@ -512,7 +537,7 @@ class BatchState:
         assert hist is not None
         step = self.recompute_chunk(hist.width, out.shape[1], out.dtype)
         for lo in range(0, js.size, step):
-            ids, w = self._read(hist, js[lo: lo + step])  # [c, C] int32, [c, C] float32
+            ids, w, _ = self._read(hist, js[lo: lo + step])  # [c, C] int32, [c, C] float32
             mixed = mixing.mix_embeddings(w, ids.long(), embed, out_dtype=out.dtype)  # [c, D]
             (targets_t,) = self._to_device(targets[lo: lo + step])
             out.index_copy_(0, targets_t, mixed)
@@ -523,29 +548,52 @@ class BatchState:
         engine writes them in bounded chunks with `write_from_history`)."""
         hist = self.req[row]
         assert hist is not None
-        ids, w = self._read(hist, js, staged=False)
+        ids, w, _ = self._read(hist, js, staged=False)
         return mixing.mix_embeddings(w, ids.long(), embed, out_dtype=out_dtype)
 
-    def _read(self, hist: RequestHistory, js: np.ndarray, staged: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read(self, hist: RequestHistory, js: np.ndarray, staged: bool = True) -> tuple[torch.Tensor, ...]:
+        """(ids [n, C] int32, weights [n, C], H [n]) of generated tokens js [n]."""
         pool = self.pools[hist.width]
         (flat,) = self._to_device(pool.flat(hist.pages, js), staged=staged)
-        return pool.ids_flat.index_select(0, flat), pool.weights_flat.index_select(0, flat)
+        return (pool.ids_flat.index_select(0, flat), pool.weights_flat.index_select(0, flat),
+                pool.entropy_flat.index_select(0, flat))
 
     # -- introspection -------------------------------------------------------------------------------------
 
     def history(self, hist: RequestHistory) -> list[tuple[list[int], list[float]]]:
         """(candidate ids, weights) per generated token held, one weight per distinct id (a device read:
         tests and debugging only). The sampled id is stored in its own column: its weights add up."""
-        return merged(*self._held(hist))
+        return merged(*self._held(hist)[:2])
 
-    def _held(self, hist: RequestHistory) -> tuple[torch.Tensor, torch.Tensor]:
-        """A copy of the request's held (candidate ids [n, C], weights [n, C]), on the device (no host read)."""
+    def _held(self, hist: RequestHistory) -> tuple[torch.Tensor, ...]:
+        """A copy of the request's held (candidate ids [n, C], weights [n, C], H [n]), on the device (no host
+        read)."""
         if hist.row >= 0:
             self._sync(hist.row)
         if hist.length == 0:
             empty = torch.zeros(0, hist.width)
-            return empty.int(), empty
+            return empty.int(), empty, torch.zeros(0)
         return self._read(hist, np.arange(hist.length), staged=False)
+
+    def records_of(self, prefixes: Sequence[str]) -> dict[str, dict[str, list]]:
+        """What was fed, per generated token, to the requests vLLM runs under the ids `prefixes` (live, or
+        finished and switched; a finished one's record is handed out once): {req_id: {"candidates": [n][..],
+        "weights": [n][..], "entropy": [n]}}, one weight per distinct id. A device read: on request only."""
+        def asked(req_id: str) -> bool:  # vLLM's internal id: the request's own, then "-" and a random suffix
+            return any(req_id == p or req_id.startswith(p + "-") for p in prefixes)
+
+        found: dict[str, tuple[torch.Tensor, ...]] = {}
+        for req_id in [r for r in self.switched_records if asked(r)]:
+            found[req_id] = self.switched_records.pop(req_id)
+        for req_id, hist in self.requests.items():
+            if asked(req_id):
+                found[req_id] = self._held(hist)
+        out = {}
+        for req_id, (ids, weights, entropy) in found.items():
+            rows = merged(ids, weights)
+            out[req_id] = {"candidates": [c for c, _ in rows], "weights": [w for _, w in rows],
+                           "entropy": entropy.tolist()}
+        return out
 
     def stats(self, records: bool = False) -> dict[str, Any]:
         for row, r in enumerate(self.req):
@@ -572,6 +620,6 @@ class BatchState:
             "hook_seconds": self.hook_seconds,
         }
         if records:
-            out["records"] = {**{r: merged(*held) for r, held in self.finished_records.items()},
+            out["records"] = {**{r: merged(*held[:2]) for r, held in self.finished_records.items()},
                               **{r: self.history(h) for r, h in self.requests.items()}}
         return out

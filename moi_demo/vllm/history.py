@@ -1,6 +1,6 @@
-"""A MoI request's compact history: per generated token its (k + 1) candidate ids (int32) and mix weights
-(float32), in pages of PAGE tokens drawn from a pool per width (like vLLM's KV blocks), and the bound on what
-rebuilding mixed inputs from it may hold at once. Pure torch + numpy."""
+"""A MoI request's compact history: per generated token its (k + 1) candidate ids (int32), mix weights (float32)
+and H (float32), in pages of PAGE tokens drawn from a pool per width (like vLLM's KV blocks), and the bound on
+what rebuilding mixed inputs from it may hold at once. Pure torch + numpy."""
 
 from __future__ import annotations
 
@@ -29,18 +29,21 @@ SWAP = "swap"  # a two-way move (vLLM's MoveDirectionality.SWAP); anything else 
 
 
 class PagePool:
-    """Pages of PAGE tokens x `width` columns: candidate ids (int32) and weights (float32), on `device`.
-    Grows by doubling (a copy, rare: at most log2(peak pages) times); pages return to a free list."""
+    """Pages of PAGE tokens x `width` columns: candidate ids (int32) and weights (float32), and per token the H it
+    was mixed with (float32), on `device`. Grows by doubling (a copy, rare: at most log2(peak pages) times); pages
+    return to a free list."""
 
     def __init__(self, width: int, device: torch.device):
         self.width, self.device = width, device
         self.free: list[int] = []
         self._set(torch.zeros(0, PAGE, width, dtype=torch.int32, device=device),
-                  torch.zeros(0, PAGE, width, dtype=torch.float32, device=device))
+                  torch.zeros(0, PAGE, width, dtype=torch.float32, device=device),
+                  torch.zeros(0, PAGE, dtype=torch.float32, device=device))
 
-    def _set(self, ids: torch.Tensor, weights: torch.Tensor) -> None:
-        self.ids, self.weights = ids, weights  # [P, PAGE, C] each
+    def _set(self, ids: torch.Tensor, weights: torch.Tensor, entropy: torch.Tensor) -> None:
+        self.ids, self.weights, self.entropy = ids, weights, entropy  # [P, PAGE, C] x 2, [P, PAGE]
         self.ids_flat, self.weights_flat = ids.view(-1, self.width), weights.view(-1, self.width)  # [P * PAGE, C]
+        self.entropy_flat = entropy.view(-1)  # [P * PAGE]
 
     @property
     def capacity(self) -> int:
@@ -48,7 +51,7 @@ class PagePool:
 
     @property
     def bytes_per_token(self) -> int:
-        return self.width * (self.ids.element_size() + self.weights.element_size())
+        return self.width * (self.ids.element_size() + self.weights.element_size()) + self.entropy.element_size()
 
     def alloc(self) -> int:
         if not self.free:
@@ -56,8 +59,9 @@ class PagePool:
             new = max(8, 2 * old)
             ids = torch.zeros(new, PAGE, self.width, dtype=torch.int32, device=self.device)
             weights = torch.zeros(new, PAGE, self.width, dtype=torch.float32, device=self.device)
-            ids[:old], weights[:old] = self.ids, self.weights
-            self._set(ids, weights)
+            entropy = torch.zeros(new, PAGE, dtype=torch.float32, device=self.device)
+            ids[:old], weights[:old], entropy[:old] = self.ids, self.weights, self.entropy
+            self._set(ids, weights, entropy)
             self.free = list(range(new - 1, old - 1, -1))
         return self.free.pop()
 

@@ -16,6 +16,7 @@ and a Request's `_moi_mixes` (plugin.py: prefix-cache keys). No hook reads a ten
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import time
@@ -74,13 +75,17 @@ class _checked:  # noqa: N801 - used as `with _checked(state):`
 
 
 def _params_config(params: Any) -> MoIConfig | None:
-    """A request's MoI config from its SamplingParams, parsed once per params object."""
+    """A request's MoI config from its SamplingParams, parsed once per params object; with the request's sampling
+    (`SamplingContext`) where a switch reads it."""
     cached = getattr(params, "_moi_config", False)
     if cached is False:
         try:
             cached = request_config(params.extra_args if params is not None else None)
         except InputError:  # refused at validation; never reached
             cached = None
+        if cached is not None and cached.needs_context:
+            cached = dataclasses.replace(cached, context=mixing.SamplingContext(
+                float(params.temperature), float(params.top_p), params.seed))
         with contextlib.suppress(AttributeError, TypeError):
             params._moi_config = cached
     return cached
@@ -179,15 +184,16 @@ class _PriorTap:
     argmax-changing logits processors; the structured-output bitmask acts before the sampler), before penalties,
     temperature, top-k/top-p. One per process: a worker runs its steps on one thread."""
 
-    __slots__ = ("state", "plan", "topk")
+    __slots__ = ("state", "plan", "topk", "extras")
 
     def __init__(self) -> None:
         self.state: BatchState | None = None
         self.plan: Any = None
         self.topk: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.extras = mixing.NO_EXTRAS
 
     def arm(self, state: BatchState, plan: Any) -> None:
-        self.state, self.plan, self.topk = state, plan, None
+        self.state, self.plan, self.topk, self.extras = state, plan, None, mixing.NO_EXTRAS
 
     def take(self, logits: torch.Tensor) -> None:
         state, plan = self.state, self.plan
@@ -198,13 +204,16 @@ class _PriorTap:
             cfg = plan.config
             rows_logits = logits if plan.all_rows else logits.index_select(0, plan.rows_t)  # [M, V]
             self.topk = mixing.topk_logits(rows_logits, cfg.top_k, cfg.k_max, cfg.uniform_k)  # [M, K] x 2
+            if cfg.switches is not None:  # what only the full logits hold: H_full, log Z_T (rows that ask)
+                self.extras = mixing.prior_extras(rows_logits, cfg.switches, plan.positions)
 
-    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        topk, self.topk, self.plan, self.state = self.topk, None, None, None
+    def result(self) -> tuple[torch.Tensor, torch.Tensor, mixing.PriorExtras]:
+        topk, extras = self.topk, self.extras
+        self.topk, self.plan, self.state, self.extras = None, None, None, mixing.NO_EXTRAS
         if topk is None:  # never taken: take() clears the state it ran for
             raise RuntimeError("moi-demo: the sampler never reached apply_penalties in a MoI step (vLLM's sampler "
                                "changed?): no prior to mix")
-        return topk
+        return (*topk, extras)
 
 
 _TAP = _PriorTap()
@@ -232,15 +241,15 @@ def _wrap_sample(orig):
         cfg = plan.config
         _TAP.arm(state, plan)
         output = orig(self, logits, spec_decode_metadata, *args, **kwargs)
-        top_ids, top_logits = _TAP.result()
+        top_ids, top_logits, extras = _TAP.result()
         with _checked(state):
             sampled = output.sampled_token_ids  # [B, 1]
             sampled = sampled if plan.all_rows else sampled.index_select(0, plan.rows_t)  # [M, 1] int32
             embeds = self.inputs_embeds.gpu  # [N, D]: the runner's persistent input buffer (its dtype and device)
             mixed = state.mix_target(plan, embeds.shape[1], embeds.dtype, embeds.device)  # [M, D]
-            candidate_ids, weights = mixing.fed_step(top_ids, top_logits, sampled, cfg, self.model.embed_input_ids,
-                                                     mixed)  # [M, K + 1] x 2, mixed written
-            state.record(plan, candidate_ids, weights, mixed)
+            fed = mixing.fed_step(top_ids, top_logits, sampled, cfg, self.model.embed_input_ids, mixed,
+                                  extras)  # [M, K + 1] x 2 and [M], mixed written
+            state.record(plan, fed.candidate_ids, fed.weights, mixed, fed.entropy)
         return output
 
     return _sample
@@ -278,6 +287,13 @@ def _worker_stats(worker: Any, records: bool = False) -> dict[str, Any]:
             "runner": type(runner).__name__ if runner is not None else None,
             "state": isinstance(state, BatchState), "device_allocated": device,
             **(state or BatchState(1)).stats(records)}
+
+
+def _worker_records(worker: Any, request_ids: list[str]) -> dict[str, dict[str, list]]:
+    """`collective_rpc("moi_records")`: what was fed to the requests whose ids start with one of `request_ids`
+    (BatchState.records_of): a switched lane's exact weights and H, which no returned log-prob can rebuild."""
+    state = getattr(getattr(worker, "model_runner", None), "_moi_state", None)
+    return state.records_of(request_ids) if isinstance(state, BatchState) else {}
 
 
 _NORMS: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}  # embedding weight -> its row norms [V]: once per model
@@ -338,3 +354,4 @@ def install(runner_cls: type, sampler_cls: type, builder_cls: type, worker_cls: 
     worker_cls.moi_stats = _worker_stats
     worker_cls.moi_force_reorder = _worker_force_reorder
     worker_cls.moi_inspect = _worker_inspect
+    worker_cls.moi_records = _worker_records
