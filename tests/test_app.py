@@ -169,7 +169,8 @@ def test_raw_api_inputs_name_the_field(app, data, message):
     import httpx
 
     url = app[0]
-    body = ('{"data": [' + data + ', 20, 0.0, 1.0, 8, 0, "p"]}').encode()
+    # every input, as a raw call must send them: ..., colour by, then the switches and the page's event number
+    body = ('{"data": [' + data + ', 20, 0.0, 1.0, 8, 0, "p", "top_k", "raw", 0.0, 0]}').encode()
     with httpx.Client(timeout=60) as http:
         event = http.post(f"{url}gradio_api/call/generate", content=body,
                           headers={"Content-Type": "application/json"}).json()["event_id"]

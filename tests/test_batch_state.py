@@ -30,6 +30,7 @@ class Sim:
         self.info: dict[str, dict] = {}  # req_id -> prompt_len, computed, owner, config
         self.rng = torch.Generator().manual_seed(1)
         self.fed: dict[str, list[torch.Tensor]] = {}  # every mixed input fed, by request and token
+        self.entropy: dict[str, list[float]] = {}  # ... and the H it was mixed with
 
     def identify(self, row: int):
         rid = self.rows[row]
@@ -76,11 +77,14 @@ class Sim:
             sampled = torch.randint(0, VOCAB, (plan.rows.size,), generator=self.rng)
             cfg = plan.config
             ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
-            cand, weights, _ = mixing.fed_weights(ids, top, sampled, cfg)
+            extras = (mixing.prior_extras(logits, cfg.switches, plan.positions) if cfg.switches is not None
+                      else mixing.NO_EXTRAS)
+            cand, weights, h = mixing.fed_weights(ids, top, sampled, cfg, extras)
             mixed = mixing.mix_embeddings(weights, cand, embed, torch.float64)
-            self.state.record(plan, cand, weights, mixed)
+            self.state.record(plan, cand, weights, mixed, h)
             for i, row in enumerate(plan.rows):
                 self.fed.setdefault(self.rows[row], []).append(mixed[i])
+                self.entropy.setdefault(self.rows[row], []).append(float(h[i]))
         for row, rid in enumerate(self.rows[:n_req]):
             if rid is not None:
                 info = self.info[rid]
@@ -369,3 +373,31 @@ def test_the_protocol_order_is_enforced():
     st.finish("a")
     st.apply_update([], [(1, MoIConfig("moi", 1.0, 3))], [], lambda r: ("b", 8, None))
     assert st.plan(2, np.array([0, 0]), np.array([1, 4]), np.array([True, False])).empty and st.phase == "idle"
+
+
+def test_records_of_hand_out_what_was_fed_and_keep_only_what_was_asked_for():
+    """records_of: a live request's candidates, weights and H per token, by vLLM's internal id (the request's own,
+    then "-" and a suffix); at finish only a request that asked (moi_record) is kept, and handed out once. A switched
+    row (noise) mixes beside a paper row in the same steps."""
+    import dataclasses
+
+    sim = Sim(rows=3)
+    noised = dataclasses.replace(MoIConfig("moi", 1.0, 4, noise=0.5, context=mixing.SamplingContext(seed=3)),
+                                 keep_record=True)
+    sim.add("a-1234", 0, noised)
+    sim.add("b-5678", 1, MoIConfig("moi", 1.0, 4))
+    for _ in range(3):
+        sim.step()
+    assert sim.state.switched[:2].tolist() == [True, False]
+    live = sim.state.records_of(["a", "b"])
+    assert set(live) == {"a-1234", "b-5678"} and sim.state.records_of(["a-12"]) == {}
+    for rid, rec in live.items():
+        assert rec["entropy"] == pytest.approx(sim.entropy[rid]) and len(rec["weights"]) == 3
+        assert all(sum(w) == pytest.approx(1.0) for w in rec["weights"])
+        fed = [mixing.mix_embeddings(torch.tensor([w], dtype=torch.float64), torch.tensor([c]), embed)[0]
+               for c, w in zip(rec["candidates"], rec["weights"], strict=True)]
+        assert torch.allclose(torch.stack(fed), torch.stack(sim.fed[rid]), atol=1e-6)  # what was fed, exactly
+    sim.state.finish("a-1234")
+    sim.state.finish("b-5678")
+    assert set(sim.state.records_of(["a", "b"])) == {"a-1234"}  # kept: the one that asked
+    assert sim.state.records_of(["a"]) == {}  # handed out once

@@ -342,6 +342,8 @@ def test_switches_default_to_the_paper_and_parse_from_extra_args():
     assert (cfg.mode, cfg.entropy, cfg.prior, cfg.noise, cfg.switched) == ("moi", "full", "processed", 0.5, True)
     assert cfg.switches() == {"moi_entropy": "full", "moi_prior": "processed", "moi_noise": 0.5}
     assert MoIConfig(noise=0.0, entropy="top_k").switches() == {}
+    assert MoIConfig.from_extra_args({"moi_record": True}) is None  # keeping records asks for no MoI by itself
+    assert MoIConfig.from_extra_args({"moi_beta": 1, "moi_record": True}).keep_record
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -350,6 +352,7 @@ def test_switches_default_to_the_paper_and_parse_from_extra_args():
     ({"moi_noise": -1}, "moi_noise: must be a finite number >= 0; got -1"),
     ({"moi_noise": float("inf")}, "moi_noise: must be a finite number >= 0; got inf"),
     ({"moi_noise": "lots"}, "moi_noise: must be a finite number >= 0; got 'lots'"),
+    ({"moi_beta": 1, "moi_record": "yes"}, "moi_record: must be true or false; got 'yes'"),
 ])
 def test_switch_errors_name_the_key_and_the_allowed_values(extra, message):
     with pytest.raises(InputError) as e:

@@ -48,7 +48,8 @@ PRIORS: tuple[str, ...] = ("raw", "processed")  # which distribution p is
 # Keys of SamplingParams.extra_args (and of the OpenAI API's `vllm_xargs`).
 KEY_MODE, KEY_BETA, KEY_TOP_K = "moi_mode", "moi_beta", "moi_top_k"
 KEY_ENTROPY, KEY_PRIOR, KEY_NOISE = "moi_entropy", "moi_prior", "moi_noise"
-EXTRA_ARGS_KEYS = (KEY_MODE, KEY_BETA, KEY_TOP_K, KEY_ENTROPY, KEY_PRIOR, KEY_NOISE)
+EXTRA_ARGS_KEYS = (KEY_MODE, KEY_BETA, KEY_TOP_K, KEY_ENTROPY, KEY_PRIOR, KEY_NOISE)  # any of them asks for MoI
+KEY_RECORD = "moi_record"  # true: keep what the request was fed past its end, until `moi_records` reads it
 GREEDY_EPS = 1e-5  # vLLM's _SAMPLING_EPS: a temperature below it samples greedily
 
 
@@ -67,7 +68,8 @@ class MoIConfig:
     """One request's MoI settings, checked against `inputs.BETA`, `inputs.TOP_K` and `inputs.NOISE` (errors name
     the field). `beta == -100` (the reference's convention) means direct mixture. `entropy`, `prior` and `noise` are
     the switches (module docstring); `context` is the request's sampling (set by the engine side where a switch
-    reads it), not part of the settings' identity."""
+    reads it) and `keep_record` asks the engine to keep what it fed past its end (`moi_record`): neither is part of
+    the settings' identity."""
 
     mode: str = "moi"
     beta: float = DEFAULT_BETA
@@ -76,6 +78,7 @@ class MoIConfig:
     prior: str = "raw"
     noise: float = 0.0
     context: SamplingContext | None = field(default=None, compare=False, repr=False)
+    keep_record: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_choice(self.mode, "mode", MODES)
@@ -146,6 +149,9 @@ class MoIConfig:
         top_k = extra_args.get(KEY_TOP_K, base.top_k)
         switches = {"entropy": extra_args.get(KEY_ENTROPY, base.entropy),
                     "prior": extra_args.get(KEY_PRIOR, base.prior), "noise": extra_args.get(KEY_NOISE, base.noise)}
+        keep = extra_args.get(KEY_RECORD, False)
+        if not isinstance(keep, bool):
+            raise InputError(KEY_RECORD, f"must be true or false; got {keep!r}")
         # JSON clients send numbers as strings or floats: accept "1.5" and 20.0, never 20.5.
         try:
             beta = float(beta) if isinstance(beta, str) else beta
@@ -155,7 +161,7 @@ class MoIConfig:
         if integral_float or (isinstance(top_k, str) and top_k.strip().lstrip("-").isdigit()):
             top_k = int(top_k)
         try:
-            return cls(mode=mode, beta=beta, top_k=top_k, **switches)
+            return cls(mode=mode, beta=beta, top_k=top_k, **switches, keep_record=keep)
         except InputError as e:
             raise e.renamed(f"moi_{e.field}") from None
 

@@ -178,7 +178,7 @@ class MoIEngine(EngineSupervisor):
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
             ignore_eos=ignore_eos,
             extra_args={mixing.KEY_MODE: moi.mode, mixing.KEY_BETA: moi.beta, mixing.KEY_TOP_K: moi.top_k,
-                        **moi.switches()},
+                        **moi.switches(), **({mixing.KEY_RECORD: True} if moi.switched and stream else {})},
         )
 
     def _stream(

@@ -48,7 +48,7 @@ from moi_demo.vllm.host_reads import HostReadCounter
 
 logger = logging.getLogger("moi_demo.vllm.batch_state")
 
-MAX_SWITCHED_RECORDS = 256  # finished switched requests whose records wait to be read (records_of)
+MAX_KEPT_RECORDS = 256  # finished requests (moi_record) whose records wait to be read (records_of)
 
 
 class HookOrderError(RuntimeError):
@@ -139,9 +139,9 @@ class BatchState:
         self.finished: dict[str, int] = {}  # req_id -> tokens fed (bounded)
         self.finished_records: dict[str, tuple[torch.Tensor, ...]] = {}  # req_id -> (ids, weights, H)
         self.max_finished = 4096
-        # Switched requests' records (their weights cannot be recomputed from returned log-probs): kept at finish
-        # until read (`records_of`), the oldest dropped past MAX_SWITCHED_RECORDS.
-        self.switched_records: dict[str, tuple[torch.Tensor, ...]] = {}
+        # The records of requests that asked for them (moi_record: a switched lane's weights cannot be rebuilt from
+        # returned log-probs), kept at finish until read (`records_of`), the oldest dropped past MAX_KEPT_RECORDS.
+        self.kept_records: dict[str, tuple[torch.Tensor, ...]] = {}
         self.tokens_total = self.bytes_total = 0  # history held by finished requests, summed
         self.host_reads: HostReadCounter | None = None
         self.hook_seconds = 0.0  # wall time of the engine hooks' own code (set by the engine adapter)
@@ -266,11 +266,11 @@ class BatchState:
             self.bytes_total += hist.length * self.pools[hist.width].bytes_per_token
         if self.record_all:
             self.finished_records[req_id] = self._held(hist)  # read on the host only when asked (stats)
-        if hist.config.switched:
-            self.switched_records[req_id] = self._held(hist)
+        if hist.config.keep_record:
+            self.kept_records[req_id] = self._held(hist)
         self._release(hist)
         for store, most in ((self.finished, self.max_finished), (self.finished_records, self.max_finished),
-                            (self.switched_records, MAX_SWITCHED_RECORDS)):
+                            (self.kept_records, MAX_KEPT_RECORDS)):
             while len(store) > most:
                 store.pop(next(iter(store)))
 
@@ -577,14 +577,14 @@ class BatchState:
 
     def records_of(self, prefixes: Sequence[str]) -> dict[str, dict[str, list]]:
         """What was fed, per generated token, to the requests vLLM runs under the ids `prefixes` (live, or
-        finished and switched; a finished one's record is handed out once): {req_id: {"candidates": [n][..],
+        finished and kept: `moi_record`; a kept record is handed out once): {req_id: {"candidates": [n][..],
         "weights": [n][..], "entropy": [n]}}, one weight per distinct id. A device read: on request only."""
         def asked(req_id: str) -> bool:  # vLLM's internal id: the request's own, then "-" and a random suffix
             return any(req_id == p or req_id.startswith(p + "-") for p in prefixes)
 
         found: dict[str, tuple[torch.Tensor, ...]] = {}
-        for req_id in [r for r in self.switched_records if asked(r)]:
-            found[req_id] = self.switched_records.pop(req_id)
+        for req_id in [r for r in self.kept_records if asked(r)]:
+            found[req_id] = self.kept_records.pop(req_id)
         for req_id, hist in self.requests.items():
             if asked(req_id):
                 found[req_id] = self._held(hist)
