@@ -211,9 +211,11 @@ def test_switches_greedy_equal_the_oracle_in_one_batch(llm, oracle, prompt_ids):
 def test_switched_sampled_run_matches_the_oracle_and_the_records(llm, oracle, prompt_ids, cfg):
     """Sampled (temperature 1.2, top-p 0.8, seed 11): vLLM's tokens replayed through the oracle give the same
     top-k at every step (so the same inputs were fed), and the plugin's records of what it fed (`moi_records`:
-    what the page shows for a switched lane) hold the oracle's weights and H; a seeded rerun is identical."""
+    what the page shows for a switched lane) hold the oracle's weights and H; a seeded rerun is identical, and its
+    record, kept past its end as it asked, is handed out once."""
     settings = SamplingSettings(temperature=1.2, top_p=0.8, max_tokens=24, seed=11)
-    sp = params(24, logprobs=5, temperature=1.2, top_p=0.8, seed=11, **switch_xargs(cfg))
+    # moi_record: the request's record outlives it (the worker may free a finished request before the RPC arrives)
+    sp = params(24, logprobs=5, temperature=1.2, top_p=0.8, seed=11, moi_record=True, **switch_xargs(cfg))
     out = llm.generate({"prompt_token_ids": prompt_ids[2]}, sp)[0]
     (fed,) = llm.collective_rpc("moi_records", args=([out.request_id],))[0].values()
     tokens = list(out.outputs[0].token_ids)
@@ -227,6 +229,10 @@ def test_switched_sampled_run_matches_the_oracle_and_the_records(llm, oracle, pr
             dict(zip(step.candidate_ids, step.weights, strict=True)), abs=1e-4)
     again = llm.generate({"prompt_token_ids": prompt_ids[2]}, sp)[0]
     assert list(again.outputs[0].token_ids) == tokens
+    llm.generate({"prompt_token_ids": prompt_ids[0]}, params(2))  # a step after: every earlier request is finished
+    (kept,) = llm.collective_rpc("moi_records", args=([again.request_id],))[0].values()
+    assert kept["weights"] == fed["weights"]  # kept past its end, as it asked
+    assert llm.collective_rpc("moi_records", args=([again.request_id],))[0] == {}  # and handed out once
 
 
 @pytest.mark.parametrize(

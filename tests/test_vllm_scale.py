@@ -82,7 +82,7 @@ def wide_model(tmp_path_factory) -> str:
                              dtype="bfloat16")
 
 
-def test_memory_per_token_is_k_plus_one_ids_and_weights_whatever_the_hidden_size(tiny_models, wide_model):
+def test_memory_per_token_is_k_plus_one_ids_and_weights_and_h_whatever_the_hidden_size(tiny_models, wide_model):
     per_token = {}
     for name, model, dtype in (("h64", tiny_models["llama"], "float32"), ("h2048", wide_model, "bfloat16")):
         job = {"model": model, "prompts": PROMPTS, "max_tokens": 70, "extra_args": MIXED,
@@ -91,4 +91,4 @@ def test_memory_per_token_is_k_plus_one_ids_and_weights_whatever_the_hidden_size
         mem = stats[0]["memory"]
         per_token[name] = mem["bytes_per_token"]
         assert mem["history_tokens"] == 0 and mem["buffer_bytes"] > 0  # all finished: history freed
-    assert per_token["h64"] == per_token["h2048"] == 21 * 8  # (k + 1) x (int32 id + float32 weight), k = 20
+    assert per_token["h64"] == per_token["h2048"] == 21 * 8 + 4  # (k + 1) x (int32 id + float32 weight) + H, k = 20
