@@ -377,8 +377,8 @@ def test_the_protocol_order_is_enforced():
 
 def test_records_of_hand_out_what_was_fed_and_keep_only_what_was_asked_for():
     """records_of: a live request's candidates, weights and H per token, by vLLM's internal id (the request's own,
-    then "-" and a suffix); at finish only a request that asked (moi_record) is kept, and handed out once. A switched
-    row (noise) mixes beside a paper row in the same steps."""
+    then "-" and a suffix); at finish only a request that asked (moi_record) and was not read yet is kept, and
+    handed out once. A switched row (noise) mixes beside a paper row in the same steps."""
     import dataclasses
 
     sim = Sim(rows=3)
@@ -386,10 +386,11 @@ def test_records_of_hand_out_what_was_fed_and_keep_only_what_was_asked_for():
                                  keep_record=True)
     sim.add("a-1234", 0, noised)
     sim.add("b-5678", 1, MoIConfig("moi", 1.0, 4))
+    sim.add("c-9abc", 2, noised)  # asks too, never read while it runs
     for _ in range(3):
         sim.step()
-    assert sim.state.switched[:2].tolist() == [True, False]
-    live = sim.state.records_of(["a", "b"])
+    assert sim.state.switched[:3].tolist() == [True, False, True]
+    live = sim.state.records_of(["a", "b"])  # read: a is handed out, so not kept at its finish
     assert set(live) == {"a-1234", "b-5678"} and sim.state.records_of(["a-12"]) == {}
     for rid, rec in live.items():
         assert rec["entropy"] == pytest.approx(sim.entropy[rid]) and len(rec["weights"]) == 3
@@ -397,7 +398,8 @@ def test_records_of_hand_out_what_was_fed_and_keep_only_what_was_asked_for():
         fed = [mixing.mix_embeddings(torch.tensor([w], dtype=torch.float64), torch.tensor([c]), embed)[0]
                for c, w in zip(rec["candidates"], rec["weights"], strict=True)]
         assert torch.allclose(torch.stack(fed), torch.stack(sim.fed[rid]), atol=1e-6)  # what was fed, exactly
-    sim.state.finish("a-1234")
-    sim.state.finish("b-5678")
-    assert set(sim.state.records_of(["a", "b"])) == {"a-1234"}  # kept: the one that asked
-    assert sim.state.records_of(["a"]) == {}  # handed out once
+    for rid in ("a-1234", "b-5678", "c-9abc"):
+        sim.state.finish(rid)
+    kept = sim.state.records_of(["a", "b", "c"])
+    assert set(kept) == {"c-9abc"} and len(kept["c-9abc"]["weights"]) == 3  # asked, and not read yet
+    assert sim.state.records_of(["c"]) == {}  # handed out once

@@ -266,7 +266,7 @@ class BatchState:
             self.bytes_total += hist.length * self.pools[hist.width].bytes_per_token
         if self.record_all:
             self.finished_records[req_id] = self._held(hist)  # read on the host only when asked (stats)
-        if hist.config.keep_record:
+        if hist.config.keep_record and not hist.read:
             self.kept_records[req_id] = self._held(hist)
         self._release(hist)
         for store, most in ((self.finished, self.max_finished), (self.finished_records, self.max_finished),
@@ -577,7 +577,8 @@ class BatchState:
 
     def records_of(self, prefixes: Sequence[str]) -> dict[str, dict[str, list]]:
         """What was fed, per generated token, to the requests vLLM runs under the ids `prefixes` (live, or
-        finished and kept: `moi_record`; a kept record is handed out once): {req_id: {"candidates": [n][..],
+        finished and kept: `moi_record`). A record is handed out once: a live request read is not kept at its finish
+        (the engine reads a lane when its last token is out): {req_id: {"candidates": [n][..],
         "weights": [n][..], "entropy": [n]}}, one weight per distinct id. A device read: on request only."""
         def asked(req_id: str) -> bool:  # vLLM's internal id: the request's own, then "-" and a random suffix
             return any(req_id == p or req_id.startswith(p + "-") for p in prefixes)
@@ -588,6 +589,7 @@ class BatchState:
         for req_id, hist in self.requests.items():
             if asked(req_id):
                 found[req_id] = self._held(hist)
+                hist.read = True
         out = {}
         for req_id, (ids, weights, entropy) in found.items():
             rows = merged(ids, weights)

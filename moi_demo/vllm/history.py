@@ -85,6 +85,7 @@ class RequestHistory:
     length: int = 0  # generated tokens whose (candidates, weights) are held
     fed: int = 0  # generated tokens fed back as mixed inputs at least once
     row: int = -1  # its batch row, -1 while out of the batch (preempted)
+    read: bool = False  # its record was handed out (records_of): not kept at its finish
 
     @property
     def width(self) -> int:
