@@ -174,9 +174,8 @@ class Callbacks:
         lanes = lanes if lanes is not None else Lanes()
         key = standard_key(self.engine.model, prompt, settings)
         run_id = self._supersede(_session(request), "run", event)
-        if run_id is None:  # a newer event of the page already runs: it owns the page
-            yield {p.status: gr.skip()}
-            return
+        if run_id is None:  # a newer event of the page already runs: it owns the page; nothing sent (as a run a
+            return  # newer one superseded: a skip sent for the status left it blank once the newer run was done)
         label = lane_label(moi_cfg, full=True)
         standard = lanes.reusable_standard(key, moi_cfg.top_k)
         cached = lanes.cached(key, moi_cfg) if live else None
