@@ -129,8 +129,7 @@ class Rig:
         rows_logits = logits if plan.all_rows else logits.index_select(0, plan.rows_t)
         rows_sampled = sampled if plan.all_rows else sampled.index_select(0, plan.rows_t)
         top_ids, top_logits = mixing.topk_logits(rows_logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
-        extras = (mixing.prior_extras(rows_logits, cfg.switches, plan.positions) if cfg.switches is not None
-                  else mixing.NO_EXTRAS)
+        extras = mixing.prior_extras(rows_logits, cfg.switches, plan.positions)
         mixed = self.state.mix_target(plan, self.hidden, self.dtype, self.device)  # [M, D]
         cand, weights, h = mixing.fed_step(top_ids, top_logits, rows_sampled, cfg, self.embed, mixed, extras)
         self.state.record(plan, cand, weights, mixed, h)
@@ -139,8 +138,7 @@ class Rig:
         """Only the device work of a steady decode step of rows 0..n-1 (what a CUDA graph would hold)."""
         cfg = plan.config
         top_ids, top_logits = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
-        extras = (mixing.prior_extras(logits, cfg.switches, plan.positions) if cfg.switches is not None
-                  else mixing.NO_EXTRAS)
+        extras = mixing.prior_extras(logits, cfg.switches, plan.positions)
         mixing.fed_step(top_ids, top_logits, sampled, cfg, self.embed, self.state.buffer[: logits.shape[0]], extras)
 
 

@@ -77,8 +77,7 @@ class Sim:
             sampled = torch.randint(0, VOCAB, (plan.rows.size,), generator=self.rng)
             cfg = plan.config
             ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
-            extras = (mixing.prior_extras(logits, cfg.switches, plan.positions) if cfg.switches is not None
-                      else mixing.NO_EXTRAS)
+            extras = mixing.prior_extras(logits, cfg.switches, plan.positions)
             cand, weights, h = mixing.fed_weights(ids, top, sampled, cfg, extras)
             mixed = mixing.mix_embeddings(weights, cand, embed, torch.float64)
             self.state.record(plan, cand, weights, mixed, h)

@@ -22,7 +22,7 @@ from moi_demo.app.explorer import Lanes, parse_betas, standard_key
 from moi_demo.app.fields import page_error
 from moi_demo.core import inputs
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import ENTROPIES, PRIORS, MoIConfig
+from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import MODE_CHOICES, STANDARD_LABEL, SamplingSettings, Trace, first_divergence, lane_label
 from moi_demo.serving.engine import EngineUnavailableError, MoIEngine, RunStopped
 from moi_demo.serving.run_card import run_card
@@ -80,9 +80,8 @@ def parse_run(mode: Any, beta: Any, top_k: Any, temperature: Any, top_p: Any, ma
         temperature=inputs.TEMPERATURE.check(temperature), top_p=inputs.TOP_P.check(top_p),
         max_tokens=inputs.MAX_TOKENS.named("max_new_tokens").with_hi(max_new_tokens).check(max_tokens),
         seed=inputs.SEED.check(seed))
-    moi = MoIConfig(MODE_CHOICES[mode], inputs.APP_BETA.check(beta), inputs.APP_TOP_K.check(top_k),
-                    entropy=inputs.check_choice(entropy, "entropy", list(ENTROPIES)),
-                    prior=inputs.check_choice(prior, "prior", list(PRIORS)), noise=inputs.APP_NOISE.check(noise))
+    moi = MoIConfig(MODE_CHOICES[mode], inputs.APP_BETA.check(beta), inputs.APP_TOP_K.check(top_k), entropy=entropy,
+                    prior=prior, noise=inputs.APP_NOISE.check(noise))  # MoIConfig checks the choices
     return moi, settings
 
 

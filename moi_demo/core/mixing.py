@@ -397,8 +397,11 @@ def full_entropy(logits: torch.Tensor) -> torch.Tensor:
     return (-(logp.exp() * logp).sum(dim=-1) / math.log(logits.shape[-1])).clamp_(0.0, 1.0)
 
 
-def prior_extras(logits: torch.Tensor, switches: Switches, positions: torch.Tensor | None) -> PriorExtras:
-    """The extras of a switched step from its full logits [B, V] (each O(B * V): computed only when a row asks)."""
+def prior_extras(logits: torch.Tensor, switches: Switches | None, positions: torch.Tensor | None) -> PriorExtras:
+    """The extras of a switched step from its full logits [B, V] (each O(B * V): computed only when a row asks);
+    NO_EXTRAS for a batch with no switched row."""
+    if switches is None:
+        return NO_EXTRAS
     h_full = full_entropy(logits) if switches.any_full else None
     log_z = None
     if switches.any_processed:
@@ -510,8 +513,7 @@ def mix_step(logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig,
     """The whole step from raw logits [B, V] (temperature 1, before penalties) and sampled ids [B]; `positions`
     [B] (generated-token index) where a row is noised."""
     ids, top_logits = topk_logits(logits, config.top_k, config.k_max, config.uniform_k)
-    extras = prior_extras(logits, config.switches, positions) if config.switches is not None else PriorExtras()
-    return mix_from_topk(ids, top_logits, sampled, config, extras)
+    return mix_from_topk(ids, top_logits, sampled, config, prior_extras(logits, config.switches, positions))
 
 
 def mix_from_topk(

@@ -70,9 +70,9 @@ def complete_step(trace: Trace, step: Step) -> Step:
 
 
 def fill_from_records(trace: Trace, records: dict[str, dict[str, list]]) -> bool:
-    """A switched lane's H and weights per step, from the plugin's records of what it fed (`moi_records`). False
-    (and the steps as they were) when the records do not cover the lane."""
-    found = [r for rid, r in records.items() if rid == trace.request_id or rid.startswith(trace.request_id + "-")]
+    """A switched lane's H and weights per step, from the plugin's records of what it fed (`moi_records` asked for
+    the lane's request id alone). False (and the steps as they were) when the records do not cover the lane."""
+    found = list(records.values())
     if len(found) != 1 or len(found[0]["weights"]) < len(trace.steps):
         logger.warning("moi-demo: no records of what lane %s fed (%d found)", trace.request_id, len(found))
         return False

@@ -204,8 +204,8 @@ class _PriorTap:
             cfg = plan.config
             rows_logits = logits if plan.all_rows else logits.index_select(0, plan.rows_t)  # [M, V]
             self.topk = mixing.topk_logits(rows_logits, cfg.top_k, cfg.k_max, cfg.uniform_k)  # [M, K] x 2
-            if cfg.switches is not None:  # what only the full logits hold: H_full, log Z_T (rows that ask)
-                self.extras = mixing.prior_extras(rows_logits, cfg.switches, plan.positions)
+            # what only the full logits hold: H_full, log Z_T (while a row asks)
+            self.extras = mixing.prior_extras(rows_logits, cfg.switches, plan.positions)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor, mixing.PriorExtras]:
         topk, extras = self.topk, self.extras
