@@ -21,13 +21,14 @@ the O(B * V) full entropy and log-partition, the top-p mask, the noise), checked
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import logging
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 from moi_demo.core import mixing  # noqa: E402
 from moi_demo.core.mixing import MoIConfig  # noqa: E402
 from moi_demo.vllm.batch_state import BatchState  # noqa: E402
+from moi_demo.vllm.step import CAPTURE_AFTER, StepRunner  # noqa: E402
 
 logger = logging.getLogger("moi_demo.bench.hook_math")
 PROMPT = 16
@@ -44,31 +46,48 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class Clock:
-    """Wall time of a region on the CPU; CUDA events on a GPU (the device time of the queued work)."""
+    """Host time of a region (perf_counter: the Python and the launches), and on CUDA its device time (CUDA events
+    around it: from the first queued kernel's start to the last one's end, which a host-bound step stretches)."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
 
-    def time(self, fn: Callable[[], object]) -> float:
-        """Milliseconds of fn()."""
+    def time(self, fn: Callable[[], object]) -> tuple[float, float | None]:
+        """(host ms, device ms or None on the CPU) of fn()."""
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end)
         t0 = time.perf_counter()
         fn()
-        return (time.perf_counter() - t0) * 1e3
+        host = (time.perf_counter() - t0) * 1e3
+        if not self.cuda:
+            return host, None
+        end.record()
+        end.synchronize()
+        return host, start.elapsed_time(end)
+
+
+class OpCounter(torch.overrides.TorchFunctionMode):
+    """Torch calls made under it (each at least one kernel launch on a GPU, or one graph replay)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
 
 
 class Rig:
     """One batch of `rows` MoI requests on a BatchState, stepped as the plugin steps them."""
 
     def __init__(self, state: BatchState, embed: Callable[[torch.Tensor], torch.Tensor], vocab: int, hidden: int,
-                 dtype: torch.dtype, cfg: MoIConfig, seed: int = 0):
+                 dtype: torch.dtype, cfg: MoIConfig, graphs: bool = False):
         self.state, self.embed, self.vocab, self.hidden, self.dtype, self.cfg = state, embed, vocab, hidden, dtype, cfg
+        self.steps = StepRunner(state, graphs=graphs)
+        self.plan_ms = 0.0
+        self.like = torch.empty(0, hidden, dtype=dtype, device=state.device)  # the inputs' hidden size, dtype, device
         self.device = state.device
         self.rows: dict[int, str] = {}  # row -> request id
         self.computed: dict[str, int] = {}  # request id -> positions computed
@@ -119,27 +138,16 @@ class Rig:
         """The plugin's step for rows 0..n-1: plan (host), feed the inputs, top-k of the prior, weights, mix, record.
         `logits` [n, V] and `sampled` [n] stand for the model and the sampler (not timed as hook work)."""
         query_start = np.concatenate([[0], np.cumsum(scheduled)])
+        t0 = time.perf_counter()
         fast_rows, fast_offsets, slow = self.state.plan(n, computed, scheduled, np.ones(n, dtype=bool))
+        self.plan_ms = (time.perf_counter() - t0) * 1e3  # BatchState's host side of the step (numpy, no kernels)
         if fast_rows.size:
             self.state.write_buffer(inputs_embeds, fast_rows, query_start[fast_rows] + fast_offsets, n)
         for row, js, offsets in slow:
             self.state.write_from_history(row, js, self.embed, inputs_embeds, query_start[row] + offsets)
         plan = self.state.take_plan()
-        cfg = plan.config
-        rows_logits = logits if plan.all_rows else logits.index_select(0, plan.rows_t)
-        rows_sampled = sampled if plan.all_rows else sampled.index_select(0, plan.rows_t)
-        top_ids, top_logits = mixing.topk_logits(rows_logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
-        extras = mixing.prior_extras(rows_logits, cfg.switches, plan.positions)
-        mixed = self.state.mix_target(plan, self.hidden, self.dtype, self.device)  # [M, D]
-        cand, weights, h = mixing.fed_step(top_ids, top_logits, rows_sampled, cfg, self.embed, mixed, extras)
-        self.state.record(plan, cand, weights, mixed, h)
-
-    def device_step(self, plan, logits: torch.Tensor, sampled: torch.Tensor) -> None:
-        """Only the device work of a steady decode step of rows 0..n-1 (what a CUDA graph would hold)."""
-        cfg = plan.config
-        top_ids, top_logits = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
-        extras = mixing.prior_extras(logits, cfg.switches, plan.positions)
-        mixing.fed_step(top_ids, top_logits, sampled, cfg, self.embed, self.state.buffer[: logits.shape[0]], extras)
+        tapped = self.steps.tap(plan, logits)  # in vLLM: inside the sampler, before it samples
+        self.steps.mix(plan, tapped, sampled, self.embed, self.like)
 
 
 def expected_inputs(logits: torch.Tensor, sampled: torch.Tensor, cfg: MoIConfig, embed: Callable,
@@ -171,7 +179,9 @@ SWITCHED = MoIConfig("moi", 1.0, 20, entropy="full", prior="processed", noise=0.
 
 
 def bench_batch(b: int, a: argparse.Namespace, device: torch.device, table: torch.Tensor, clock: Clock,
-                tol: float, base: MoIConfig = PAPER) -> dict[str, object]:
+                tol: float, base: MoIConfig = PAPER, graphs: bool = False) -> dict[str, object]:
+    """Run batch b through a.steps steps (with batch changes and a recompute), check every fed input, and time the
+    steady decode steps: host and device ms (medians), torch calls per steady step, and the graphs' counts."""
     import dataclasses
 
     dtype = table.dtype
@@ -181,12 +191,15 @@ def bench_batch(b: int, a: argparse.Namespace, device: torch.device, table: torc
         return torch.nn.functional.embedding(ids, table)
 
     state = BatchState(b + 1, device)
-    rig = Rig(state, embed, a.vocab, a.hidden, dtype, cfg)
+    rig = Rig(state, embed, a.vocab, a.hidden, dtype, cfg, graphs=graphs)
     gen = torch.Generator(device=device).manual_seed(b)
     inputs = torch.zeros((b + 1) * (PROMPT + a.steps + 2), a.hidden, dtype=dtype, device=device)
     expected: dict[str, list[torch.Tensor]] = {}  # request id -> the mixed input of each generated token
     rig.add(b)
-    times: list[float] = []
+    host: list[float] = []
+    dev: list[float] = []
+    calls: list[int] = []
+    plan: list[float] = []
     worst, checked = 0.0, 0
     for t in range(a.steps + 1):
         if t == a.steps // 2 and b >= 2:  # batch changes mid-run, in one BatchUpdate each
@@ -197,14 +210,21 @@ def bench_batch(b: int, a: argparse.Namespace, device: torch.device, table: torc
         if t == a.steps // 2 + 2:
             rig.preempt(0)  # recomputed from history at the next step
         n, ids, computed, scheduled = rig.schedule()
-        logits = (torch.randn(n, a.vocab, generator=gen, device=device) * 3).to(dtype)  # the model's output
+        logits = (torch.randn(n, a.vocab, generator=gen, device=device) * 3).float()  # vLLM's sampler: float32
         sampled = logits.argmax(dim=-1)  # the sampler's (greedy)
         steady = bool((scheduled == 1).all())
-        with _sync_checked(device):
-            ms = clock.time(lambda lg=logits, sp=sampled, c=computed, s=scheduled, n=n:
-                            rig.step(n, c, s, lg, sp, inputs))
-        if steady:
-            times.append(ms)
+        replays = rig.steps.replays
+        counter = OpCounter() if t % 4 == 3 else contextlib.nullcontext()  # counted steps are not timed
+        with _sync_checked(device), counter:
+            host_ms, dev_ms = clock.time(lambda lg=logits, sp=sampled, c=computed, s=scheduled, n=n:
+                                         rig.step(n, c, s, lg, sp, inputs))
+        if steady and (not graphs or rig.steps.replays > replays):  # graphed: the steps that replayed
+            if isinstance(counter, OpCounter):
+                calls.append(counter.calls)
+            else:
+                host.append(host_ms)
+                dev.append(dev_ms or 0.0)
+                plan.append(rig.plan_ms)
         # Every generated token's input fed this step == the formula afresh from the logits that sampled it.
         start = 0
         for r in range(n):
@@ -226,33 +246,50 @@ def bench_batch(b: int, a: argparse.Namespace, device: torch.device, table: torc
         raise AssertionError(f"batch {b}: fed inputs differ from the formula by {worst:.3g} (tolerance {tol:g})")
     if state.recomputed_steps == 0 or (b >= 2 and not (state.swaps and state.moves)):
         raise AssertionError(f"batch {b}: the run missed a recompute, a swap or a move")
-    logits = (torch.randn(b, a.vocab, generator=gen, device=device) * 3).to(dtype)
-    argmax_ms = statistics.median(clock.time(lambda: logits.argmax(dim=-1)) for _ in range(10))
-    return {"batch": b, "hook_ms": statistics.median(times), "argmax_ms": argmax_ms, "checked": checked,
-            "max_err": worst, "graph": try_graph(rig, logits, device)}
+    if graphs and not rig.steps.replays:
+        raise AssertionError(f"batch {b}: graphs were asked for and never replayed ({a.steps} steps)")
+    logits = (torch.randn(b, a.vocab, generator=gen, device=device) * 3).float()
+    argmax = [clock.time(lambda: logits.argmax(dim=-1)) for _ in range(10)]
+    argmax_ms = statistics.median(d if d is not None else h for h, d in argmax)
+    return {"batch": b, "host_ms": statistics.median(host), "device_ms": statistics.median(dev) if clock.cuda else None,
+            "calls": int(statistics.median(calls)), "plan_ms": statistics.median(plan), "argmax_ms": argmax_ms,
+            "checked": checked, "max_err": worst,
+            "graphs": f"{rig.steps.captures} captured, {rig.steps.replays} replayed" if graphs else "eager"}
 
 
-def try_graph(rig: Rig, logits: torch.Tensor, device: torch.device) -> str:
-    """Capture a steady decode step's device work in a CUDA graph, replay it, compare with eager."""
-    if device.type != "cuda":
-        return "n/a (CPU)"
-    n = logits.shape[0]
-    config = mixing.BatchConfig.from_configs([rig.cfg] * n, logits.device)
-    plan = SimpleNamespace(config=config, positions=torch.zeros(n, dtype=torch.long, device=device))
+def profile(b: int, a: argparse.Namespace, device: torch.device, table: torch.Tensor, graphs: bool,
+            steps: int = 10) -> tuple[float, list[str]]:
+    """A steady decode step of batch b under torch.profiler: (ms of torch ops per step on the host, the top lines).
+    A step's host Python is its host time less the first figure."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    def embed(ids: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.embedding(ids, table)
+
+    state = BatchState(b + 1, device)
+    rig = Rig(state, embed, a.vocab, a.hidden, table.dtype, dataclasses.replace(PAPER, top_k=a.k), graphs=graphs)
+    rig.add(b)
+    logits = (torch.randn(b, a.vocab, device=device) * 3).float()
     sampled = logits.argmax(dim=-1)
-    try:
-        rig.device_step(plan, logits, sampled)  # warm-up outside capture
-        eager = rig.state.buffer[:n].clone()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            rig.device_step(plan, logits, sampled)
-        rig.state.buffer.zero_()
-        graph.replay()
-        torch.cuda.synchronize()
-        same = torch.equal(rig.state.buffer[:n], eager)
-        return "yes" + ("" if same else " (replay differs!)")
-    except Exception as e:  # report why, keep going
-        return f"no: {type(e).__name__}: {str(e)[:80]}"
+    inputs = torch.zeros(b * (PROMPT + 1), a.hidden, dtype=table.dtype, device=device)
+
+    def one() -> None:
+        n, _, computed, scheduled = rig.schedule()
+        rig.step(n, computed, scheduled, logits, sampled, inputs)
+        for r in range(n):
+            rig.computed[rig.rows[r]] = int(computed[r] + scheduled[r])
+
+    for _ in range(CAPTURE_AFTER + 2):  # the prompt step, then steady steps up to a capture
+        one()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            one()
+    top = [e for e in prof.events() if e.cpu_parent is None and not e.name.startswith("ProfilerStep")]
+    op_ms = sum(e.cpu_time_total for e in top) / 1e3 / steps
+    table_txt = prof.key_averages().table(sort_by="cpu_time_total", row_limit=8, max_name_column_width=40)
+    return op_ms, table_txt.splitlines()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,36 +301,54 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (CI)")
+    p.add_argument("--graphs", choices=("auto", "on", "off"), default="auto",
+                   help="the step from graphs (vllm/step.py): auto = on CUDA; on a CPU 'on' replays them eagerly")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, graphs on (CI)")
     a = p.parse_args(argv)
     if a.smoke:
-        a.vocab, a.hidden, a.k, a.batches, a.dtype, a.steps, a.device = 4096, 64, 8, "1,4", "fp32", 8, "cpu"
+        a.vocab, a.hidden, a.k, a.batches, a.dtype, a.steps, a.device = 4096, 64, 8, "1,4", "fp32", 24, "cpu"
+        a.graphs = "on"
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(a.device)
+    graphs = a.graphs == "on" or (a.graphs == "auto" and device.type == "cuda")
     dtype = DTYPES[a.dtype]
     table = (torch.randn(a.vocab, a.hidden, device=device, dtype=torch.float32) * 0.02).to(dtype)
     clock = Clock(device)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    rows = []
-    for b in a.batches.split(","):
-        paper, switched = (bench_batch(int(b), a, device, table, clock, tol, cfg) for cfg in (PAPER, SWITCHED))
-        rows.append({**paper, "switched_ms": switched["hook_ms"], "checked": paper["checked"] + switched["checked"],
-                     "max_err": max(paper["max_err"], switched["max_err"]),
-                     "graph": paper["graph"] + ("" if switched["graph"] == paper["graph"] else
-                                                f" / switched: {switched['graph']}")})
+    rows, profile_lines = [], []
+    for b in map(int, a.batches.split(",")):
+        eager = bench_batch(b, a, device, table, clock, tol, PAPER, graphs=False)
+        paper = bench_batch(b, a, device, table, clock, tol, PAPER, graphs=graphs) if graphs else eager
+        switched = bench_batch(b, a, device, table, clock, tol, SWITCHED, graphs=graphs)
+        op_ms, profile_lines = profile(b, a, device, table, graphs)
+        rows.append({"batch": b, "paper": paper, "switched": switched, "eager": eager, "op_ms": op_ms,
+                     "checked": eager["checked"] + switched["checked"] + (paper["checked"] if graphs else 0),
+                     "max_err": max(eager["max_err"], switched["max_err"], paper["max_err"])})
+
+    def ms(r: dict) -> str:
+        return f"{r['host_ms']:.3f}" + (f" / {r['device_ms']:.3f}" if r["device_ms"] is not None else "")
+
+    def key_ms(r: dict) -> float:  # what a step costs: its device time where it is longer than its host time
+        return max(r["host_ms"], r["device_ms"] or 0.0)
+
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    unit = "host / device ms" if device.type == "cuda" else "host ms"
     lines = [f"### MoI hook work per decode step: vocabulary {a.vocab}, hidden {a.hidden}, k {a.k}, {a.dtype}, "
-             f"{name}, torch {torch.__version__}",
-             "", "| batch | hook work ms/step | switched ms/step | switched / paper | one [B, V] argmax ms "
-             "| hook / argmax | steps checked | max err | CUDA graph |", "|---|---|---|---|---|---|---|---|---|"]
+             f"{name}, torch {torch.__version__}, graphs {'on' if graphs else 'off'}",
+             "", f"| batch | paper's MoI ({unit}) | every switch on ({unit}) | switched / paper | eager paper's MoI "
+             f"({unit}) | torch calls per step (this / eager) | plan (host) ms | torch ops' host ms "
+             "| one [B, V] argmax ms "
+             "| steps checked | max err | graphs (paper's MoI) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['batch']} | {r['hook_ms']:.3f} | {r['switched_ms']:.3f} | "
-                     f"{r['switched_ms'] / max(r['hook_ms'], 1e-9):.2f} | {r['argmax_ms']:.3f} | "
-                     f"{r['hook_ms'] / max(r['argmax_ms'], 1e-9):.1f} | {r['checked']} | {r['max_err']:.1e} "
-                     f"| {r['graph']} |")
+        p_, s_, e_ = r["paper"], r["switched"], r["eager"]
+        lines.append(f"| {r['batch']} | {ms(p_)} | {ms(s_)} | {key_ms(s_) / max(key_ms(p_), 1e-9):.2f} | {ms(e_)} | "
+                     f"{p_['calls']} / {e_['calls']} | {p_['plan_ms']:.3f} | {r['op_ms']:.3f} | "
+                     f"{p_['argmax_ms']:.3f} | {r['checked']} | "
+                     f"{r['max_err']:.1e} | {p_['graphs']} |")
     sync = "every step under torch.cuda.set_sync_debug_mode('error'): no sync" if device.type == "cuda" else \
-        "sync check: n/a (CPU)"
-    lines += ["", sync]
+        "sync check: n/a (CPU; the host-read counter covers it in the tests)"
+    lines += ["", sync, "", f"Profile of one steady step of batch {rows[-1]['batch']} (torch.profiler, over 10 steps; "
+              "the torch ops' host ms above is its total per step):", "```", *profile_lines, "```"]
     print("\n".join(lines))  # noqa: T201 - the table is the output
     return 0
 

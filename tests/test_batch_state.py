@@ -402,3 +402,20 @@ def test_records_of_hand_out_what_was_fed_and_keep_only_what_was_asked_for():
     kept = sim.state.records_of(["a", "b", "c"])
     assert set(kept) == {"c-9abc"} and len(kept["c-9abc"]["weights"]) == 3  # asked, and not read yet
     assert sim.state.records_of(["c"]) == {}  # handed out once
+
+
+def test_records_of_reads_the_device_once_per_call_whatever_the_requests():
+    """The records RPC packs every record into one tensor and reads it once (one `tolist`), not three reads per
+    request; what it hands out is what `history` reads row by row."""
+    from moi_demo.vllm.host_reads import HostReadCounter
+
+    sim = Sim(rows=3)
+    for i, k in enumerate((4, 6, 4)):
+        sim.add(f"r{i}", i, MoIConfig("moi", 1.0, k))
+    for _ in range(5):
+        sim.step()
+    expected = {f"r{i}": sim.state.history(sim.state.requests[f"r{i}"]) for i in range(3)}
+    with HostReadCounter() as counter:
+        got = sim.state.records_of(["r0", "r1", "r2"])
+    assert counter.counts == {"tolist": 1}
+    assert {rid: list(zip(rec["candidates"], rec["weights"], strict=True)) for rid, rec in got.items()} == expected

@@ -47,3 +47,10 @@ def test_nearest_rows_by_cosine_with_an_offset():
     # cos to rows 0..4: 0.949, 0.316, 0.894, 0 (zero row), -0.949
     assert ids == [100, 102, 101]
     assert sims == pytest.approx([0.75 / math.sqrt(0.625), 1.0 / math.sqrt(1.25), 0.25 / math.sqrt(0.625)])
+
+
+def test_row_norms_in_chunks_equal_the_whole_matrix_norms_in_float32():
+    gen = torch.Generator().manual_seed(1)
+    matrix = torch.randn(37, 6, generator=gen).to(torch.bfloat16)
+    got = inspection.row_norms(matrix, chunk=8)  # 5 chunks, the last one short
+    assert got.dtype == torch.float32 and torch.equal(got, matrix.float().norm(dim=-1))

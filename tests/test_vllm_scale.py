@@ -5,61 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from moi_demo.vllm.batch_state import HostReadCounter
 from tests.vllm_util import run_engine_subprocess
 
 pytestmark = pytest.mark.engine
 PROMPTS = [[1, 2, 3, 4, 5], [6, 7, 8], [9, 10, 11, 12], [13, 14]]
 MIXED = [{"moi_mode": "moi", "moi_beta": 1.0, "moi_top_k": 20}, {},
          {"moi_mode": "direct", "moi_top_k": 20}, {"moi_mode": "moi", "moi_beta": 0.5, "moi_top_k": 20}]
-
-
-def test_counter_sees_host_reads():
-    """The control for the engine test below: the counter does count what it must."""
-    import torch
-
-    t = torch.arange(4)
-    with HostReadCounter() as counter:
-        t[0].item(), t.tolist(), bool(t[1]), int(t[2]), [0, 1, 2][t[1]], t.cpu(), (t + 1).sum()
-    assert counter.counts == {"item": 1, "tolist": 1, "__bool__": 1, "__int__": 1, "__index__": 1, "cpu": 1}
-
-
-def test_counter_sees_indexing_with_host_indices():
-    """A list, bool or numpy index is copied to the device from pageable memory (a sync on CUDA): counted, alone or
-    in a tuple; ints, slices and tensor indices are not."""
-    import numpy as np
-    import torch
-
-    t = torch.zeros(4, 3)
-    with HostReadCounter() as counter:
-        t[[0, 1]] = t[[1, 0]]
-        t[np.array([0, 2])]
-        t[True]
-        t[:, [0, 2]]
-        t[1], t[1:3], t[None, 0], t[torch.tensor([0, 1])], t[..., 0]
-        t[2].copy_(t[3])
-    assert counter.counts == {"index:list": 3, "index:ndarray": 1, "index:bool": 1}
-
-
-def test_batch_state_swaps_and_moves_without_host_indices():
-    """The rows' buffered mixed inputs follow a swap and a move, with no host index (the CPU stand-in for CUDA's
-    pageable copies: the engine test below runs the same through vLLM's reorder)."""
-    import torch
-
-    from moi_demo.core.mixing import MoIConfig
-    from moi_demo.vllm.batch_state import BatchState
-
-    st = BatchState(4)
-    st.apply_update([], [(r, MoIConfig()) for r in range(3)], [], lambda r: (f"r{r}", 4, None))
-    st.buffer = torch.arange(12, dtype=torch.float32).reshape(4, 3)
-    st.buffer_valid[:3] = True
-    with HostReadCounter() as counter:
-        st.apply_update([], [], [(0, 2, "swap")], lambda r: (f"r{r}", 4, None))
-        st.apply_update([1], [], [(2, 3, "unidirectional")], lambda r: (f"r{r}", 4, None))
-    assert counter.counts == {}
-    assert [h.req_id if h else None for h in st.req] == ["r2", None, None, "r0"]
-    assert st.buffer[0].tolist() == [6.0, 7.0, 8.0] and st.buffer[3].tolist() == [0.0, 1.0, 2.0]
-    assert st.buffer_valid.tolist() == [True, False, False, True]
 
 
 def test_hooks_read_no_tensor_on_the_host(tiny_models):

@@ -34,6 +34,18 @@ def cosine_to(fed: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / den.clamp_min(1e-30), torch.zeros_like(num))
 
 
+NORM_ROWS = 4096  # vocabulary rows whose float32 norms are taken at once (never a float32 copy of the whole matrix)
+
+
+def row_norms(matrix: torch.Tensor, chunk: int = NORM_ROWS) -> torch.Tensor:
+    """matrix.norm(dim=-1) in float32 [V] for `matrix` [V, D] in any dtype, in chunks of `chunk` rows: the
+    temporaries stay [chunk, D] (a float32 copy of a 32B model's embedding matrix would be 3.1 GB)."""
+    out = torch.empty(matrix.shape[0], dtype=torch.float32, device=matrix.device)
+    for lo in range(0, matrix.shape[0], chunk):
+        out[lo: lo + chunk] = matrix[lo: lo + chunk].float().norm(dim=-1)
+    return out
+
+
 def nearest(vector: torch.Tensor, matrix: torch.Tensor, row_norms: torch.Tensor, k: int = NEAREST,
             offset: int = 0) -> tuple[list[int], list[float]]:
     """The k rows of `matrix` [V, D] nearest to `vector` [D] by cosine (`row_norms` [V]: matrix.norm(dim=-1),

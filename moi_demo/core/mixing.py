@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import torch
 
 from moi_demo.core.inputs import BETA, NOISE, TOP_K, InputError, check_choice
+from moi_demo.core.transfer import columns_to_device
 
 MODES: tuple[str, ...] = ("standard", "moi", "direct")
 MODE_STANDARD, MODE_MOI, MODE_DIRECT = 0, 1, 2
@@ -219,12 +220,12 @@ class BatchConfig:
                      seeds: Sequence[int] | None = None) -> BatchConfig:
         """`seeds`: each row's noise seed where its context has none (an engine draws them per request)."""
         ks = [c.top_k for c in configs]
+        mode, beta, top_k = columns_to_device(
+            [[MODE_CODES[c.mode] for c in configs], [max(c.beta, 0.0) for c in configs], ks],
+            (torch.long, torch.float32, torch.long), device)
         return cls.from_tensors(
-            mode=torch.tensor([MODE_CODES[c.mode] for c in configs], dtype=torch.long, device=device),
-            beta=torch.tensor([max(c.beta, 0.0) for c in configs], dtype=torch.float32, device=device),
-            top_k=torch.tensor(ks, dtype=torch.long, device=device),
-            k_max=max(ks), uniform_k=len(set(ks)) == 1, all_moi=all(c.mode == "moi" for c in configs),
-            switches=Switches.from_configs(configs, device, seeds),
+            mode=mode, beta=beta, top_k=top_k, k_max=max(ks), uniform_k=len(set(ks)) == 1,
+            all_moi=all(c.mode == "moi" for c in configs), switches=Switches.from_configs(configs, device, seeds),
         )
 
 
@@ -254,19 +255,17 @@ class Switches:
         ctx = [c.context or SamplingContext() for c in configs]
         seeds = seeds or [0] * len(configs)
         greedy = [x.temperature < GREEDY_EPS for x in ctx]
-
-        def t(values: list, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype, device=device)
-
-        return cls(
-            full=t([c.entropy == "full" for c in configs], torch.bool),
-            processed=t([c.prior == "processed" for c in configs], torch.bool), greedy=t(greedy, torch.bool),
-            inv_temp=t([1.0 if g else 1.0 / x.temperature for x, g in zip(ctx, greedy, strict=True)], torch.float32),
-            top_p=t([x.top_p for x in ctx], torch.float32), noise=t([c.noise for c in configs], torch.float32),
-            seed=t([(x.seed if x.seed is not None else s) & 0xFFFFFFFF for x, s in zip(ctx, seeds, strict=True)],
-                   torch.long),
-            any_full=any(c.entropy == "full" for c in configs),
-            any_processed=any(c.prior == "processed" for c in configs), any_noise=any(c.noise > 0 for c in configs))
+        full, processed = [c.entropy == "full" for c in configs], [c.prior == "processed" for c in configs]
+        columns = [  # one packed copy on a batch change (core/transfer.py: a pageable copy would sync)
+            full, processed, greedy,
+            [1.0 if g else 1.0 / x.temperature for x, g in zip(ctx, greedy, strict=True)],  # inv_temp
+            [x.top_p for x in ctx], [c.noise for c in configs],
+            [(x.seed if x.seed is not None else s) & 0xFFFFFFFF for x, s in zip(ctx, seeds, strict=True)],  # seed
+        ]
+        b, f = torch.bool, torch.float32
+        tensors = columns_to_device(columns, (b, b, b, f, f, f, torch.long), device)
+        return cls(*tensors, any_full=any(full), any_processed=any(processed),
+                   any_noise=any(c.noise > 0 for c in configs))
 
 
 @dataclass(frozen=True)
@@ -318,12 +317,15 @@ def _topk_two_stage(x: torch.Tensor, k: int, chunk: int = TOPK_CHUNK) -> tuple[t
 
 
 def topk_logits(
-    logits: torch.Tensor, top_k: torch.Tensor, k_max: int | None = None, uniform_k: bool | None = None
+    logits: torch.Tensor, top_k: torch.Tensor, k_max: int | None = None, uniform_k: bool | None = None,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of raw logits [B, V] with a per-row k [B] -> (ids [B, K], logits [B, K], -inf past k).
 
     `k_max` (= max top_k) and `uniform_k` (every row has k_max) come from the host where known; without
-    them they are read from `top_k`, which syncs with the device.
+    them they are read from `top_k`, which syncs with the device. `rows` [M]: only these rows of `logits` are
+    wanted (`top_k` [M] is theirs); the top-k is taken over every row and [M, K] selected, so that no [M, V] copy of
+    the logits is made.
     """
     if k_max is None:
         k_max = int(top_k.max())
@@ -334,6 +336,8 @@ def topk_logits(
         values, ids = _topk_two_stage(x, k_max)
     else:
         values, ids = torch.topk(x, k_max, dim=-1)  # [B, K] sorted descending
+    if rows is not None:
+        values, ids = values.index_select(0, rows), ids.index_select(0, rows)  # [M, K]
     if uniform_k:  # the common case: one k for the whole batch, nothing to mask
         return ids, values
     valid = torch.arange(k_max, device=logits.device)[None, :] < top_k[:, None]  # [B, K]
@@ -397,16 +401,21 @@ def full_entropy(logits: torch.Tensor) -> torch.Tensor:
     return (-(logp.exp() * logp).sum(dim=-1) / math.log(logits.shape[-1])).clamp_(0.0, 1.0)
 
 
-def prior_extras(logits: torch.Tensor, switches: Switches | None, positions: torch.Tensor | None) -> PriorExtras:
+def prior_extras(logits: torch.Tensor, switches: Switches | None, positions: torch.Tensor | None,
+                 rows: torch.Tensor | None = None) -> PriorExtras:
     """The extras of a switched step from its full logits [B, V] (each O(B * V): computed only when a row asks);
-    NO_EXTRAS for a batch with no switched row."""
+    NO_EXTRAS for a batch with no switched row. `rows` [M]: the switches are those of these rows of `logits`; the
+    full entropy is taken over every row and [M] selected, the tempered log-partition over the [M, V] it needs."""
     if switches is None:
         return NO_EXTRAS
-    h_full = full_entropy(logits) if switches.any_full else None
+    h_full = None
+    if switches.any_full:
+        h_full = full_entropy(logits) if rows is None else full_entropy(logits).index_select(0, rows)
     log_z = None
     if switches.any_processed:
-        x = logits.to(_compute_dtype(logits))
-        log_z = torch.logsumexp(x * switches.inv_temp.to(x.dtype)[:, None], dim=-1)  # [B]
+        x = logits if rows is None else logits.index_select(0, rows)  # logits / T is an [M, V] temporary anyway
+        x = x.to(_compute_dtype(x))
+        log_z = torch.logsumexp(x * switches.inv_temp.to(x.dtype)[:, None], dim=-1)  # [M]
     return PriorExtras(h_full, log_z, positions if switches.any_noise else None)
 
 

@@ -78,8 +78,9 @@ class StepPlan:
     sampler hook by `take_plan()`, back to the state by `record()`."""
 
     rows: np.ndarray  # [M] batch rows that sample this step and mix (in row order)
-    all_rows: bool  # rows == arange(num_reqs): no gather needed
-    rows_t: torch.Tensor | None  # [M] long on the device (None when all_rows)
+    span: slice | None  # rows == arange(lo, hi) (contiguous: every row of the batch, or a run of them): the step
+    # reads and writes row views, no gather
+    rows_t: torch.Tensor | None  # [M] long on the device (None when span)
     config: BatchConfig | None  # of `rows`
     write_t: dict[int, tuple[torch.Tensor | None, torch.Tensor]]  # width -> (positions in rows [G] or None
     # for all of them, pool rows [G])
@@ -433,15 +434,16 @@ class BatchState:
         dev = self._device_settings()
         key = (num_reqs, rows.tobytes())
         if key != self._config_key:
-            all_rows = rows.size == num_reqs  # rows is sorted and within [0, num_reqs): it is arange
-            rows_t = None if all_rows else self._to_device(rows, staged=False)[0]
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            span = slice(lo, hi) if hi - lo == rows.size else None  # rows is sorted and distinct: a run when it fits
+            rows_t = None if span else self._to_device(rows, staged=False)[0]
             k = self.top_k[rows]
             widths = np.unique(k) + 1
             groups = [(int(w), np.flatnonzero(k + 1 == w)) for w in widths]  # one per distinct k: usually one
             sels_t = [self._to_device(sel, staged=False)[0] for _, sel in groups] if len(groups) > 1 else [None]
-            mode = dev["mode"][:num_reqs] if all_rows else dev["mode"].index_select(0, rows_t)
-            beta = dev["beta"][:num_reqs] if all_rows else dev["beta"].index_select(0, rows_t)
-            top_k = dev["top_k"][:num_reqs] if all_rows else dev["top_k"].index_select(0, rows_t)
+            mode = dev["mode"][span] if span else dev["mode"].index_select(0, rows_t)
+            beta = dev["beta"][span] if span else dev["beta"].index_select(0, rows_t)
+            top_k = dev["top_k"][span] if span else dev["top_k"].index_select(0, rows_t)
             switches = None
             if self.switched[rows].any():  # built on batch changes only; a request without a seed: one from its id
                 hists = [self.req[r] for r in rows]
@@ -449,14 +451,14 @@ class BatchState:
                                                         [zlib.crc32(h.req_id.encode()) for h in hists])
             config = BatchConfig.from_tensors(mode, beta, top_k, k_max=int(k.max()), uniform_k=len(widths) == 1,
                                               all_moi=bool((self.mode[rows] == MODE_MOI).all()), switches=switches)
-            self._config_key, self._cached = key, (config, all_rows, rows_t, groups, sels_t)
-        config, all_rows, rows_t, groups, sels_t = self._cached
+            self._config_key, self._cached = key, (config, span, rows_t, groups, sels_t)
+        config, span, rows_t, groups, sels_t = self._cached
         noised = config.switches is not None and config.switches.any_noise
         parts = [flat] if len(groups) == 1 else [flat[sel] for _, sel in groups]
         flats = self._to_device(*parts, *([self.length[rows]] if noised else []))
         positions = flats.pop() if noised else None  # the next token's index: the noise's counter
         write_t = {w: (sel_t, f) for (w, _), sel_t, f in zip(groups, sels_t, flats, strict=True)}
-        return StepPlan(rows, all_rows, rows_t, config, write_t, positions)
+        return StepPlan(rows, span, rows_t, config, write_t, positions)
 
     def take_plan(self) -> StepPlan | None:
         """Step 2, in the sampler hook: the step's plan (None when no MoI row samples this step)."""
@@ -467,31 +469,42 @@ class BatchState:
         return self._pending
 
     def mix_target(self, plan: StepPlan, hidden: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """Where the step's mixed inputs [M, D] are to be written: the next-input buffer's own rows when the plan
-        covers rows 0..M-1 (no copy), else a scratch tensor that `record` scatters into the buffer."""
+        """Where the step's mixed inputs [M, D] are to be written: the next-input buffer's own rows when the plan's
+        rows are a run (no copy), else a scratch tensor that `record` scatters into the buffer."""
         self._expect(SAMPLING, "mix_target")
-        self._ensure_buffer(hidden, dtype, device)
-        if plan.all_rows:
-            return self.buffer[: plan.rows.size]
+        self.ensure_buffer(hidden, dtype, device)
+        if plan.span is not None:
+            return self.buffer[plan.span]
         return torch.empty(plan.rows.size, hidden, dtype=dtype, device=device)
 
-    def _ensure_buffer(self, hidden: int, dtype: torch.dtype, device: torch.device) -> None:
+    def ensure_buffer(self, hidden: int, dtype: torch.dtype, device: torch.device) -> None:
         if self.buffer is None or self.buffer.shape[1] != hidden or self.buffer.dtype != dtype:
             self.buffer = torch.zeros(self.max_rows, hidden, dtype=dtype, device=device)
             self.buffer_valid[:] = False
 
     def record(self, plan: StepPlan, candidate_ids: torch.Tensor, weights: torch.Tensor,
                mixed: torch.Tensor, entropy: torch.Tensor | None = None) -> None:
-        """After sampling: candidates [M, C] and weights [M, C] of the planned rows, their mixed inputs [M, D] (the
-        next step's inputs; already in place when written into `mix_target`), and the H [M] they were mixed with."""
+        """Step 3, after sampling: candidates [M, C] and weights [M, C] of the planned rows, their mixed inputs
+        [M, D] (the next step's inputs; already in place when written into `mix_target`), and the H [M] they were
+        mixed with: `write_record` on the device, then `recorded` on the host."""
+        self.check_plan(plan)
+        self.ensure_buffer(mixed.shape[1], mixed.dtype, mixed.device)
+        self.write_record(plan, candidate_ids, weights, mixed, entropy)
+        self.recorded(plan)
+
+    def check_plan(self, plan: StepPlan) -> None:
         self._expect(SAMPLING, "record")
         if plan is not self._pending:
             raise HookOrderError("moi-demo: BatchState.record() with a plan other than the one taken this step")
-        self.phase, self._pending = IDLE, None
-        self._ensure_buffer(mixed.shape[1], mixed.dtype, mixed.device)
-        if plan.all_rows:
-            if mixed.data_ptr() != self.buffer.data_ptr():  # not written in place (mix_target)
-                self.buffer[: plan.rows.size].copy_(mixed)
+
+    def write_record(self, plan: StepPlan, candidate_ids: torch.Tensor, weights: torch.Tensor,
+                     mixed: torch.Tensor, entropy: torch.Tensor | None = None) -> None:
+        """The device side of `record`: the mixed inputs into the next-input buffer and the step into the history
+        pages (device ops only; what a CUDA graph of the step replays, vllm/step.py)."""
+        if plan.span is not None:
+            target = self.buffer[plan.span]
+            if mixed.data_ptr() != target.data_ptr():  # not written in place (mix_target)
+                target.copy_(mixed)
         else:
             self.buffer.index_copy_(0, plan.rows_t, mixed)
         for width, (sel, flat) in plan.write_t.items():
@@ -506,10 +519,16 @@ class BatchState:
             pool.weights_flat.index_copy_(0, flat, w if w.dtype == torch.float32 else w.float())
             if h is not None:
                 pool.entropy_flat.index_copy_(0, flat, h if h.dtype == torch.float32 else h.float())
+
+    def recorded(self, plan: StepPlan) -> None:
+        """The host side of `record` (its device side written, by `write_record` or a graph replay of it): the
+        planned rows hold one more token, buffered; the phase returns to idle."""
+        self.check_plan(plan)
+        self.phase, self._pending = IDLE, None
         rows = plan.rows
-        if plan.all_rows:
-            self.length[: rows.size] += 1
-            self.buffer_valid[: rows.size] = True
+        if plan.span is not None:
+            self.length[plan.span] += 1
+            self.buffer_valid[plan.span] = True
         else:
             self.length[rows] += 1
             self.buffer_valid[rows] = True
@@ -590,11 +609,21 @@ class BatchState:
             if asked(req_id):
                 found[req_id] = self._held(hist)
                 hist.read = True
-        out = {}
-        for req_id, (ids, weights, entropy) in found.items():
-            rows = merged(ids, weights)
+        # One device read for the whole call: every record's ids, weights and H packed into one float64 tensor
+        # (exact for int32 ids and float32 values), read once, split on the host.
+        parts = [t.reshape(-1).to(torch.float64) for held in found.values() for t in held]
+        flat = torch.cat(parts).tolist() if parts else []
+        out, at = {}, 0
+        for req_id, (ids, _, _) in found.items():
+            n, width = ids.shape
+            ids_h = [[int(x) for x in flat[at + i * width: at + (i + 1) * width]] for i in range(n)]
+            at += n * width
+            weights_h = [flat[at + i * width: at + (i + 1) * width] for i in range(n)]
+            at += n * width
+            rows = merged(ids_h, weights_h)
             out[req_id] = {"candidates": [c for c, _ in rows], "weights": [w for _, w in rows],
-                           "entropy": entropy.tolist()}
+                           "entropy": flat[at: at + n]}
+            at += n
         return out
 
     def stats(self, records: bool = False) -> dict[str, Any]:

@@ -92,10 +92,14 @@ class RequestHistory:
         return self.config.top_k + 1
 
 
-def merged(ids: torch.Tensor, weights: torch.Tensor) -> list[tuple[list[int], list[float]]]:
-    """Per token: the distinct candidate ids and their summed weights (the sampled id may appear twice)."""
+def merged(ids: torch.Tensor | list[list[int]], weights: torch.Tensor | list[list[float]]
+           ) -> list[tuple[list[int], list[float]]]:
+    """Per token: the distinct candidate ids and their summed weights (the sampled id may appear twice). Tensors
+    [n, C] are read to the host; lists are taken as they are."""
+    ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+    weights = weights.tolist() if isinstance(weights, torch.Tensor) else weights
     out = []
-    for row_ids, row_w in zip(ids.tolist(), weights.tolist(), strict=True):
+    for row_ids, row_w in zip(ids, weights, strict=True):
         merged: dict[int, float] = {}
         for i, x in zip(row_ids, row_w, strict=True):
             merged[i] = merged.get(i, 0.0) + x

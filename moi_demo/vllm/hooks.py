@@ -5,10 +5,12 @@ its protocol's order (batch_state.py writes it down and raises when broken), one
 
     _update_states   finish(req_id) for finished requests; apply_update(...) for each BatchUpdate vLLM built
     _preprocess      apply_update(...) for late BatchUpdates; plan(...) -> FeedPlan; write the mixed input rows
-    _sample          take_plan() -> StepPlan; [inside the sampler: apply_penalties takes the prior's top-k];
-                     mix_target(plan), fed_step (core/mixing.py), record(plan, ...)
+    _sample          take_plan() -> StepPlan; [inside the sampler: apply_penalties runs StepRunner.tap, the prior's
+                     top-k]; StepRunner.mix: the weights and mixed inputs, record(plan, ...) (vllm/step.py: eager,
+                     or replayed from CUDA graphs)
 
-One attribute on each vLLM object: the runner's `_moi_state` (its BatchState, or False where MoI is not enabled),
+One attribute on each vLLM object: the runner's `_moi_state` (its BatchState, or False where MoI is not enabled; and
+`_moi_steps`, the StepRunner that runs its steps' device work),
 the BatchUpdateBuilder's `_moi_updates` (BatchUpdates not yet applied), a SamplingParams' `_moi_config` (parsed once)
 and a Request's `_moi_mixes` (plugin.py: prefix-cache keys). No hook reads a tensor back to the host.
 """
@@ -28,8 +30,10 @@ import torch
 from moi_demo.core import mixing
 from moi_demo.core.inputs import InputError
 from moi_demo.core.mixing import MoIConfig
-from moi_demo.vllm.batch_state import BatchState, HostReadCounter
+from moi_demo.vllm.batch_state import BatchState
+from moi_demo.vllm.host_reads import HostReadCounter
 from moi_demo.vllm.plugin import _PATCHED, _UPDATES, ENV_HOST_READS, ENV_RECORD, _wrap_once, enabled, request_config
+from moi_demo.vllm.step import StepRunner, Tapped
 
 # --- worker side: the runner's MoI state ----------------------------------------------------------------
 
@@ -47,7 +51,10 @@ def _state(runner: Any) -> BatchState | None:
         state = runner._moi_state = BatchState(runner.input_batch.max_num_reqs, runner.device,
                                                record=os.environ.get(ENV_RECORD) == "1")
         if os.environ.get(ENV_HOST_READS) == "1":
-            state.host_reads = HostReadCounter()
+            state.host_reads = HostReadCounter(runner.device)
+        # Graphs of the step only where the embedding is one local lookup (under tensor parallelism it all-reduces).
+        tp = runner.vllm_config.parallel_config.tensor_parallel_size
+        runner._moi_steps = StepRunner(state, graphs=None if tp == 1 else False)
     builder = runner.input_batch.batch_update_builder
     if _UPDATES not in builder.__dict__:  # the batch was rebuilt (vLLM may re-create it at KV-cache init)
         builder.__dict__[_UPDATES] = []
@@ -184,36 +191,31 @@ class _PriorTap:
     argmax-changing logits processors; the structured-output bitmask acts before the sampler), before penalties,
     temperature, top-k/top-p. One per process: a worker runs its steps on one thread."""
 
-    __slots__ = ("state", "plan", "topk", "extras")
+    __slots__ = ("steps", "plan", "tapped")
 
     def __init__(self) -> None:
-        self.state: BatchState | None = None
+        self.steps: StepRunner | None = None
         self.plan: Any = None
-        self.topk: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.extras = mixing.NO_EXTRAS
+        self.tapped: Tapped | None = None
 
-    def arm(self, state: BatchState, plan: Any) -> None:
-        self.state, self.plan, self.topk, self.extras = state, plan, None, mixing.NO_EXTRAS
+    def arm(self, steps: StepRunner, plan: Any) -> None:
+        self.steps, self.plan, self.tapped = steps, plan, None
 
     def take(self, logits: torch.Tensor) -> None:
-        state, plan = self.state, self.plan
-        if state is None:  # not a MoI step (or the sampler's dummy run at start)
+        steps = self.steps
+        if steps is None:  # not a MoI step (or the sampler's dummy run at start)
             return
-        self.state = None
-        with _checked(state):
-            cfg = plan.config
-            rows_logits = logits if plan.all_rows else logits.index_select(0, plan.rows_t)  # [M, V]
-            self.topk = mixing.topk_logits(rows_logits, cfg.top_k, cfg.k_max, cfg.uniform_k)  # [M, K] x 2
-            # what only the full logits hold: H_full, log Z_T (while a row asks)
-            self.extras = mixing.prior_extras(rows_logits, cfg.switches, plan.positions)
+        self.steps = None
+        with _checked(steps.state):  # the prior's top-k [M, K]; H_full and log Z_T while a row asks
+            self.tapped = steps.tap(self.plan, logits)
 
-    def result(self) -> tuple[torch.Tensor, torch.Tensor, mixing.PriorExtras]:
-        topk, extras = self.topk, self.extras
-        self.topk, self.plan, self.state, self.extras = None, None, None, mixing.NO_EXTRAS
-        if topk is None:  # never taken: take() clears the state it ran for
+    def result(self) -> Tapped:
+        tapped = self.tapped
+        self.tapped, self.plan, self.steps = None, None, None
+        if tapped is None:  # never taken: take() clears the runner it ran for
             raise RuntimeError("moi-demo: the sampler never reached apply_penalties in a MoI step (vLLM's sampler "
                                "changed?): no prior to mix")
-        return (*topk, extras)
+        return tapped
 
 
 _TAP = _PriorTap()
@@ -238,18 +240,13 @@ def _wrap_sample(orig):
         plan = state.take_plan() if usable else None
         if plan is None:
             return orig(self, logits, spec_decode_metadata, *args, **kwargs)
-        cfg = plan.config
-        _TAP.arm(state, plan)
+        steps = self._moi_steps
+        _TAP.arm(steps, plan)
         output = orig(self, logits, spec_decode_metadata, *args, **kwargs)
-        top_ids, top_logits, extras = _TAP.result()
+        tapped = _TAP.result()
         with _checked(state):
-            sampled = output.sampled_token_ids  # [B, 1]
-            sampled = sampled if plan.all_rows else sampled.index_select(0, plan.rows_t)  # [M, 1] int32
-            embeds = self.inputs_embeds.gpu  # [N, D]: the runner's persistent input buffer (its dtype and device)
-            mixed = state.mix_target(plan, embeds.shape[1], embeds.dtype, embeds.device)  # [M, D]
-            fed = mixing.fed_step(top_ids, top_logits, sampled, cfg, self.model.embed_input_ids, mixed,
-                                  extras)  # [M, K + 1] x 2 and [M], mixed written
-            state.record(plan, fed.candidate_ids, fed.weights, mixed, fed.entropy)
+            # [B, 1] sampled ids; the runner's persistent input buffer [N, D] gives the inputs' dtype and device
+            steps.mix(plan, tapped, output.sampled_token_ids, self.model.embed_input_ids, self.inputs_embeds.gpu)
         return output
 
     return _sample
@@ -286,7 +283,15 @@ def _worker_stats(worker: Any, records: bool = False) -> dict[str, Any]:
     return {"hooked": bool(getattr(type(runner), _PATCHED, False)), "enabled": on,
             "runner": type(runner).__name__ if runner is not None else None,
             "state": isinstance(state, BatchState), "device_allocated": device,
-            **(state or BatchState(1)).stats(records)}
+            **(state or BatchState(1)).stats(records), "graphs": _graph_stats(runner)}
+
+
+def _graph_stats(runner: Any) -> dict[str, Any]:
+    """The step's graphs (vllm/step.py): whether they are on, how many were captured and replayed."""
+    steps = getattr(runner, "_moi_steps", None)
+    if not isinstance(steps, StepRunner):
+        return {"on": False, "captures": 0, "replays": 0}
+    return {"on": bool(steps.graphs), "captures": steps.captures, "replays": steps.replays}
 
 
 def _worker_records(worker: Any, request_ids: list[str]) -> dict[str, dict[str, list]]:
@@ -318,7 +323,7 @@ def _worker_inspect(worker: Any, lanes: list[dict[str, Any]]) -> list[dict[str, 
     """Diagnostics (`collective_rpc("moi_inspect")`): for each lane {"ids": [n][C], "weights": [n][C], "sampled":
     [n], "step": i}, the cosine of each step's fed input to E[sampled] [n], and the NEAREST vocabulary tokens (of this
     rank's shard, global ids) to step i's fed input with their cosines. Where the embedding matrix lives: nothing of
-    it is copied; its row norms are computed once."""
+    it is copied (its row norms are computed once, in chunks)."""
     from moi_demo.core import inspection
 
     runner = worker.model_runner
@@ -330,7 +335,7 @@ def _worker_inspect(worker: Any, lanes: list[dict[str, Any]]) -> list[dict[str, 
     key = (matrix.data_ptr(), tuple(matrix.shape))
     with torch.inference_mode():
         if key not in _NORMS:
-            _NORMS[key] = matrix.float().norm(dim=-1)
+            _NORMS[key] = inspection.row_norms(matrix)
         out = []
         for lane in lanes:
             ids = torch.tensor(lane["ids"], dtype=torch.long, device=runner.device)  # [n, C]
