@@ -324,6 +324,43 @@ def test_fed_step_writes_the_same_mixed_inputs_bit_for_bit(uniform, table_dtype,
     assert all(torch.equal(a, b) for a, b in zip(before, (ids, top, sampled), strict=True))
 
 
+def test_tensor_parallel_shards_mixed_then_all_reduced_equal_the_mixture_of_whole_embeddings():
+    """Two ranks, each holding half the vocabulary: each mixes its shard of the embeddings (zero for the other's
+    tokens, scaled as the model scales) and the [B, D] results are summed (the all-reduce): the mixture of the whole
+    embeddings, and the reduce sees [B, D], never [B, C, D]. Recompute through mix_embeddings gives the same."""
+    gen = torch.Generator().manual_seed(4)
+    vocab, hidden, scale = 300, 16, 3.0
+    table = torch.randn(vocab, hidden, generator=gen, dtype=torch.float64)
+    cfg = batch(MoIConfig("moi", 1.0, 8), MoIConfig("direct", 1.0, 8), MoIConfig("moi", 0.5, 8))
+    logits = torch.randn(3, vocab, generator=gen, dtype=torch.float64) * 2
+    ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
+    sampled = torch.tensor([4, int(ids[1, 0]), 299])
+
+    def shard(rank: int):
+        def embed(i):  # vLLM's VocabParallelEmbedding without its all-reduce, then the model's scale
+            own = (i >= rank * vocab // 2) & (i < (rank + 1) * vocab // 2)
+            return torch.where(own[..., None], table[i], torch.zeros(())) * scale
+        return embed
+
+    seen = []
+
+    def reduce(x):
+        seen.append(tuple(x.shape))
+        return x
+
+    parts = []
+    for rank in (0, 1):
+        out = torch.empty(3, hidden, dtype=torch.float64)
+        mixing.fed_step(ids, top, sampled, cfg, shard(rank), out, reduce=reduce)
+        parts.append(out)
+    whole = torch.empty(3, hidden, dtype=torch.float64)
+    fed = mixing.fed_step(ids, top, sampled, cfg, lambda i: table[i] * scale, whole)
+    torch.testing.assert_close(parts[0] + parts[1], whole, rtol=0, atol=1e-12)
+    assert seen == [(3, hidden), (3, hidden)]
+    again = sum(mixing.mix_embeddings(fed.weights, fed.candidate_ids, shard(r), reduce=reduce) for r in (0, 1))
+    torch.testing.assert_close(again, whole, rtol=0, atol=1e-12)
+
+
 # --- the switches: moi_entropy, moi_prior, moi_noise ------------------------------------------------
 
 

@@ -56,8 +56,8 @@ def two_cpu_ranks():
 
 
 def test_tensor_parallel_2_equals_tp1(tiny_models, two_cpu_ranks):
-    """Every rank computes the same mix from the same (all-gathered) logits and sampled ids, and the
-    embedding is all-reduced: MoI tokens at TP=2 equal those at TP=1 (the oracle)."""
+    """Every rank computes the same weights from the same (all-gathered) logits and sampled ids, mixes its own shard
+    of the embeddings and all-reduces the mixed [M, D]: MoI tokens at TP=2 equal those at TP=1 (the oracle)."""
     llm = make_llm(tiny_models["llama"], tensor_parallel_size=2)
     try:
         oracle = ReferenceDecoder(tiny_models["llama"])
@@ -66,5 +66,8 @@ def test_tensor_parallel_2_equals_tp1(tiny_models, two_cpu_ranks):
             assert tokens == oracle.generate(ids, cfg, SamplingSettings(max_tokens=STEPS), chat=False).token_ids
         stats = llm.collective_rpc("moi_stats")
         assert len(stats) == 2 and all(s["applied_steps"] == 3 * (STEPS - 1) for s in stats)
+        # Each rank mixed its shard of the embeddings; the all-reduce carried the 3 MoI rows' [M, D] (hidden 64),
+        # not [M, K + 1, D].
+        assert [s["mix_all_reduce_numel"] for s in stats] == [3 * 64, 3 * 64]
     finally:
         close_llm(llm)

@@ -584,21 +584,36 @@ def fed_weights(
     return Fed(candidate_ids, weights, h)
 
 
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # an all-reduce (sum) across ranks of a [B, D] tensor, in place
+
+
 def fed_step(
     ids: torch.Tensor, top_logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig,
     embed: Callable[[torch.Tensor], torch.Tensor], out: torch.Tensor, extras: PriorExtras = NO_EXTRAS,
+    reduce: Reduce | None = None,
 ) -> Fed:
     """A serving step in the fewest ops: `fed_weights`, then the mixed inputs sum_i w_i * embed(candidate_i) written
     into `out` [B, D] (float32 sum, cast to out's dtype by the copy). Returns what `fed_weights` does.
-    The same values as `mix_embeddings(*fed_weights(...)[:2])`: tested bit for bit."""
+    The same values as `mix_embeddings(*fed_weights(...)[:2])`: tested bit for bit.
+
+    Under tensor parallelism `embed` gives this rank's shard of each embedding (zero for tokens another rank holds,
+    before the all-reduce) and `reduce` sums the mixed [B, D] across ranks: the sum is linear, so the mixture of the
+    shards summed is the mixture of the embeddings, and the all-reduce carries [B, D] instead of [B, C, D]."""
     fed = fed_weights(ids, top_logits, sampled, config, extras)
-    candidate_ids, weights = fed.candidate_ids, fed.weights
+    out.copy_(_mixed(fed.weights, fed.candidate_ids, embed, reduce)[0])
+    return fed
+
+
+def _mixed(weights: torch.Tensor, candidate_ids: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor],
+           reduce: Reduce | None) -> tuple[torch.Tensor, torch.dtype]:
+    """(sum_i w_i * embed(candidate_i) [B, D] in the promoted dtype (float32 at least), summed across ranks by
+    `reduce` before any cast; the embedding's dtype)."""
     emb = embed(candidate_ids)  # [B, C, D]
-    dtype = torch.promote_types(weights.dtype, _compute_dtype(emb))
+    dtype = torch.promote_types(_compute_dtype(weights), _compute_dtype(emb))
     w = weights if weights.dtype == dtype else weights.to(dtype)
     e = emb if emb.dtype == dtype else emb.to(dtype)
-    out.copy_(torch.einsum("bc,bcd->bd", w, e))  # [B, D] (einsum's summation order: what the oracle sums)
-    return fed
+    mixed = torch.einsum("bc,bcd->bd", w, e)  # [B, D] (einsum's summation order: what the oracle sums)
+    return (mixed if reduce is None else reduce(mixed)), emb.dtype
 
 
 def mix_embeddings(
@@ -606,16 +621,16 @@ def mix_embeddings(
     candidate_ids: torch.Tensor,
     embed: Callable[[torch.Tensor], torch.Tensor],
     out_dtype: torch.dtype | None = None,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """sum_i w_i * embed(candidate_i) -> [B, D].
 
     `embed` is the model's own input-embedding function (so Gemma's sqrt(hidden) scale is included);
-    the sum is taken in float32 and cast to `out_dtype` (default: the embedding's dtype).
+    the sum is taken in float32 and cast to `out_dtype` (default: the embedding's dtype). `reduce`: as in
+    `fed_step` (a rank's shards, summed across ranks after the mix).
     """
-    emb = embed(candidate_ids)  # [B, C, D]
-    dtype = torch.promote_types(_compute_dtype(weights), _compute_dtype(emb))
-    mixed = torch.einsum("bc,bcd->bd", weights.to(dtype), emb.to(dtype))  # [B, D]
-    return mixed.to(out_dtype or emb.dtype)
+    mixed, emb_dtype = _mixed(weights, candidate_ids, embed, reduce)
+    return mixed.to(out_dtype or emb_dtype)
 
 
 def prior_from_weights(candidate_ids: Sequence[int], weights: Sequence[float], topk_ids: Sequence[int],

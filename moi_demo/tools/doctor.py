@@ -277,10 +277,16 @@ class Doctor:
         return ok, detail
 
     def check_host_reads(self, llm: Any) -> tuple[bool, str]:
-        reads = [s["host_reads"] for s in self.stats(llm)]
+        """What would sync on CUDA (vllm/host_reads.py: host reads of device tensors, host indices, device tensors
+        made from host data; host-only buffers such as the pinned staging are not counted), and the step's graphs."""
+        stats = self.stats(llm)
+        reads = [s["host_reads"] for s in stats]
         ok = all(r == {} for r in reads)
         extra = "; VLLM_GPU_SYNC_CHECK=error was on" if self.cuda else "; VLLM_GPU_SYNC_CHECK: n/a here (CPU)"
-        return ok, f"host reads counted in the hooks during every step above: {reads}{extra}"
+        graphs = stats[0].get("graphs") or {}
+        extra += (f"; the step's CUDA graphs: {graphs.get('captures', 0)} captured, {graphs.get('replays', 0)} "
+                  "replayed" if graphs.get("on") else "; the step's graphs: off (eager)")
+        return ok, f"syncs counted in the hooks during every step above: {reads}{extra}"
 
     def check_stock(self, llm: Any, stock_tokens: list[list[int]]) -> tuple[bool, str]:
         mixed = self.generate(llm, self.prompts * 2, [None] * 4 + [MOI, DIRECT, LOW_BETA, MOI])[:4]

@@ -547,17 +547,18 @@ class BatchState:
         return max(1, RECOMPUTE_BYTES // recompute_bytes_per_token(width, hidden, dtype))
 
     def write_from_history(self, row: int, js: np.ndarray, embed: Callable[[torch.Tensor], torch.Tensor],
-                           out: torch.Tensor, targets: np.ndarray) -> None:
+                           out: torch.Tensor, targets: np.ndarray, reduce: mixing.Reduce | None = None) -> None:
         """Rebuild the mixed inputs of generated tokens js [n] of the request in `row` from its history, through
         the model's own embedding, into rows `targets` [n] of `out` [N, D] (recompute after preemption, chunked
         prefill over outputs). In chunks: the temporaries never exceed max(RECOMPUTE_BYTES, one token's), whatever
-        n is (vLLM may schedule a whole max_num_batched_tokens of it)."""
+        n is (vLLM may schedule a whole max_num_batched_tokens of it). `embed` and `reduce` as in mixing.fed_step (a
+        rank's shards, then the all-reduce of the mixed [c, D]): the same sum as the step that first fed them."""
         hist = self.req[row]
         assert hist is not None
         step = self.recompute_chunk(hist.width, out.shape[1], out.dtype)
         for lo in range(0, js.size, step):
             ids, w, _ = self._read(hist, js[lo: lo + step])  # [c, C] int32, [c, C] float32
-            mixed = mixing.mix_embeddings(w, ids.long(), embed, out_dtype=out.dtype)  # [c, D]
+            mixed = mixing.mix_embeddings(w, ids.long(), embed, out_dtype=out.dtype, reduce=reduce)  # [c, D]
             (targets_t,) = self._to_device(targets[lo: lo + step])
             out.index_copy_(0, targets_t, mixed)
 

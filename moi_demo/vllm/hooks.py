@@ -10,7 +10,7 @@ its protocol's order (batch_state.py writes it down and raises when broken), one
                      or replayed from CUDA graphs)
 
 One attribute on each vLLM object: the runner's `_moi_state` (its BatchState, or False where MoI is not enabled; and
-`_moi_steps`, the StepRunner that runs its steps' device work),
+`_moi_steps`, the StepRunner that runs its steps' device work, and `_moi_embedding`, how it embeds candidates),
 the BatchUpdateBuilder's `_moi_updates` (BatchUpdates not yet applied), a SamplingParams' `_moi_config` (parsed once)
 and a Request's `_moi_mixes` (plugin.py: prefix-cache keys). No hook reads a tensor back to the host.
 """
@@ -182,7 +182,8 @@ def _feed(runner: Any, state: BatchState, inputs_embeds: torch.Tensor | None) ->
     if feed.fast_rows.size:  # decode: the mixed input of each row's last token, computed at the last sample
         state.write_buffer(inputs_embeds, feed.fast_rows, query_start[feed.fast_rows] + feed.fast_offsets, num_reqs)
     for row, js, offsets in feed.slow:  # recompute after preemption, chunked prefill over outputs: rare
-        state.write_from_history(row, js, runner.model.embed_input_ids, inputs_embeds, query_start[row] + offsets)
+        embedding = _embedding(runner)
+        state.write_from_history(row, js, embedding.embed, inputs_embeds, query_start[row] + offsets, embedding.reduce)
 
 
 class _PriorTap:
@@ -246,7 +247,9 @@ def _wrap_sample(orig):
         tapped = _TAP.result()
         with _checked(state):
             # [B, 1] sampled ids; the runner's persistent input buffer [N, D] gives the inputs' dtype and device
-            steps.mix(plan, tapped, output.sampled_token_ids, self.model.embed_input_ids, self.inputs_embeds.gpu)
+            embedding = _embedding(self)
+            steps.mix(plan, tapped, output.sampled_token_ids, embedding.embed, self.inputs_embeds.gpu,
+                      embedding.reduce)
         return output
 
     return _sample
@@ -283,7 +286,56 @@ def _worker_stats(worker: Any, records: bool = False) -> dict[str, Any]:
     return {"hooked": bool(getattr(type(runner), _PATCHED, False)), "enabled": on,
             "runner": type(runner).__name__ if runner is not None else None,
             "state": isinstance(state, BatchState), "device_allocated": device,
-            **(state or BatchState(1)).stats(records), "graphs": _graph_stats(runner)}
+            **(state or BatchState(1)).stats(records), "graphs": _graph_stats(runner),
+            "mix_all_reduce_numel": _reduced_numel(runner)}
+
+
+def _reduced_numel(runner: Any) -> int | None:
+    """Elements the last MoI step all-reduced under tensor parallelism ([M, D]); None where nothing is sharded."""
+    embedding = getattr(runner, "__dict__", {}).get("_moi_embedding")
+    return embedding.reduced_numel if embedding is not None and embedding.module is not None else None
+
+
+class _Embedding:
+    """How a rank embeds the candidates it mixes. One rank: the model's own `embed_input_ids`, no reduce. Under tensor
+    parallelism each rank holds a shard of the vocabulary: `embed` gives this rank's shard of each embedding (the
+    embedding module's all-reduce set aside for the call: zero for the tokens other ranks hold, the model's own
+    scale applied, which is linear) and `reduce` all-reduces the mixed [M, D] (mixing.fed_step), so the collective
+    carries [M, D] instead of [M, K + 1, D]. `reduced_numel`: elements of the last such all-reduce (moi_stats)."""
+
+    __slots__ = ("model", "module", "reduce", "reduced_numel")
+
+    def __init__(self, model: Any, module: Any | None):
+        self.model, self.module = model, module
+        self.reduce = self._all_reduce if module is not None else None
+        self.reduced_numel = 0
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.module is None:
+            return self.model.embed_input_ids(ids)
+        saved = self.module.reduce_results
+        self.module.reduce_results = False
+        try:
+            return self.model.embed_input_ids(ids)  # [.., D] this rank's shard of each embedding
+        finally:
+            self.module.reduce_results = saved
+
+    def _all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        from vllm.distributed import tensor_model_parallel_all_reduce
+
+        self.reduced_numel = x.numel()
+        group = getattr(self.module, "parallel_group", None)
+        return group.all_reduce(x) if group is not None else tensor_model_parallel_all_reduce(x)
+
+
+def _embedding(runner: Any) -> _Embedding:
+    """The runner's `_Embedding` (its one attribute `_moi_embedding`), made at first use (the model is loaded)."""
+    embedding = runner.__dict__.get("_moi_embedding")
+    if embedding is None:
+        module = _input_embedding(runner.model)
+        sharded = getattr(module, "tp_size", 1) > 1 and getattr(module, "reduce_results", False)
+        embedding = runner._moi_embedding = _Embedding(runner.model, module if sharded else None)
+    return embedding
 
 
 def _graph_stats(runner: Any) -> dict[str, Any]:

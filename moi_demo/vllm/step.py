@@ -162,12 +162,14 @@ class StepRunner:
         return tap_eager(plan, logits)
 
     def mix(self, plan: StepPlan, tapped: Tapped, sampled: torch.Tensor,
-            embed: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor) -> mixing.Fed:
+            embed: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor,
+            reduce: mixing.Reduce | None = None) -> mixing.Fed:
         """After sampling (`sampled` [B] or [B, 1], the batch's): the weights, the mixed inputs (in `like`'s hidden
-        size, dtype and device) into the next-input buffer, the step into the history; then the host's record."""
+        size, dtype and device) into the next-input buffer, the step into the history; then the host's record.
+        `reduce`: under tensor parallelism, the all-reduce of the mixed inputs (mixing.fed_step); never graphed."""
         state = self.state
         cap, self._graphed = self._graphed, None
-        if cap is not None and tapped is cap.tapped:
+        if cap is not None and tapped is cap.tapped and reduce is None:
             state.check_plan(plan)
             state.ensure_buffer(like.shape[-1], like.dtype, like.device)
             if cap.mix is not None and cap.guard != self._guard(plan):
@@ -185,7 +187,7 @@ class StepRunner:
                 return cap.fed
         mixed = state.mix_target(plan, like.shape[-1], like.dtype, like.device)  # [M, D]
         fed = mixing.fed_step(tapped.ids, tapped.top_logits, _rows(sampled, plan), plan.config, embed, mixed,
-                              tapped.extras)
+                              tapped.extras, reduce)
         state.record(plan, fed.candidate_ids, fed.weights, mixed, fed.entropy)
         return fed
 
