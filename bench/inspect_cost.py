@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     from moi_demo.core import inspection
     from moi_demo.core.mixing import MoIConfig
     from moi_demo.core.trace import SamplingSettings
-    from moi_demo.serving.engine import EngineOptions, MoIEngine
+    from moi_demo.serving.engine import MoIEngine
     from moi_demo.serving.models import resolve_model
+    from moi_demo.serving.settings import EngineOptions
 
     model = resolve_model(a.model)
     with MoIEngine(model, EngineOptions(max_model_len=1024)) as engine:

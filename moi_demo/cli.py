@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from moi_demo.core import inputs
+from moi_demo.core.arguments import add_switches, switches_of
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import DEFAULT_TOP_K, ENTROPIES, PRIORS, MoIConfig
+from moi_demo.core.mixing import DEFAULT_TOP_K, MoIConfig
 from moi_demo.core.trace import SamplingSettings, Trace, lane_label, save_traces
 
 logger = logging.getLogger("moi_demo")
@@ -42,19 +43,6 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     add_switches(p)
-
-
-def add_switches(p: argparse.ArgumentParser) -> None:
-    """MoI's design choices (core/mixing.py), the defaults the paper's."""
-    p.add_argument("--entropy", choices=list(ENTROPIES), default="top_k",
-                   help="H of the top-k prior over log k (default), or of the full distribution over log |V|")
-    p.add_argument("--prior", choices=list(PRIORS), default="raw",
-                   help="raw temperature-1 top-k (default), or the request's own after temperature and top-p")
-    p.add_argument("--noise", type=float, default=0.0, help="Gumbel scale on the prior's logits, seeded (default 0)")
-
-
-def switches_of(args: argparse.Namespace) -> dict[str, Any]:
-    return {"entropy": args.entropy, "prior": args.prior, "noise": inputs.NOISE.check(args.noise)}
 
 
 def step_table(trace: Trace, rows: int | None = None) -> str:
@@ -98,8 +86,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         standard, mixed = ReferenceDecoder(model).generate_pair(args.prompt, moi, settings)
         card = {**environment(), "model": model, "model_revision": model_revision(model), "runner": "reference"}
     else:
-        from moi_demo.serving.engine import EngineOptions, MoIEngine
+        from moi_demo.serving.engine import MoIEngine
         from moi_demo.serving.run_card import run_card
+        from moi_demo.serving.settings import EngineOptions
 
         with MoIEngine(model, EngineOptions(max_model_len=args.max_model_len)) as engine:
             standard, mixed = engine.generate_pair_sync(args.prompt, moi, settings)
@@ -126,7 +115,8 @@ def _generate_sweep(args: argparse.Namespace, model: str, settings: SamplingSett
     """`--betas 0,0.5,1,direct`: the standard lane and one MoI lane per beta, one engine batch."""
     from moi_demo.app.explorer import parse_betas
     from moi_demo.core.trace import first_divergence
-    from moi_demo.serving.engine import EngineOptions, MoIEngine
+    from moi_demo.serving.engine import MoIEngine
+    from moi_demo.serving.settings import EngineOptions
 
     try:
         configs = [c.with_switches(**switches_of(args)) for c in parse_betas(args.betas, args.top_k)]

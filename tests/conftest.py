@@ -44,7 +44,8 @@ def app(default_model):
     """The real app on the default model, served on a free port: (url, engine). Shared by the
     gradio_client and the Chromium tests."""
     from moi_demo.app.layout import build_demo
-    from moi_demo.serving.engine import EngineOptions, MoIEngine
+    from moi_demo.serving.engine import MoIEngine
+    from moi_demo.serving.settings import EngineOptions
     from tests.vllm_util import free_port
 
     engine = MoIEngine(default_model, EngineOptions(max_model_len=1024, kv_cache_memory_bytes=512 << 20)).start()

@@ -9,7 +9,8 @@ import torch
 
 from moi_demo.core import mixing
 from moi_demo.core.mixing import MoIConfig
-from moi_demo.vllm.batch_state import PAGE, BatchState
+from moi_demo.vllm.batch_state import BatchState
+from moi_demo.vllm.history import PAGE
 
 VOCAB, HIDDEN = 50, 8
 torch.manual_seed(0)

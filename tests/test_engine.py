@@ -12,7 +12,8 @@ import pytest
 from moi_demo.core.inputs import InputError
 from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import SamplingSettings
-from moi_demo.serving.engine import EngineOptions, MoIEngine
+from moi_demo.serving.engine import MoIEngine
+from moi_demo.serving.settings import EngineOptions
 from tests.vllm_util import KV_BYTES, PLUGINS_WITHOUT_MOI, ROOT
 
 pytestmark = pytest.mark.engine
@@ -123,7 +124,9 @@ def test_bad_input_names_the_field(engine, prompt, cfg, settings, field):
 
 SELF_CHECK = """
 import sys
-from moi_demo.serving.engine import EngineOptions, MoIEngine, MoINotAppliedError
+from moi_demo.serving.engine import MoIEngine
+from moi_demo.serving.settings import EngineOptions
+from moi_demo.serving.supervisor import MoINotAppliedError
 try:
     MoIEngine(sys.argv[1], EngineOptions(dtype="float32", max_model_len=256, kv_cache_memory_bytes=1 << 28)).start()
 except MoINotAppliedError as e:

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from moi_demo.core.inputs import InputError
+from moi_demo.vllm import enablement
 from moi_demo.vllm import plugin as vllm_plugin
 
 
@@ -50,7 +51,7 @@ def test_moi_keys_on_an_engine_without_moi_say_how_to_enable_it(key, monkeypatch
     from vllm.exceptions import VLLMValidationError
 
     monkeypatch.delenv("MIXINPUTS_BETA", raising=False)
-    vllm_plugin.env_default.cache_clear()
+    enablement.env_default.cache_clear()
     with pytest.raises(VLLMValidationError, match=r"not enabled on this engine.*--additional-config") as err:
         vllm_plugin.validate_request(SimpleNamespace(extra_args={key: 1}), config(moi=False))
     assert err.value.parameter == key
@@ -67,17 +68,17 @@ def test_enabled_by_the_switch_or_mixinputs_beta(additional, env, expected, monk
         monkeypatch.delenv("MIXINPUTS_BETA", raising=False)
     else:
         monkeypatch.setenv("MIXINPUTS_BETA", env)
-    vllm_plugin.env_default.cache_clear()
+    enablement.env_default.cache_clear()
     try:
-        assert vllm_plugin.enabled(additional) is expected
+        assert enablement.enabled(additional) is expected
     finally:
-        vllm_plugin.env_default.cache_clear()
+        enablement.env_default.cache_clear()
 
 
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_a_switch_that_is_not_a_bool_is_an_error_naming_it(value):
     with pytest.raises(InputError, match="additional_config.moi"):
-        vllm_plugin.enabled({"moi": value})
+        enablement.enabled({"moi": value})
 
 
 def engine_config(tiny_model: str, **kwargs):
@@ -95,7 +96,7 @@ def test_an_engine_without_moi_is_stock_and_one_with_moi_is_changed_and_logged(t
     change logged with how to undo it, where it is. No environment variable of the process changes."""
     monkeypatch.delenv("MIXINPUTS_BETA", raising=False)
     monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
-    vllm_plugin.env_default.cache_clear()
+    enablement.env_default.cache_clear()
     vllm_plugin.register()
     # vLLM re-configures its loggers (and drops the handlers of their children) while it builds a config: the
     # plugin's messages are read here from a logger of the test's own, outside vLLM's tree.
@@ -111,7 +112,7 @@ def test_an_engine_without_moi_is_stock_and_one_with_moi_is_changed_and_logged(t
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="moi_demo.test_plugin_config"):
-        moi = engine_config(tiny_models["llama"], **vllm_plugin.enable_kwargs())
+        moi = engine_config(tiny_models["llama"], **enablement.enable_kwargs())
     assert moi.model_config.enable_prompt_embeds is True
     assert moi.use_v2_model_runner is False
     text = "\n".join(r.getMessage() for r in caplog.records)
@@ -144,7 +145,7 @@ def test_moi_on_a_lora_engine_is_refused_naming_enable_lora(tiny_models):
     from vllm.exceptions import VLLMValidationError
 
     config = engine_config(tiny_models["llama"], enable_lora=True, max_loras=1, max_lora_rank=8,
-                           **vllm_plugin.enable_kwargs())
+                           **enablement.enable_kwargs())
     assert config.lora_config is not None
     with pytest.raises(VLLMValidationError, match=r"LoRA.*--enable-lora"):
         vllm_plugin.validate_request(SimpleNamespace(extra_args={"moi_beta": 1.0}), config)

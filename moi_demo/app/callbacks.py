@@ -24,8 +24,9 @@ from moi_demo.core import inputs
 from moi_demo.core.inputs import InputError
 from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import MODE_CHOICES, STANDARD_LABEL, SamplingSettings, Trace, first_divergence, lane_label
-from moi_demo.serving.engine import EngineUnavailableError, MoIEngine, RunStopped
+from moi_demo.serving.engine import MoIEngine
 from moi_demo.serving.run_card import run_card
+from moi_demo.serving.supervisor import EngineUnavailableError, RunStopped
 
 logger = logging.getLogger(__name__)
 

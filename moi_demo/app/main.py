@@ -40,7 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def engine_options(args: argparse.Namespace):
     import torch
 
-    from moi_demo.serving.engine import EngineOptions
+    from moi_demo.serving.settings import EngineOptions
 
     gpu = torch.cuda.is_available()
     return EngineOptions(

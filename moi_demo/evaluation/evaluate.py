@@ -16,6 +16,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from moi_demo.core.arguments import add_switches, switches_of
 from moi_demo.core.inputs import InputError
 from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import SamplingSettings, switches_label
@@ -189,8 +190,6 @@ def write_outputs(out_dir: Path, name: str, samples: list[Sample], fig: go.Figur
 
 
 def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
-    from moi_demo.cli import add_switches, switches_of
-
     p = argparse.ArgumentParser(prog=f"moi-demo {'sweep' if sweep else 'eval'}", description=__doc__)
     p.add_argument("--task", default="arithmetic-1", help="arithmetic[-1..4], countdown[-3..5], or FILE.jsonl")
     p.add_argument("--n", type=int, default=100)
@@ -212,9 +211,10 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from tqdm import tqdm
 
-    from moi_demo.serving.engine import MoIEngine, batch_job_options
+    from moi_demo.serving.engine import MoIEngine
     from moi_demo.serving.models import resolve_model
     from moi_demo.serving.run_card import run_card
+    from moi_demo.serving.settings import batch_job_options
 
     examples, checker = get_task(a.task, a.n, a.seed)
     try:

@@ -69,7 +69,7 @@ def replay(engine: Any, traces: list[Trace]) -> list[LaneReplay]:
 
 def engine_options(card: dict[str, Any] | None) -> Any:
     """The recorded engine options (fields this version knows; the rest ignored), or the defaults."""
-    from moi_demo.serving.engine import EngineOptions
+    from moi_demo.serving.settings import EngineOptions
 
     recorded = (card or {}).get("engine_options") or {}
     known = {f.name for f in fields(EngineOptions)}

@@ -21,22 +21,14 @@ from moi_demo.core import inputs, mixing
 from moi_demo.core.inputs import InputError
 from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import SamplingSettings, Step, Trace, lane_label
-from moi_demo.serving.settings import (  # noqa: F401 - the engine's options, also imported from here
-    KV_BLOCK_TOKENS,
-    EngineOptions,
-    batch_job_options,
-    chat_ids,
-    is_cpu,
-    throughput_options,
-)
-from moi_demo.serving.supervisor import (  # noqa: F401 - also imported from here
+from moi_demo.serving.settings import chat_ids
+from moi_demo.serving.supervisor import (
     EngineState,
     EngineSupervisor,
-    EngineUnavailableError,
     MoINotAppliedError,
     RunStopped,
-    _death_reason,
-    _is_engine_dead,
+    death_reason,
+    is_engine_dead,
 )
 
 logger = logging.getLogger(__name__)
@@ -259,8 +251,8 @@ class MoIEngine(EngineSupervisor):
         try:
             self._call(run_all())
         except Exception as e:
-            if _is_engine_dead(e):
-                self._on_dead(_death_reason(self._engines, e))
+            if is_engine_dead(e):
+                self._on_dead(death_reason(self._engines, e))
                 raise self.unavailable() from None
             raise
         finally:
@@ -321,8 +313,8 @@ class MoIEngine(EngineSupervisor):
                             finished[i] = True
                         continue
                     if isinstance(completion, BaseException):
-                        if _is_engine_dead(completion):
-                            self._on_dead(_death_reason([engine for _, engine, _ in lanes], completion))
+                        if is_engine_dead(completion):
+                            self._on_dead(death_reason([engine for _, engine, _ in lanes], completion))
                             raise self.unavailable() from None
                         raise _user_error(completion)
                     for step in steps_from_output(completion, len(trace.steps), trace.top_k):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moi_demo.core.inputs import MAX_TOP_K
-from moi_demo.vllm.plugin import enable_kwargs
+from moi_demo.vllm.enablement import enable_kwargs
 
 logger = logging.getLogger(__name__)
 

@@ -144,7 +144,7 @@ class EngineSupervisor:
         while self.state != EngineState.STOPPED:
             time.sleep(WATCH_INTERVAL_S)
             if self.state == EngineState.READY and any(getattr(e, "errored", False) for e in self._engines):
-                self._on_dead(_death_reason(self._engines))
+                self._on_dead(death_reason(self._engines))
 
     def _on_dead(self, reason: str) -> None:
         """Start a restart in the background, once per death."""
@@ -271,13 +271,13 @@ async def _cancel_pending() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _is_engine_dead(error: BaseException) -> bool:
+def is_engine_dead(error: BaseException) -> bool:
     from vllm.v1.engine.exceptions import EngineDeadError
 
     return isinstance(error, EngineDeadError) or type(error).__name__ == "EngineDeadError"
 
 
-def _death_reason(engines: list[Any], error: BaseException | None = None) -> str:
+def death_reason(engines: list[Any], error: BaseException | None = None) -> str:
     """What killed the engine, as far as the front end can tell: the engine core's exit code, else the error."""
     for engine in engines:
         try:

@@ -20,7 +20,7 @@ from typing import Any
 from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import SamplingSettings
 from moi_demo.serving.settings import engine_kwargs
-from moi_demo.vllm.plugin import enable_kwargs
+from moi_demo.vllm.enablement import enable_kwargs
 
 logger = logging.getLogger("moi_demo.bench")
 PROMPT = "Write a short story about a lighthouse keeper."
@@ -242,8 +242,9 @@ def plugin_cost(s: BenchSettings) -> str:
 def run(s: BenchSettings) -> str:
     from vllm import LLM
 
-    from moi_demo.serving.engine import EngineOptions, MoIEngine
+    from moi_demo.serving.engine import MoIEngine
     from moi_demo.serving.models import resolve_model
+    from moi_demo.serving.settings import EngineOptions
 
     if s.plugin_only:
         return plugin_cost(s)
@@ -350,8 +351,9 @@ def eval_throughput(s: EvalBenchSettings) -> str:
     must agree sample for sample (seeded sampling does not depend on the batch)."""
     from moi_demo.evaluation.evaluate import evaluate, mode_configs
     from moi_demo.evaluation.tasks import get_task
-    from moi_demo.serving.engine import EngineOptions, MoIEngine, batch_job_options
+    from moi_demo.serving.engine import MoIEngine
     from moi_demo.serving.models import resolve_model
+    from moi_demo.serving.settings import EngineOptions, batch_job_options
 
     model = resolve_model(s.model)
     examples, checker = get_task(s.task, s.n, 0)

@@ -199,8 +199,9 @@ def _engine_rate(engine: Any, s: LoadSettings) -> float:
 
 def main(model: str | None, s: LoadSettings) -> str:
     from moi_demo.app.layout import build_demo
-    from moi_demo.serving.engine import EngineOptions, MoIEngine
+    from moi_demo.serving.engine import MoIEngine
     from moi_demo.serving.models import resolve_model
+    from moi_demo.serving.settings import EngineOptions
 
     engine = MoIEngine(resolve_model(model), EngineOptions(max_model_len=1024, kv_cache_memory_bytes=1 << 30)).start()
     demo = build_demo(engine, max_new_tokens=max(64, s.tokens))

@@ -273,8 +273,9 @@ def _measure_apart(url: str, s: PageSettings, cpus: list[int] | None) -> dict[st
 
 def main(model: str | None, s: PageSettings) -> str:
     from moi_demo.app.layout import build_demo
-    from moi_demo.serving.engine import EngineOptions, MoIEngine
+    from moi_demo.serving.engine import MoIEngine
     from moi_demo.serving.models import resolve_model
+    from moi_demo.serving.settings import EngineOptions
 
     options = EngineOptions(max_model_len=2048, kv_cache_memory_bytes=1 << 30)
     cpus = sorted(os.sched_getaffinity(0))

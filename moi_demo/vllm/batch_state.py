@@ -35,7 +35,7 @@ import torch
 
 from moi_demo.core import mixing
 from moi_demo.core.mixing import MODE_CODES, MODE_MOI, BatchConfig, MoIConfig
-from moi_demo.vllm.history import (  # noqa: F401 - PAGE, the pool and the bound are also read from here
+from moi_demo.vllm.history import (
     PAGE,
     RECOMPUTE_BYTES,
     SWAP,

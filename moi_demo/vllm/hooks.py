@@ -31,8 +31,8 @@ from moi_demo.core import mixing
 from moi_demo.core.inputs import InputError
 from moi_demo.core.mixing import MoIConfig
 from moi_demo.vllm.batch_state import BatchState
+from moi_demo.vllm.enablement import ENV_HOST_READS, ENV_RECORD, PATCHED, UPDATES, enabled, request_config, wrap_once
 from moi_demo.vllm.host_reads import HostReadCounter
-from moi_demo.vllm.plugin import _PATCHED, _UPDATES, ENV_HOST_READS, ENV_RECORD, _wrap_once, enabled, request_config
 from moi_demo.vllm.step import StepRunner, Tapped
 
 # --- worker side: the runner's MoI state ----------------------------------------------------------------
@@ -56,8 +56,8 @@ def _state(runner: Any) -> BatchState | None:
         tp = runner.vllm_config.parallel_config.tensor_parallel_size
         runner._moi_steps = StepRunner(state, graphs=None if tp == 1 else False)
     builder = runner.input_batch.batch_update_builder
-    if _UPDATES not in builder.__dict__:  # the batch was rebuilt (vLLM may re-create it at KV-cache init)
-        builder.__dict__[_UPDATES] = []
+    if UPDATES not in builder.__dict__:  # the batch was rebuilt (vLLM may re-create it at KV-cache init)
+        builder.__dict__[UPDATES] = []
     return state
 
 
@@ -105,7 +105,7 @@ def _wrap_get_and_reset(orig):
     @functools.wraps(orig)
     def get_and_reset(self, batch_size):
         update = orig(self, batch_size)
-        if update is not None and (pending := self.__dict__.get(_UPDATES)) is not None:
+        if update is not None and (pending := self.__dict__.get(UPDATES)) is not None:
             pending.append(update)
         return update
 
@@ -114,7 +114,7 @@ def _wrap_get_and_reset(orig):
 
 def _drain_updates(runner: Any, state: BatchState) -> None:
     batch = runner.input_batch
-    pending = batch.batch_update_builder.__dict__.get(_UPDATES)
+    pending = batch.batch_update_builder.__dict__.get(UPDATES)
     if not pending:
         return
 
@@ -256,12 +256,12 @@ def _wrap_sample(orig):
 
 
 def _patch_runner(cls: type) -> None:
-    if cls.__dict__.get(_PATCHED):
+    if cls.__dict__.get(PATCHED):
         return
     cls._update_states = _wrap_update_states(cls._update_states)
     cls._sample = _wrap_sample(cls._sample)
     cls._preprocess = _wrap_preprocess(cls._preprocess)
-    setattr(cls, _PATCHED, True)
+    setattr(cls, PATCHED, True)
 
 
 def _worker_force_reorder(worker: Any, threshold: int | None = 1) -> int | None:
@@ -283,7 +283,7 @@ def _worker_stats(worker: Any, records: bool = False) -> dict[str, Any]:
     state = getattr(runner, "_moi_state", None)
     on = enabled(runner.vllm_config.additional_config) if runner is not None else False
     device = torch.cuda.memory_allocated() if torch.cuda.is_available() else None  # what the process holds there
-    return {"hooked": bool(getattr(type(runner), _PATCHED, False)), "enabled": on,
+    return {"hooked": bool(getattr(type(runner), PATCHED, False)), "enabled": on,
             "runner": type(runner).__name__ if runner is not None else None,
             "state": isinstance(state, BatchState), "device_allocated": device,
             **(state or BatchState(1)).stats(records), "graphs": _graph_stats(runner),
@@ -402,10 +402,10 @@ def _worker_inspect(worker: Any, lanes: list[dict[str, Any]]) -> list[dict[str, 
 
 def install(runner_cls: type, sampler_cls: type, builder_cls: type, worker_cls: type) -> None:
     """Wrap the runner's, the sampler's and the batch-update builder's methods; add the worker RPCs (idempotent)."""
-    _wrap_once(builder_cls, "get_and_reset", _wrap_get_and_reset)
-    if not getattr(sampler_cls.__dict__["apply_penalties"].__func__, _PATCHED, False):
+    wrap_once(builder_cls, "get_and_reset", _wrap_get_and_reset)
+    if not getattr(sampler_cls.__dict__["apply_penalties"].__func__, PATCHED, False):
         wrapped = _wrap_apply_penalties(sampler_cls.__dict__["apply_penalties"].__func__)
-        setattr(wrapped, _PATCHED, True)
+        setattr(wrapped, PATCHED, True)
         sampler_cls.apply_penalties = staticmethod(wrapped)
     _patch_runner(runner_cls)
     worker_cls.moi_stats = _worker_stats

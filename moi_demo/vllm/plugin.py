@@ -1,4 +1,5 @@
-"""Mixture of Inputs inside vLLM, per request: the only module that touches vLLM internals.
+"""Mixture of Inputs inside vLLM, per request: the plugin's entry point and its front-end hooks (the worker's are in
+hooks.py; what both read, in enablement.py).
 
 Registered as the `vllm.general_plugins` entry point `moi`; vLLM calls `register()` in every process it
 starts (front end, engine core, workers). Registering only installs hooks: an engine is changed only where
@@ -27,8 +28,9 @@ return at their first line, and requests with `moi_*` keys refused with how to e
   logit_bias, the structured-output bitmask) and before penalties and temperature, so a token the request
   forbids never carries weight. It mixes after sampling and records (k + 1) candidate ids and weights per
   token. No hook reads a tensor back to the host.
-* **Worker RPC** `moi_stats` (for `collective_rpc`): steps applied and recomputed, per request, memory held,
-  hook time, host reads counted (MOI_DEMO_HOST_READS=1).
+* **Worker RPCs** (hooks.py, for `collective_rpc`): `moi_stats` (steps applied and recomputed, per request, memory
+  held, hook time, host reads counted with MOI_DEMO_HOST_READS=1, the step's graphs), `moi_records`, `moi_inspect`,
+  `moi_force_reorder`.
 
 Requests that name no MoI key are left alone, unless `MIXINPUTS_BETA` is set in the environment: then
 they get MoI at that beta (`-100`: direct mixture), as with the reference implementation.
@@ -44,61 +46,20 @@ from typing import Any
 
 from moi_demo.core import mixing
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import MoIConfig
+from moi_demo.vllm.enablement import (
+    ENV_BETA,
+    HOW_TO_ENABLE,
+    PATCHED,
+    SWITCH,
+    additional_config,
+    enabled,
+    env_default,
+    request_config,
+    wrap_once,
+)
 
 logger = logging.getLogger("vllm.moi_demo")  # a child of vLLM's logger: shown with its own log lines
-
-ENV_BETA = "MIXINPUTS_BETA"
-ENV_RECORD = "MOI_DEMO_RECORD"  # "1": keep every applied (candidates, weights) for moi_stats(records=True)
-ENV_HOST_READS = "MOI_DEMO_HOST_READS"  # "1": count host reads of tensors in the hooks' own code (tests, doctor)
-STATS_METHOD = "moi_stats"
-_PATCHED = "_moi_demo_patched"
-_UPDATES = "_moi_updates"  # on BatchUpdateBuilder, only where MoI is enabled: the BatchUpdates not yet applied
 _registered = False
-
-
-SWITCH = "moi"  # the key in additional_config that enables MoI for one engine
-HOW_TO_ENABLE = ("start the engine with additional_config={\"moi\": true} (vllm serve: --additional-config "
-                 "'{\"moi\": true}') or set MIXINPUTS_BETA")
-
-
-def enable_kwargs() -> dict[str, Any]:
-    """Engine kwargs that enable MoI for one engine (a fresh dict: vLLM may add keys to additional_config)."""
-    return {"additional_config": {SWITCH: True}}
-
-
-@functools.cache
-def env_default() -> MoIConfig | None:
-    """The process-wide default from MIXINPUTS_BETA (None when unset)."""
-    return MoIConfig.from_env_beta(os.environ.get(ENV_BETA))
-
-
-def _additional_config(value: Any) -> Any:
-    """vLLM's additional_config as a dict; a JSON string of one (as a caller of `LLM(...)` may pass it) is parsed."""
-    if isinstance(value, str) and value.strip().startswith("{"):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as e:
-            raise InputError("additional_config", f"must be a JSON object; got {value!r} ({e})") from None
-    return value
-
-
-def enabled(additional_config: Any) -> bool:
-    """Whether MoI is enabled for an engine with this additional_config: its "moi" key where given (it must be
-    true or false), else MIXINPUTS_BETA set in the environment."""
-    cfg = _additional_config(additional_config)
-    if isinstance(cfg, dict) and SWITCH in cfg:
-        value = cfg[SWITCH]
-        if not isinstance(value, bool):
-            raise InputError("additional_config.moi", f"must be true or false; got {value!r}")
-        return value
-    return env_default() is not None
-
-
-def request_config(extra_args: dict[str, Any] | None) -> MoIConfig | None:
-    """The MoI config of a request, or None when it is left alone (standard)."""
-    cfg = MoIConfig.from_extra_args(extra_args, env_default())
-    return cfg if cfg is not None and cfg.mixes else None
 
 
 # --- front end: engine config, request validation, prefix-cache keys -----------------------------------
@@ -108,7 +69,7 @@ def _wrap_create_engine_config(orig):
     @functools.wraps(orig)
     def create_engine_config(self, *args, **kwargs):
         env_default()  # a bad MIXINPUTS_BETA fails here, loudly, before the engine starts
-        self.additional_config = _additional_config(self.additional_config)
+        self.additional_config = additional_config(self.additional_config)
         if not enabled(self.additional_config):
             return orig(self, *args, **kwargs)  # exactly stock
         why = (f"additional_config {SWITCH}=true" if isinstance(self.additional_config, dict)
@@ -142,7 +103,7 @@ def _wrap_use_v2(prop: property) -> property:
             return False
         return fget(self)
 
-    setattr(use_v2_model_runner, _PATCHED, True)
+    setattr(use_v2_model_runner, PATCHED, True)
     return property(use_v2_model_runner)
 
 
@@ -225,15 +186,6 @@ def _request_mixes(request: Any) -> bool:
 # --- registration ----------------------------------------------------------------------------------------
 
 
-def _wrap_once(owner: Any, name: str, wrap: Any) -> None:
-    """Replace owner.name (a class's method or a module's function) by wrap(it), unless already wrapped."""
-    current = getattr(owner, name)
-    if not getattr(current, _PATCHED, False):
-        wrapped = wrap(current)
-        setattr(wrapped, _PATCHED, True)
-        setattr(owner, name, wrapped)
-
-
 def register() -> None:
     """Entry point of `vllm.general_plugins`: install the hooks in this process (idempotent)."""
     global _registered
@@ -254,11 +206,11 @@ def register() -> None:
 
     from moi_demo.vllm import hooks
 
-    if not getattr(VllmConfig.__dict__["use_v2_model_runner"].fget, _PATCHED, False):
+    if not getattr(VllmConfig.__dict__["use_v2_model_runner"].fget, PATCHED, False):
         VllmConfig.use_v2_model_runner = _wrap_use_v2(VllmConfig.__dict__["use_v2_model_runner"])
-    _wrap_once(EngineArgs, "create_engine_config", _wrap_create_engine_config)
-    _wrap_once(InputProcessor, "_validate_params", _wrap_validate_params)
-    _wrap_once(kv_cache_utils, "generate_block_hash_extra_keys", _wrap_extra_keys)
+    wrap_once(EngineArgs, "create_engine_config", _wrap_create_engine_config)
+    wrap_once(InputProcessor, "_validate_params", _wrap_validate_params)
+    wrap_once(kv_cache_utils, "generate_block_hash_extra_keys", _wrap_extra_keys)
     hooks.install(GPUModelRunner, Sampler, BatchUpdateBuilder, WorkerBase)
     _registered = True
     default = env_default()
