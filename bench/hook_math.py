@@ -1,21 +1,28 @@
 """The plugin's per-step hook work at the paper's scale, in pure torch (no vLLM): `python bench/hook_math.py`.
 
-Drives `BatchState` and the mixing through the plugin's own per-step sequence, as `vllm_plugin` calls them:
-plan (host), feed (buffered mixed inputs into the step's input rows), top-k of the prior, the mix weights, the mixed
-embeddings, record; with batch changes between phases (adds, removes, a move, a swap) and a recompute of a
-preempted request from its history. Defaults: vocabulary 152,064, hidden 5120, k 20, batches 1 / 8 / 64 / 256,
-bf16 (Qwen2.5-32B's shapes), on CUDA when there is one.
+Drives `BatchState` and `StepRunner` (vllm/step.py) through the plugin's own per-step sequence, as vllm/hooks.py
+calls them: plan (host), feed (buffered mixed inputs into the step's input rows), the tap (top-k of the prior from
+float32 logits, as vLLM's sampler hands them over), the mix (weights, mixed embeddings, record); with batch changes
+between phases (adds, removes, a move, a swap) and a recompute of a preempted request from its history. Defaults:
+vocabulary 152,064, hidden 5120, k 20, batches 1 / 8 / 64 / 256, bf16 embeddings (Qwen2.5-32B's shapes), on CUDA
+when there is one.
 
-On CUDA every step runs under `torch.cuda.set_sync_debug_mode("error")` (a device sync raises), the hook work is
-timed with CUDA events, and one [B, V] argmax is timed beside it as a yardstick (what any sampler pays). It also
-tries to capture one decode step's device work (top-k, weights, mix, record writes) in a CUDA graph and says
-whether it captured. Each decode step's fed inputs are checked against the formula computed afresh from the
-previous step's logits (the bench fails when they differ), so a fast wrong answer cannot pass.
+On CUDA every step runs under `torch.cuda.set_sync_debug_mode("error")` (a device sync raises); each step's host time
+(perf_counter) and device time (CUDA events) are reported apart, with one [B, V] argmax as a yardstick (what any
+sampler pays). With graphs on (`--graphs`, default on CUDA) the steady steps replay the step's CUDA graphs, and the
+eager step runs beside them. Each decode step's fed inputs are checked against the formula computed afresh from the
+previous step's logits (the bench fails when they differ), so a fast wrong answer cannot pass; so is every step the
+graphs replayed.
 
-Each batch runs twice: the paper's MoI, and every row switched (moi_entropy=full, moi_prior=processed, moi_noise=0.5:
-the O(B * V) full entropy and log-partition, the top-p mask, the noise), checked the same way.
+Each batch runs as the paper's MoI (eager, and from graphs where they are on) and with every row switched
+(moi_entropy=full, moi_prior=processed, moi_noise=0.5: the O(B * V) full entropy and log-partition, the top-p mask,
+the noise), checked the same way.
 
-`--smoke`: tiny sizes on the CPU, what CI runs (tests/test_bench_hook_math.py).
+Also per batch: torch calls per steady step (each a kernel launch on a GPU), the host time of BatchState's plan, the
+host time around the graphs (their replays stubbed: what a graphed step costs the host besides two replay calls),
+and a torch.profiler table of one steady step.
+
+`--smoke`: tiny sizes on the CPU with graphs replayed eagerly, what CI runs (tests/test_bench_hook_math.py).
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("args", nargs=argparse.REMAINDER)
     serve.set_defaults(func=cmd_serve)
 
-    bench = sub.add_parser("bench", help="benchmarks: ratio tables (see bench/README)", add_help=False)
+    bench = sub.add_parser("bench", help="benchmarks: ratio tables (docs/performance.md)", add_help=False)
     bench.add_argument("args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=lambda a: _module("moi_demo.tools.benchmark").main(a.args))
 

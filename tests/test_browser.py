@@ -93,7 +93,8 @@ def test_sweep_renders_every_lane_and_its_charts_then_the_slider_shows_a_swept_l
     page.wait_for_function("() => document.querySelectorAll('#sweep-summary-plot .js-plotly-plot, "
                            "#sweep-curves-plot .js-plotly-plot').length === 2", timeout=60_000)
     texts = [page.locator(f"#sweep-lane-{i} textarea").input_value() for i in range(3)]
-    assert all(texts) and page.locator("#sweep-lane-3").count() == 0 or not page.locator("#sweep-lane-3").is_visible()
+    assert all(texts), texts  # every swept lane shows its text
+    assert page.locator("#sweep-lane-3").count() == 0 or not page.locator("#sweep-lane-3").is_visible()
     assert "Direct mixture (w = p)" in page.locator("#sweep-lane-2").inner_text()
     assert page.locator("#sweep-summary-plot .bars .point").count() == 3  # a divergence bar per lane
     assert page.locator("#sweep-curves-plot .legendtext").count() == 3

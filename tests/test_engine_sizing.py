@@ -70,8 +70,16 @@ def test_gpu_leaves_the_kv_cache_to_vllm(jobs):
     assert o.max_num_seqs == min(jobs, MAX_BATCH_SEQS)
 
 
-def test_app_options_keep_vllms_core_choice():
-    assert EngineOptions().cpu_threads_bind is None and EngineOptions().max_num_seqs == 16
+def test_app_options_keep_vllms_core_choice_and_pass_their_limits_to_vllm(monkeypatch):
+    """The app's engine (EngineOptions as the app makes it) binds no cores itself (vLLM keeps one for its engine core
+    process) and hands vLLM its sequence cap, float32 on a CPU and whole prompts (no chunked prefill)."""
+    from moi_demo.serving import settings
+
+    monkeypatch.setattr(settings, "is_cpu", lambda: True)
+    kwargs = EngineOptions(max_num_seqs=12).engine_kwargs("some/model")
+    assert "cpu_threads_bind" not in kwargs and not any("threads" in k for k in kwargs)
+    assert kwargs["max_num_seqs"] == 12 and kwargs["enable_chunked_prefill"] is False and kwargs["dtype"] == "float32"
+    assert EngineOptions(cpu_threads_bind="0,1").cpu_threads_bind == "0,1"  # only where a caller asks
 
 
 def test_a_sequence_cap_does_not_change_the_compile_choice():

@@ -255,8 +255,18 @@ def test_golden(case):
     assert cand_list == case["candidate_ids"] and w_list == pytest.approx(case["weights"], abs=1e-12)
 
 
-def test_golden_file_has_54_cases():
-    assert len(golden_cases()) == 54
+def test_golden_cases_cover_every_mode_beta_k_and_both_sides_of_the_top_k():
+    """The golden file holds what its tests need: MoI at every beta (0 to 10^6) and direct mixture, k from 1 to 20,
+    the sampled token inside and outside the top-k, each case distinct; and its weights sum to 1."""
+    cases = golden_cases()
+    assert len(cases) == 54
+    assert {c["mode"] for c in cases} == {"moi", "direct"}
+    assert {c["beta"] for c in cases if c["mode"] == "moi"} == {0.0, 0.5, 1.0, 2.0, 1e6}
+    assert {c["top_k"] for c in cases} == {1, 2, 5, 20}
+    assert {c["sampled_in_topk"] for c in cases} == {True, False}
+    keys = {(c["mode"], c["beta"], c["top_k"], c["sampled_id"], tuple(c["topk_logits"])) for c in cases}
+    assert len(keys) == len(cases)
+    assert all(abs(sum(c["weights"]) - 1.0) < 1e-12 for c in cases)
 
 
 def _merged(cand: torch.Tensor, w: torch.Tensor) -> dict[int, float]:

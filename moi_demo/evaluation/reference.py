@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
@@ -145,8 +144,3 @@ class ReferenceDecoder:
         standard = self.generate(prompt, MoIConfig("standard", moi.beta, moi.top_k), settings, lane="standard")
         return standard, self.generate(prompt, moi, settings, lane="moi")
 
-
-def tokens_per_second(decoder: ReferenceDecoder, prompt: str, moi: MoIConfig, max_tokens: int = 64) -> float:
-    start = time.perf_counter()
-    trace = decoder.generate(prompt, moi, SamplingSettings(max_tokens=max_tokens))
-    return len(trace.steps) / (time.perf_counter() - start)

@@ -15,7 +15,7 @@ from typing import Any
 
 from moi_demo.serving.settings import EngineOptions, is_cpu
 
-logger = logging.getLogger("moi_demo.serving.engine")
+logger = logging.getLogger(__name__)
 
 LANES_PER_RUN = 2  # a side-by-side run holds two engine sequences (standard + MoI)
 MAX_RESTART_ATTEMPTS = 5  # per death; backoff 2, 4, 8, 16 s between attempts
