@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout with only torch installed
 
 from moi_demo.core import mixing  # noqa: E402
+from moi_demo.core.config import SamplingContext
 from moi_demo.core.mixing import MoIConfig  # noqa: E402
 from moi_demo.vllm.batch_state import BatchState  # noqa: E402
 from moi_demo.vllm.step import CAPTURE_AFTER, StepRunner  # noqa: E402
@@ -182,7 +183,7 @@ class _sync_checked:  # noqa: N801
 
 PAPER = MoIConfig("moi", 1.0, 20)
 SWITCHED = MoIConfig("moi", 1.0, 20, entropy="full", prior="processed", noise=0.5,
-                     context=mixing.SamplingContext(temperature=0.8, top_p=0.9, seed=1))
+                     context=SamplingContext(temperature=0.8, top_p=0.9, seed=1))
 
 
 def bench_batch(b: int, a: argparse.Namespace, device: torch.device, table: torch.Tensor, clock: Clock,

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from moi_demo.core import inspection
-    from moi_demo.core.mixing import MoIConfig
+    from moi_demo.core.config import MoIConfig
     from moi_demo.core.trace import SamplingSettings
     from moi_demo.serving.engine import MoIEngine
     from moi_demo.serving.models import resolve_model

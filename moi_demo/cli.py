@@ -11,8 +11,8 @@ from typing import Any
 
 from moi_demo.core import inputs
 from moi_demo.core.arguments import add_switches, switches_of
+from moi_demo.core.config import DEFAULT_TOP_K, MoIConfig
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import DEFAULT_TOP_K, MoIConfig
 from moi_demo.core.trace import SamplingSettings, Trace, lane_label, save_traces
 
 logger = logging.getLogger("moi_demo")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = ("vllm", "gradio", "transformers", "plotly", "lm_eval", "playwright", "openai")
-FILES = ["tests/test_mixing.py", "tests/test_batch_state.py", "tests/test_host_reads.py", "tests/test_step.py",
-         "tests/test_inspection.py", "tests/test_on_device.py", "tests/test_bench_hook_math.py"]
+FILES = ["tests/test_config.py", "tests/test_mixing.py", "tests/test_batch_state.py", "tests/test_host_reads.py",
+         "tests/test_step.py", "tests/test_inspection.py", "tests/test_on_device.py", "tests/test_bench_hook_math.py"]
 
 
 def main(argv: list[str]) -> int:

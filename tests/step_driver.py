@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 import numpy as np
 import torch
 
-from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.config import MoIConfig
 from moi_demo.vllm.batch_state import BatchState
 from moi_demo.vllm.step import StepRunner
 

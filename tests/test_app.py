@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from moi_demo.core.mixing import step_weights
+from moi_demo.core.plain import step_weights
 from moi_demo.core.trace import Trace
 
 pytestmark = pytest.mark.engine

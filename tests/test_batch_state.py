@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from moi_demo.core import mixing
-from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.config import MoIConfig, SamplingContext
 from moi_demo.vllm.batch_state import BatchState
 from moi_demo.vllm.history import PAGE
 
@@ -388,7 +388,7 @@ def test_records_of_hand_out_what_was_fed_and_keep_only_what_was_asked_for():
     import dataclasses
 
     sim = Sim(rows=3)
-    noised = dataclasses.replace(MoIConfig("moi", 1.0, 4, noise=0.5, context=mixing.SamplingContext(seed=3)),
+    noised = dataclasses.replace(MoIConfig("moi", 1.0, 4, noise=0.5, context=SamplingContext(seed=3)),
                                  keep_record=True)
     sim.add("a-1234", 0, noised)
     sim.add("b-5678", 1, MoIConfig("moi", 1.0, 4))

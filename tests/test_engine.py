@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import SamplingSettings
 from moi_demo.serving.engine import MoIEngine
 from moi_demo.serving.settings import EngineOptions

@@ -9,8 +9,9 @@ import pytest
 
 from moi_demo.app import explorer, plots
 from moi_demo.app.explorer import Lanes, lane_key, parse_betas, standard_key, summarize, with_top_k
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import MoIConfig, step_weights
+from moi_demo.core.plain import step_weights
 from moi_demo.core.trace import SamplingSettings, Step, Trace
 from tests.test_plots import make_trace
 

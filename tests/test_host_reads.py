@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from moi_demo.core import mixing
-from moi_demo.core.mixing import GREEDY_EPS, MoIConfig, SamplingContext, Switches
+from moi_demo.core.config import GREEDY_EPS, MoIConfig, SamplingContext
+from moi_demo.core.mixing import Switches
 from moi_demo.core.transfer import columns_to_device
 from moi_demo.vllm.host_reads import HostReadCounter
 from tests.step_driver import Driver
@@ -51,7 +52,7 @@ def test_batch_state_swaps_and_moves_without_host_indices():
     pageable copies: the engine test below runs the same through vLLM's reorder)."""
     import torch
 
-    from moi_demo.core.mixing import MoIConfig
+    from moi_demo.core.config import MoIConfig
     from moi_demo.vllm.batch_state import BatchState
 
     st = BatchState(4)

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from moi_demo.core import mixing
+from moi_demo.core.config import MODE_CODES, MoIConfig, SamplingContext
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import BatchConfig, MoIConfig
+from moi_demo.core.mixing import BatchConfig
+from moi_demo.core.plain import prior_from_weights, reference_prior, step_weights
 
 # A copy of shared/golden/moi_weights.json (computed apart from the project): the tests run from a clone alone.
 GOLDEN = Path(__file__).resolve().parent / "data" / "moi_weights.json"
@@ -213,7 +215,7 @@ def test_step_weights_from_logprobs_equals_from_logits():
     top = torch.topk(logprobs, 3)
     cfg = MoIConfig("moi", 0.7, 3)
     for sampled in (1, 4):
-        cand, w, h = mixing.step_weights(top.values.tolist(), top.indices.tolist(), sampled, cfg)
+        cand, w, h = step_weights(top.values.tolist(), top.indices.tolist(), sampled, cfg)
         full = weights_for(logits, sampled, cfg)
         assert h == pytest.approx(full.entropy.item(), abs=1e-12)
         if sampled == 1:
@@ -250,7 +252,7 @@ def test_golden(case):
     mixed = mixing.mix_embeddings(w, cand, lambda ids: table[ids])
     assert mixed[0].tolist() == pytest.approx(case["mixed_embedding"], abs=1e-9)
     # and the same weights from the public one-step helper (as used for traces)
-    cand_list, w_list, h = mixing.step_weights(case["topk_logits"], case["topk_ids"], case["sampled_id"],
+    cand_list, w_list, h = step_weights(case["topk_logits"], case["topk_ids"], case["sampled_id"],
                                                MoIConfig(case["mode"], case["beta"], k))
     assert cand_list == case["candidate_ids"] and w_list == pytest.approx(case["weights"], abs=1e-12)
 
@@ -378,7 +380,7 @@ def switched(cfg: MoIConfig, temperature: float = 1.0, top_p: float = 1.0, seed:
     """A config with the request's sampling attached (what the plugin does for a switched request)."""
     import dataclasses
 
-    return dataclasses.replace(cfg, context=mixing.SamplingContext(temperature, top_p, seed))
+    return dataclasses.replace(cfg, context=SamplingContext(temperature, top_p, seed))
 
 
 def test_switches_default_to_the_paper_and_parse_from_extra_args():
@@ -521,7 +523,7 @@ def test_switched_batch_fast_path_equals_the_plain_reference_per_row():
         k = c.top_k
         c = c if c.context is None or c.context.seed is not None else switched(
             c, c.context.temperature, c.context.top_p, seeds[b])
-        p, want_h = mixing.reference_prior(logits[b], ids[b, :k], c, c.context.seed if c.context else 0,
+        p, want_h = reference_prior(logits[b], ids[b, :k], c, c.context.seed if c.context else 0,
                                            int(positions[b]))
         assert float(h[b]) == pytest.approx(want_h, abs=1e-6), c  # the settings are float32 (as on an engine)
         y = int(sampled[b])
@@ -530,7 +532,7 @@ def test_switched_batch_fast_path_equals_the_plain_reference_per_row():
             onehot[-1] = 1.0
         want = mixing.mix_weights(p[None], torch.tensor([want_h], dtype=torch.float64), onehot[None],
                                   torch.tensor([c.beta], dtype=torch.float64),
-                                  torch.tensor([mixing.MODE_CODES[c.mode]]))[0]
+                                  torch.tensor([MODE_CODES[c.mode]]))[0]
         got = {}
         for i, x in zip(cand[b, : k + 1].tolist(), w[b, : k + 1].tolist(), strict=True):
             got[i] = got.get(i, 0.0) + x
@@ -545,7 +547,7 @@ def test_switched_batch_fast_path_equals_the_plain_reference_per_row():
 def test_prior_from_weights_inverts_the_posterior(cfg, sampled):
     p = [0.5, 0.3, 0.15, 0.05]
     ids = [3, 1, 4, 7]
-    cands, w, h_used = mixing.step_weights([math.log(x) for x in p], ids, sampled, cfg)
+    cands, w, h_used = step_weights([math.log(x) for x in p], ids, sampled, cfg)
     # with the H the weights were mixed with, the prior comes back
-    assert mixing.prior_from_weights(cands, w, ids, sampled, h_used, cfg) == pytest.approx(p, abs=1e-9)
-    assert mixing.prior_from_weights([sampled], [1.0], ids, sampled, 0.0, MoIConfig("moi", 1.0, 4)) is None
+    assert prior_from_weights(cands, w, ids, sampled, h_used, cfg) == pytest.approx(p, abs=1e-9)
+    assert prior_from_weights([sampled], [1.0], ids, sampled, 0.0, MoIConfig("moi", 1.0, 4)) is None

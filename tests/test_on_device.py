@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from moi_demo.core import mixing
-from moi_demo.core.mixing import BatchConfig, MoIConfig, SamplingContext
+from moi_demo.core.config import MoIConfig, SamplingContext
+from moi_demo.core.mixing import BatchConfig
 from moi_demo.vllm import step as step_mod
 from tests.step_driver import Driver
 

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from moi_demo.app import plots
-from moi_demo.core.mixing import MoIConfig, step_weights
+from moi_demo.core.config import MoIConfig
+from moi_demo.core.plain import step_weights
 from moi_demo.core.trace import Step, Trace, first_divergence, load_traces, save_traces
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.config import MoIConfig
 from moi_demo.evaluation.reference import ReferenceDecoder, SamplingSettings
 
 PROMPT = "What is the capital of France?"

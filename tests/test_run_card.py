@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.trace import Step, Trace, save_traces
 from moi_demo.evaluation.replay import LaneReplay, engine_options, load_export
 from moi_demo.serving import run_card as rc

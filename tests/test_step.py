@@ -9,7 +9,7 @@ import logging
 import pytest
 import torch
 
-from moi_demo.core.mixing import MoIConfig, SamplingContext
+from moi_demo.core.config import MoIConfig, SamplingContext
 from moi_demo.vllm import step as step_mod
 from moi_demo.vllm.history import PAGE
 from tests.step_driver import VOCAB, Driver

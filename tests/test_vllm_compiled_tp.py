@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.trace import SamplingSettings
 from moi_demo.evaluation.reference import ReferenceDecoder
 from tests.vllm_util import KV_BYTES, close_llm, make_llm, params

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.trace import SamplingSettings
 from moi_demo.evaluation.reference import ReferenceDecoder
 from tests.vllm_util import close_llm, make_llm, params

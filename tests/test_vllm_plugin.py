@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.trace import SamplingSettings
 from tests.vllm_util import BLOCK, PLUGINS_WITHOUT_MOI, close_llm, make_llm, params, run_engine_subprocess
 
@@ -20,7 +20,7 @@ ORACLE_CASES = [
 
 
 def xargs(cfg: MoIConfig) -> dict:
-    return {"moi_mode": cfg.mode, "moi_beta": cfg.beta, "moi_top_k": cfg.top_k}
+    return cfg.extra_args()
 
 
 @pytest.fixture(scope="module")

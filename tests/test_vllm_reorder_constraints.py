@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.trace import SamplingSettings
 from moi_demo.serving.lifecycle import temporary_env
 from moi_demo.tools.doctor import run_staggered
@@ -29,7 +29,7 @@ BASE = MoIConfig("moi", 0.0, 20)  # beta 0: the prior carries the most weight
 
 
 def xargs(cfg: MoIConfig | None) -> dict | None:
-    return None if cfg is None else {"moi_mode": cfg.mode, "moi_beta": cfg.beta, "moi_top_k": cfg.top_k}
+    return None if cfg is None else cfg.extra_args()
 
 
 @pytest.fixture(scope="module")

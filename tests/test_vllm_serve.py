@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.trace import SamplingSettings
 from moi_demo.evaluation.reference import ReferenceDecoder
 from tests.vllm_util import KV_BYTES, ROOT, free_port, lm_eval_samples
@@ -66,7 +66,7 @@ def test_completions_with_vllm_xargs_equal_oracle(client, server, cfg):
     ids = oracle.tokenizer("Once upon a time")["input_ids"]
     reply = client.completions.create(
         model=server[1], prompt=ids, max_tokens=24, temperature=0.0,
-        extra_body={"vllm_xargs": {"moi_mode": cfg.mode, "moi_beta": cfg.beta, "moi_top_k": cfg.top_k},
+        extra_body={"vllm_xargs": cfg.extra_args(),
                     "return_token_ids": True, "ignore_eos": True},
     )
     expected = oracle.generate(ids, cfg, SamplingSettings(max_tokens=24), chat=False).token_ids

@@ -21,8 +21,8 @@ from moi_demo.app import gradio_shim, plots
 from moi_demo.app.explorer import Lanes, parse_betas, standard_key
 from moi_demo.app.fields import page_error
 from moi_demo.core import inputs
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import MODE_CHOICES, STANDARD_LABEL, SamplingSettings, Trace, first_divergence, lane_label
 from moi_demo.serving.engine import MoIEngine
 from moi_demo.serving.run_card import run_card

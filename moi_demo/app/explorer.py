@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.inputs import APP_BETA, InputError
-from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import SamplingSettings, Step, Trace, first_divergence, lane_label
 
 DEFAULT_SWEEP = "0, 0.25, 0.5, 1, 2, 4, direct"

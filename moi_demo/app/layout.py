@@ -14,7 +14,7 @@ from moi_demo.app.callbacks import EVAL_MODES, EVAL_TASKS, Callbacks, ServiceCal
 from moi_demo.app.explorer import DEFAULT_SWEEP, MAX_SWEEP_LANES
 from moi_demo.app.fields import FieldRadio, named, number, slider
 from moi_demo.core import inputs
-from moi_demo.core.mixing import DEFAULT_BETA, DEFAULT_TOP_K, MoIConfig
+from moi_demo.core.config import DEFAULT_BETA, DEFAULT_TOP_K, MoIConfig
 from moi_demo.core.trace import MODE_CHOICES, STANDARD_LABEL, lane_label
 from moi_demo.serving.engine import MoIEngine
 

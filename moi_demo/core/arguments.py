@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from moi_demo.core import inputs
-from moi_demo.core.mixing import ENTROPIES, PRIORS
+from moi_demo.core.config import ENTROPIES, PRIORS
 
 
 def add_switches(p: argparse.ArgumentParser) -> None:

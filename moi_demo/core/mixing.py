@@ -1,4 +1,5 @@
-"""The Mixture of Inputs math (arXiv 2505.14827), pure torch: the only place the formula is written.
+"""The Mixture of Inputs math (arXiv 2505.14827), batched, pure torch: the only place the batched formula is written
+(config.py holds the settings, plain.py the one-row forms the tests and traces check it against).
 
 At each decode step a standard LLM samples a token y and feeds back its embedding E[y]. MoI feeds back
 a mixture of the top-k candidates' embeddings instead. With p the top-k distribution renormalised from
@@ -26,159 +27,22 @@ No function modifies its inputs.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-from moi_demo.core.inputs import BETA, NOISE, TOP_K, InputError, check_choice
+from moi_demo.core.config import (
+    GREEDY_EPS,
+    MODE_CODES,
+    MODE_DIRECT,
+    MODE_STANDARD,
+    MoIConfig,
+    SamplingContext,
+)
 from moi_demo.core.transfer import columns_to_device
-
-MODES: tuple[str, ...] = ("standard", "moi", "direct")
-MODE_STANDARD, MODE_MOI, MODE_DIRECT = 0, 1, 2
-MODE_CODES: dict[str, int] = {name: code for code, name in enumerate(MODES)}
-# The reference implementation's convention: MIXINPUTS_BETA=-100 means direct mixture.
-DIRECT_MIXTURE_BETA = -100.0
-DEFAULT_BETA = 1.0
-DEFAULT_TOP_K = 20
-ENTROPIES: tuple[str, ...] = ("top_k", "full")  # how H is taken (see the module docstring)
-PRIORS: tuple[str, ...] = ("raw", "processed")  # which distribution p is
-# Keys of SamplingParams.extra_args (and of the OpenAI API's `vllm_xargs`).
-KEY_MODE, KEY_BETA, KEY_TOP_K = "moi_mode", "moi_beta", "moi_top_k"
-KEY_ENTROPY, KEY_PRIOR, KEY_NOISE = "moi_entropy", "moi_prior", "moi_noise"
-EXTRA_ARGS_KEYS = (KEY_MODE, KEY_BETA, KEY_TOP_K, KEY_ENTROPY, KEY_PRIOR, KEY_NOISE)  # any of them asks for MoI
-KEY_RECORD = "moi_record"  # true: keep what the request was fed past its end, until `moi_records` reads it
-GREEDY_EPS = 1e-5  # vLLM's _SAMPLING_EPS: a temperature below it samples greedily
-
-
-@dataclass(frozen=True)
-class SamplingContext:
-    """What of a request's own sampling settings shapes a switched prior: temperature (< GREEDY_EPS: greedy) and
-    top-p, and the seed its noise is drawn from (None: the engine derives one per request)."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-
-
-@dataclass(frozen=True)
-class MoIConfig:
-    """One request's MoI settings, checked against `inputs.BETA`, `inputs.TOP_K` and `inputs.NOISE` (errors name
-    the field). `beta == -100` (the reference's convention) means direct mixture. `entropy`, `prior` and `noise` are
-    the switches (module docstring); `context` is the request's sampling (set by the engine side where a switch
-    reads it) and `keep_record` asks the engine to keep what it fed past its end (`moi_record`): neither is part of
-    the settings' identity."""
-
-    mode: str = "moi"
-    beta: float = DEFAULT_BETA
-    top_k: int = DEFAULT_TOP_K
-    entropy: str = "top_k"
-    prior: str = "raw"
-    noise: float = 0.0
-    context: SamplingContext | None = field(default=None, compare=False, repr=False)
-    keep_record: bool = field(default=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        check_choice(self.mode, "mode", MODES)
-        check_choice(self.entropy, "entropy", ENTROPIES)
-        check_choice(self.prior, "prior", PRIORS)
-        object.__setattr__(self, "noise", NOISE.check(self.noise))
-        if self.beta == DIRECT_MIXTURE_BETA and not isinstance(self.beta, bool | str):
-            object.__setattr__(self, "mode", "direct" if self.mode == "moi" else self.mode)
-            object.__setattr__(self, "beta", float(self.beta))
-        else:
-            if isinstance(self.beta, str):  # numbers only: text is parsed by the callers that accept it
-                raise InputError("beta", f"must be {BETA.allowed()} (or -100 for direct mixture); got {self.beta!r}")
-            try:
-                object.__setattr__(self, "beta", BETA.check(self.beta))
-            except InputError as e:
-                raise InputError("beta", e.reason.replace("; got", " (or -100 for direct mixture); got")) from None
-        if isinstance(self.top_k, bool | str | float) or not isinstance(self.top_k, int) or self.top_k < TOP_K.lo:
-            raise InputError("top_k", f"must be an integer from 1 to the vocabulary size; got {self.top_k!r}")
-
-    @property
-    def mixes(self) -> bool:
-        return self.mode != "standard"
-
-    @property
-    def switched(self) -> bool:
-        """A switch away from the paper's MoI: its weights cannot be recomputed from the top-k log-probs an engine
-        returns (the full entropy, the processed prior and the noise need what only the sampler sees)."""
-        return self.entropy != "top_k" or self.prior != "raw" or self.noise > 0
-
-    @property
-    def needs_context(self) -> bool:
-        return self.prior == "processed" or self.noise > 0
-
-    def with_switches(self, entropy: str = "top_k", prior: str = "raw", noise: Any = 0.0) -> MoIConfig:
-        """The same lane with these switches (checked); a standard lane mixes nothing and stays as it is."""
-        return dataclasses.replace(self, entropy=entropy, prior=prior, noise=noise) if self.mixes else self
-
-    def switches(self) -> dict[str, Any]:
-        """The switches as `extra_args` keys (only those away from their defaults)."""
-        out: dict[str, Any] = {}
-        if self.entropy != "top_k":
-            out[KEY_ENTROPY] = self.entropy
-        if self.prior != "raw":
-            out[KEY_PRIOR] = self.prior
-        if self.noise > 0:
-            out[KEY_NOISE] = self.noise
-        return out
-
-    def check_vocab(self, vocab_size: int) -> MoIConfig:
-        if self.top_k > vocab_size:
-            raise InputError("top_k", f"must be from 1 to the vocabulary size {vocab_size}; got {self.top_k}")
-        return self
-
-    @classmethod
-    def from_extra_args(
-        cls, extra_args: Mapping[str, Any] | None, default: MoIConfig | None = None
-    ) -> MoIConfig | None:
-        """Parse `SamplingParams.extra_args`. Errors name the key (moi_mode, moi_beta, moi_top_k).
-
-        Returns None when the request names no MoI key and there is no default (a standard request).
-        """
-        extra_args = extra_args or {}
-        if not any(key in extra_args for key in EXTRA_ARGS_KEYS):
-            return default
-        base = default or cls()
-        mode = extra_args.get(KEY_MODE, base.mode if default else "moi")
-        beta = extra_args.get(KEY_BETA, base.beta if base.beta != DIRECT_MIXTURE_BETA else DEFAULT_BETA)
-        top_k = extra_args.get(KEY_TOP_K, base.top_k)
-        switches = {"entropy": extra_args.get(KEY_ENTROPY, base.entropy),
-                    "prior": extra_args.get(KEY_PRIOR, base.prior), "noise": extra_args.get(KEY_NOISE, base.noise)}
-        keep = extra_args.get(KEY_RECORD, False)
-        if not isinstance(keep, bool):
-            raise InputError(KEY_RECORD, f"must be true or false; got {keep!r}")
-        # JSON clients send numbers as strings or floats: accept "1.5" and 20.0, never 20.5.
-        try:
-            beta = float(beta) if isinstance(beta, str) else beta
-        except ValueError:
-            raise InputError(KEY_BETA, f"must be {BETA.allowed()} (or -100 for direct mixture); got {beta!r}") from None
-        integral_float = isinstance(top_k, float) and top_k.is_integer()
-        if integral_float or (isinstance(top_k, str) and top_k.strip().lstrip("-").isdigit()):
-            top_k = int(top_k)
-        try:
-            return cls(mode=mode, beta=beta, top_k=top_k, **switches, keep_record=keep)
-        except InputError as e:
-            raise e.renamed(f"moi_{e.field}") from None
-
-    @classmethod
-    def from_env_beta(cls, value: str | None) -> MoIConfig | None:
-        """The global default from MIXINPUTS_BETA (as in the reference); None when unset or empty."""
-        if value is None or not value.strip():
-            return None
-        try:
-            beta = float(value)
-        except ValueError:
-            raise InputError("MIXINPUTS_BETA", f"must be {BETA.allowed()} or -100; got {value!r}") from None
-        try:
-            return cls(mode="moi", beta=beta)
-        except InputError as e:
-            raise e.renamed("MIXINPUTS_BETA") from None
 
 
 @dataclass(frozen=True)
@@ -464,57 +328,34 @@ def prior_logits(ids: torch.Tensor, top_logits: torch.Tensor, switches: Switches
     return z
 
 
-def reference_prior(logits: torch.Tensor, ids: torch.Tensor, cfg: MoIConfig, seed: int,
-                    position: int) -> tuple[torch.Tensor, float]:
-    """The switched prior p [K] over `ids` [K] and its H, written plainly over the whole vocabulary from one row's
-    raw logits [V] (float64): the oracle for `prior_logits` and `full_entropy` (reference.py decodes with it)."""
-    x = logits.to(torch.float64)
-    ctx = cfg.context or SamplingContext()
-    z = x[ids]
-    if cfg.prior == "processed":
-        if ctx.temperature < GREEDY_EPS:
-            top = int(torch.argmax(z))
-            z = torch.full_like(z, float("-inf"))
-            z[top] = 0.0
-        else:
-            probs = torch.softmax(x / ctx.temperature, dim=-1)  # [V] the request's distribution
-            order = torch.argsort(probs, descending=True, stable=True)
-            sorted_p = probs[order]
-            kept = (torch.cumsum(sorted_p, dim=-1) - sorted_p) < ctx.top_p  # top-p: mass above < top_p
-            kept[0] = True
-            keep = torch.zeros(x.numel(), dtype=torch.bool)
-            keep[order[kept]] = True
-            z = torch.where(keep[ids], x[ids] / ctx.temperature, torch.tensor(float("-inf"), dtype=torch.float64))
-    if cfg.noise > 0:
-        z = z + cfg.noise * gumbel(torch.tensor([seed & _M32]), torch.tensor([position]), ids[None, :])[0]
-    p = torch.softmax(z, dim=-1)
-    if cfg.entropy == "full":
-        h = float(torch.special.entr(torch.softmax(x, dim=-1)).sum() / math.log(x.numel()))
-    else:
-        h = float(torch.special.entr(p).sum() / math.log(ids.numel())) if ids.numel() > 1 else 0.0
-    return p, min(max(h, 0.0), 1.0)
+def prior_share(entropy: torch.Tensor, inv_beta1: torch.Tensor, direct: torch.Tensor | None = None,
+                standard: torch.Tensor | None = None) -> torch.Tensor:
+    """a [B], the prior's share of the mix, from H [B] and 1 / (beta + 1) [B]: the paper's posterior
+
+        w = (H * p + (beta + 1 - H) * onehot(y)) / (beta + 1) = a * p + (1 - a) * onehot(y),   a = H / (beta + 1)
+
+    the one place the MoI weight is written in batched form (plain.py has the one-row form); a = 1 where `direct`
+    (w = p), 0 where `standard` (w = onehot(y))."""
+    a = entropy * inv_beta1
+    if direct is not None:
+        a = torch.where(direct, torch.ones_like(a), a)
+    if standard is not None:
+        a = torch.where(standard, torch.zeros_like(a), a)
+    return a
 
 
 def mix_weights(
     p: torch.Tensor, entropy: torch.Tensor, onehot: torch.Tensor, beta: torch.Tensor, mode: torch.Tensor,
     all_moi: bool = False,
 ) -> torch.Tensor:
-    """Mix weights [B, C] from the prior p [B, K], H [B], onehot(y) [B, C], beta [B] and mode codes [B].
-
-    moi:      w = (H*p + (beta + 1 - H)*onehot(y)) / (beta + 1)
-    direct:   w = p
-    standard: w = onehot(y)
-    """
+    """Mix weights [B, C] = a * p + (1 - a) * onehot(y) (`prior_share`) from the prior p [B, K], H [B], onehot(y)
+    [B, C], beta [B] and mode codes [B]: the posterior for moi, p for direct, onehot(y) for standard."""
     dtype = _compute_dtype(p)
     p_c = torch.nn.functional.pad(p.to(dtype), (0, 1))  # [B, C]: no prior mass past a row's k (p = 0 there)
-    onehot = onehot.to(dtype)
-    h = entropy.to(dtype)[:, None]  # [B, 1]
-    b1 = beta.to(dtype)[:, None] + 1.0  # [B, 1]
-    posterior = (h * p_c + (b1 - h) * onehot) / b1  # [B, C]
-    if all_moi:
-        return posterior
-    m = mode[:, None]
-    return torch.where(m == MODE_MOI, posterior, torch.where(m == MODE_DIRECT, p_c, onehot))
+    inv_beta1 = 1.0 / (beta.to(dtype) + 1.0)
+    a = (prior_share(entropy.to(dtype), inv_beta1) if all_moi else
+         prior_share(entropy.to(dtype), inv_beta1, mode == MODE_DIRECT, mode == MODE_STANDARD))[:, None]  # [B, 1]
+    return a * p_c + (1.0 - a) * onehot.to(dtype)
 
 
 def mix_step(logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig,
@@ -569,9 +410,8 @@ def fed_weights(
     h = torch.special.entr(p).sum(dim=-1) * (config.inv_log_k32 if f32 else config.inv_log_k.to(p.dtype))  # [B] H
     if sw is not None and sw.any_full:
         h = torch.where(sw.full, extras.full_entropy.to(h.dtype), h)
-    a = h * (config.inv_beta1_32 if f32 else config.inv_beta1.to(p.dtype))  # [B] weight of the prior
-    if not config.all_moi:
-        a = torch.where(config.direct, torch.ones_like(a), a)
+    inv_beta1 = config.inv_beta1_32 if f32 else config.inv_beta1.to(p.dtype)
+    a = prior_share(h, inv_beta1, None if config.all_moi else config.direct)  # [B] the prior's share
     y = sampled.unsqueeze(1) if sampled.dim() == 1 else sampled  # [B, 1] (an engine's [B, 1] sample as it is)
     candidate_ids = torch.cat([ids, y], dim=-1)  # [B, K + 1], ids' dtype (torch.cat promotes an int32 sample)
     a1 = a.unsqueeze(1)  # [B, 1]
@@ -631,38 +471,3 @@ def mix_embeddings(
     """
     mixed, emb_dtype = _mixed(weights, candidate_ids, embed, reduce)
     return mixed.to(out_dtype or emb_dtype)
-
-
-def prior_from_weights(candidate_ids: Sequence[int], weights: Sequence[float], topk_ids: Sequence[int],
-                       sampled_id: int, entropy: float, config: MoIConfig) -> list[float] | None:
-    """The prior p over `topk_ids` that a step's weights were mixed from, given its H: the posterior's inverse.
-    w_c = a * p_c (+ 1 - a on y), a = H / (beta + 1) for MoI and 1 for direct mixture; None when a ~ 0 (the weights
-    are onehot(y) and hold no trace of p)."""
-    a = 1.0 if config.mode == "direct" else entropy / (max(config.beta, 0.0) + 1.0)
-    if a < 1e-6:
-        return None
-    w: dict[int, float] = {}
-    for c, x in zip(candidate_ids, weights, strict=True):
-        w[c] = w.get(c, 0.0) + x
-    return [max(0.0, (w.get(t, 0.0) - (1.0 - a if t == sampled_id else 0.0)) / a) for t in topk_ids]
-
-
-def step_weights(
-    topk_logprobs: Sequence[float], topk_ids: Sequence[int], sampled_id: int, config: MoIConfig
-) -> tuple[list[int], list[float], float]:
-    """One step's (candidate ids, weights, H) recomputed from returned top-k log-probabilities.
-
-    Log-probabilities differ from raw logits by one constant per row, so softmax over them is p.
-    Candidates are returned without padding: the top-k ids, plus y when it is outside them.
-    """
-    k = len(topk_ids)
-    cfg = BatchConfig.from_configs([MoIConfig(config.mode, config.beta, k)])
-    ids = torch.tensor([list(topk_ids)], dtype=torch.long)
-    p = renormalized_probs(torch.tensor([list(topk_logprobs)], dtype=torch.float64))
-    entropy = normalized_entropy(p, cfg.top_k)
-    cand, onehot = candidates(ids, torch.tensor([sampled_id]), cfg.top_k)
-    w = mix_weights(p, entropy, onehot, cfg.beta, cfg.mode)[0]
-    cand_list, w_list = cand[0].tolist(), w.tolist()
-    if onehot[0, -1] == 0:  # y is inside the top-k: its own column (the last) carries no weight
-        cand_list, w_list = cand_list[:-1], w_list[:-1]
-    return cand_list, w_list, float(entropy[0])

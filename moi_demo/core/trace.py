@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moi_demo.core.mixing import MoIConfig, step_weights
+from moi_demo.core.config import MoIConfig
+from moi_demo.core.plain import step_weights
 
 # The app's mode choices (label -> mixing mode), and each lane's name: written once, for the page, CLI and plots.
 MODE_CHOICES: dict[str, str] = {"MoI": "moi", "Direct mixture": "direct"}

@@ -17,8 +17,8 @@ from typing import Any
 import plotly.graph_objects as go
 
 from moi_demo.core.arguments import add_switches, switches_of
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import MoIConfig
 from moi_demo.core.trace import SamplingSettings, switches_label
 from moi_demo.evaluation.tasks import Example, get_task
 

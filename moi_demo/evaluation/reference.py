@@ -14,7 +14,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from moi_demo.core import mixing
-from moi_demo.core.mixing import BatchConfig, MoIConfig, SamplingContext
+from moi_demo.core.config import MoIConfig, SamplingContext
+from moi_demo.core.mixing import BatchConfig
+from moi_demo.core.plain import reference_prior
 from moi_demo.core.trace import SamplingSettings, Step, Trace
 
 logger = logging.getLogger(__name__)
@@ -70,7 +72,7 @@ class ReferenceDecoder:
     ) -> Trace:
         """Decode one request. `forced` replays given tokens instead of sampling (teacher forcing), to
         check another engine's sampled run step by step: its top-k and weights must match ours. A switched config
-        (moi_entropy, moi_prior, moi_noise) takes its prior from `mixing.reference_prior`, written over the whole
+        (moi_entropy, moi_prior, moi_noise) takes its prior from `reference_prior`, written over the whole
         vocabulary, with the settings' temperature, top-p and seed (0 where None) as the request's."""
         moi.check_vocab(self.vocab_size)
         if moi.switched:
@@ -131,7 +133,7 @@ class ReferenceDecoder:
                        index: int) -> mixing.MixStep:
         """A switched step: the top-k candidates as always, p and H from reference_prior, then the posterior."""
         ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)  # [1, K]
-        p, h = mixing.reference_prior(logits[0], ids[0], moi, moi.context.seed, index)
+        p, h = reference_prior(logits[0], ids[0], moi, moi.context.seed, index)
         entropy = torch.tensor([h], dtype=torch.float64, device=logits.device)
         cand, onehot = mixing.candidates(ids, torch.tensor([token], device=logits.device), cfg.top_k)
         weights = mixing.mix_weights(p[None], entropy, onehot, cfg.beta, cfg.mode)

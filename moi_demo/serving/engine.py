@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import queue
 import time
@@ -17,9 +18,10 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from moi_demo.core import inputs, mixing
+from moi_demo.core import inputs
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.plain import prior_from_weights
 from moi_demo.core.trace import SamplingSettings, Step, Trace, lane_label
 from moi_demo.serving.settings import chat_ids
 from moi_demo.serving.supervisor import (
@@ -73,7 +75,7 @@ def fill_from_records(trace: Trace, records: dict[str, dict[str, list]]) -> bool
                                            strict=False):
         step.candidate_ids, step.weights, step.entropy = list(ids), list(weights), float(entropy)
         if cfg.prior != "raw" or cfg.noise > 0:
-            step.mixed_prior = mixing.prior_from_weights(ids, weights, step.topk_ids, step.token_id, entropy, cfg)
+            step.mixed_prior = prior_from_weights(ids, weights, step.topk_ids, step.token_id, entropy, cfg)
     return True
 
 
@@ -169,8 +171,8 @@ class MoIEngine(EngineSupervisor):
             seed=settings.seed, logprobs=moi.top_k if logprobs else None,
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
             ignore_eos=ignore_eos,
-            extra_args={mixing.KEY_MODE: moi.mode, mixing.KEY_BETA: moi.beta, mixing.KEY_TOP_K: moi.top_k,
-                        **moi.switches(), **({mixing.KEY_RECORD: True} if moi.switched and stream else {})},
+            # a streamed switched lane keeps its record for the page (its weights cannot be rebuilt from log-probs)
+            extra_args=(dataclasses.replace(moi, keep_record=True) if moi.switched and stream else moi).extra_args(),
         )
 
     def _stream(

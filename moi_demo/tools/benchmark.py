@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.trace import SamplingSettings
 from moi_demo.serving.settings import engine_kwargs
 from moi_demo.vllm.enablement import enable_kwargs
@@ -105,7 +105,7 @@ def offline_tps(llm: Any, ids: list[int], batch: int, tokens: int, cfg: MoIConfi
     """Decode tokens/s of `batch` requests of `tokens` tokens each, in one generate call."""
     from vllm import SamplingParams
 
-    extra = {"moi_mode": cfg.mode, "moi_beta": cfg.beta, "moi_top_k": cfg.top_k} if cfg else None
+    extra = cfg.extra_args() if cfg else None  # the switches too, where cfg has them
     params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True, extra_args=extra)
     start = time.perf_counter()
     outs = llm.generate([{"prompt_token_ids": ids}] * batch, [params] * batch, use_tqdm=False)

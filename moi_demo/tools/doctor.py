@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from moi_demo.core.config import MoIConfig
+
 logger = logging.getLogger("moi_demo.tools.doctor")
 
 PROMPTS = [
@@ -27,9 +29,9 @@ PROMPTS = [
     "1, 2, 3, 4, 5,",
     "Explain in one sentence why the sky is blue.",
 ]
-MOI = {"moi_mode": "moi", "moi_beta": 1.0, "moi_top_k": 20}
-LOW_BETA = {"moi_mode": "moi", "moi_beta": 0.0, "moi_top_k": 20}
-DIRECT = {"moi_mode": "direct", "moi_top_k": 20}
+MOI = MoIConfig("moi", 1.0, 20).extra_args()
+LOW_BETA = MoIConfig("moi", 0.0, 20).extra_args()
+DIRECT = MoIConfig("direct", 1.0, 20).extra_args()
 PREEMPT_EXTRAS = [MOI, DIRECT, LOW_BETA, None]
 PREEMPT_STEPS = 48
 PASS, FAIL, NA = "pass", "FAIL", "n/a here"
@@ -247,7 +249,7 @@ class Doctor:
         reuse = {}
         for mode in ("moi", "standard"):
             llm.reset_prefix_cache()
-            first = self.generate(llm, [prompt], [{"moi_mode": mode, "moi_beta": 0.0}], tokens=2 * block)[0]
+            first = self.generate(llm, [prompt], [MoIConfig(mode, 0.0).extra_args()], tokens=2 * block)[0]
             follow = llm.generate({"prompt_token_ids": prompt + first}, self.params(tokens=2), use_tqdm=False)[0]
             reuse[mode] = follow.num_cached_tokens
         prompt_blocks = len(prompt) // block * block
@@ -320,7 +322,7 @@ class Doctor:
         return same == 4, f"{same}/4 requests identical (eager, async scheduling on vs off)"
 
     def check_speed(self, llm: Any) -> tuple[bool, str]:
-        from moi_demo.core.mixing import MoIConfig
+        from moi_demo.core.config import MoIConfig
         from moi_demo.tools.benchmark import offline_tps
 
         ids = self.prompts[1]

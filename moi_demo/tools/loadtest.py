@@ -61,7 +61,7 @@ def run_load(url: str, engine: Any, s: LoadSettings) -> str:
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    from moi_demo.core.mixing import MoIConfig
+    from moi_demo.core.config import MoIConfig
     from moi_demo.core.trace import SamplingSettings
 
     # The same requests alone, once: the expected outputs, and the engine's own pace for the same work.
@@ -173,7 +173,7 @@ def run_load(url: str, engine: Any, s: LoadSettings) -> str:
 
 def _engine_rate(engine: Any, s: LoadSettings) -> float:
     """Runs/s of the engine alone: the same pair runs from as many threads as the app admits at once."""
-    from moi_demo.core.mixing import MoIConfig
+    from moi_demo.core.config import MoIConfig
     from moi_demo.core.trace import SamplingSettings
 
     n = min(s.requests, 4 * engine.max_concurrent_runs)

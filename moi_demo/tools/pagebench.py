@@ -249,7 +249,7 @@ def figure_bytes(engine: Any, tokens: int) -> str:
     """What the page receives for the four views of one run, each: the plotly JSON a Plot sends, the token
     map's HTML."""
     from moi_demo.app import plots
-    from moi_demo.core.mixing import MoIConfig
+    from moi_demo.core.config import MoIConfig
     from moi_demo.core.trace import SamplingSettings
 
     standard, moi = engine.generate_pair_sync(PROMPTS[0], MoIConfig("moi", 1.0, 20),

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from moi_demo.core import mixing
-from moi_demo.core.mixing import MODE_CODES, MODE_MOI, BatchConfig, MoIConfig
+from moi_demo.core.config import MODE_CODES, MODE_MOI, MoIConfig
+from moi_demo.core.mixing import BatchConfig
 from moi_demo.vllm.history import (
     PAGE,
     RECOMPUTE_BYTES,

@@ -10,8 +10,8 @@ import json
 import os
 from typing import Any
 
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import MoIConfig
 
 ENV_BETA = "MIXINPUTS_BETA"
 ENV_RECORD = "MOI_DEMO_RECORD"  # "1": keep every applied (candidates, weights) for moi_stats(records=True)

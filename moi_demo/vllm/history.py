@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from moi_demo.core.mixing import MoIConfig
+from moi_demo.core.config import MoIConfig
 
 PAGE = 32  # generated tokens per history page
 RECOMPUTE_BYTES = 64 << 20  # bound on a recompute's temporaries (see recompute_bytes_per_token)

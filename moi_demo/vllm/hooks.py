@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from moi_demo.core import mixing
+from moi_demo.core.config import MoIConfig, SamplingContext
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import MoIConfig
 from moi_demo.vllm.batch_state import BatchState
 from moi_demo.vllm.enablement import ENV_HOST_READS, ENV_RECORD, PATCHED, UPDATES, enabled, request_config, wrap_once
 from moi_demo.vllm.host_reads import HostReadCounter
@@ -91,7 +90,7 @@ def _params_config(params: Any) -> MoIConfig | None:
         except InputError:  # refused at validation; never reached
             cached = None
         if cached is not None and cached.needs_context:
-            cached = dataclasses.replace(cached, context=mixing.SamplingContext(
+            cached = dataclasses.replace(cached, context=SamplingContext(
                 float(params.temperature), float(params.top_p), params.seed))
         with contextlib.suppress(AttributeError, TypeError):
             params._moi_config = cached

@@ -44,7 +44,7 @@ import logging
 import os
 from typing import Any
 
-from moi_demo.core import mixing
+from moi_demo.core.config import EXTRA_ARGS_KEYS, KEY_MODE
 from moi_demo.core.inputs import InputError
 from moi_demo.vllm.enablement import (
     ENV_BETA,
@@ -130,7 +130,7 @@ def validate_request(params: Any, vllm_config: Any) -> None:
     from vllm.exceptions import VLLMValidationError
 
     extra = getattr(params, "extra_args", None) or {}
-    asked = [k for k in mixing.EXTRA_ARGS_KEYS if k in extra]
+    asked = [k for k in EXTRA_ARGS_KEYS if k in extra]
     if not enabled(vllm_config.additional_config):
         if asked:
             raise VLLMValidationError(f"{asked[0]}: MoI is not enabled on this engine: {HOW_TO_ENABLE}",
@@ -144,7 +144,7 @@ def validate_request(params: Any, vllm_config: Any) -> None:
         key = e.field if e.field.startswith("moi_") or e.field == ENV_BETA else f"moi_{e.field}"
         raise VLLMValidationError(f"{key}: {e.reason}", parameter=key) from None
     if cfg is not None and (reason := unsupported_reason(vllm_config)):
-        raise VLLMValidationError(reason, parameter=mixing.KEY_MODE)
+        raise VLLMValidationError(reason, parameter=KEY_MODE)
 
 
 def _wrap_validate_params(orig):
@@ -218,7 +218,7 @@ def register() -> None:
         "moi-demo: Mixture of Inputs installed; %s",
         f"enabled for every engine by {ENV_BETA} ({default.mode}, beta={default.beta:g})" if default else
         f"an engine is changed only where MoI is enabled ({HOW_TO_ENABLE[len('start the engine with '):]}); "
-        f"then per request in extra_args {'/'.join(mixing.EXTRA_ARGS_KEYS)}",
+        f"then per request in extra_args {'/'.join(EXTRA_ARGS_KEYS)}",
     )
 
 
