@@ -51,19 +51,33 @@ def test_stream_pair_streams_both_lanes_and_matches_oracle(engine, oracle):
     assert moi.text and standard.text and moi.finish_reason in ("stop", "length")
 
 
-def test_trace_weights_are_the_weights_the_plugin_fed(engine):
-    """The UI's weights are recomputed from returned top-k logprobs with mixing.py; they must be the
-    ones the worker fed back (recorded in the worker with MOI_DEMO_RECORD=1)."""
-    for cfg in (MoIConfig("moi", 1.0, 20), MoIConfig("direct", 1.0, 7), MoIConfig("moi", 0.0, 3)):
-        _, moi = engine.generate_pair_sync(PROMPT, cfg, SamplingSettings(temperature=1.0, max_tokens=16, seed=5))
-        records = engine.stats(records=True)["records"]
-        (fed,) = [v for k, v in records.items() if k.startswith(moi.request_id)]
-        assert len(fed) == len(moi.steps)
-        for step, (cands, weights) in zip(moi.steps, fed, strict=True):
-            applied = {c: w for c, w in zip(cands, weights, strict=True) if w > 0}
-            shown = {c: w for c, w in zip(step.candidate_ids, step.weights, strict=True) if w > 0}
-            assert applied.keys() == shown.keys()
-            assert all(abs(applied[c] - shown[c]) < 1e-4 for c in applied)
+# Every setting of a plain (unswitched) lane the page and its API allow: mode, beta at both ends, top-k at both ends,
+# greedy and sampled, top-p below 1. (They set no logit_bias, bad_words or allowed_token_ids; a switched lane shows the
+# plugin's records themselves.)
+PAGE_SETTINGS = [
+    (MoIConfig("moi", 1.0, 20), SamplingSettings(temperature=1.0, max_tokens=16, seed=5)),
+    (MoIConfig("direct", 1.0, 7), SamplingSettings(temperature=1.0, max_tokens=16, seed=5)),
+    (MoIConfig("moi", 0.0, 3), SamplingSettings(temperature=1.0, max_tokens=16, seed=5)),
+    (MoIConfig("moi", 4.0, 50), SamplingSettings(temperature=0.0, max_tokens=16)),
+    (MoIConfig("moi", 0.5, 1), SamplingSettings(temperature=0.7, top_p=0.8, max_tokens=16, seed=9)),
+    (MoIConfig("direct", 1.0, 20), SamplingSettings(temperature=1.3, top_p=0.5, max_tokens=16, seed=2)),
+]
+
+
+@pytest.mark.parametrize(("cfg", "settings"), PAGE_SETTINGS,
+                         ids=["moi", "direct-k7", "beta0-k3", "beta4-k50-greedy", "k1-top-p", "direct-top-p"])
+def test_trace_weights_are_the_weights_the_plugin_fed(engine, cfg, settings):
+    """The page's plain lanes show weights recomputed from the returned top-k log-probs (core/plain.py); they are the
+    ones the worker fed (its records, MOI_DEMO_RECORD=1), for every setting the page allows."""
+    _, moi = engine.generate_pair_sync(PROMPT, cfg, settings)
+    records = engine.stats(records=True)["records"]
+    (fed,) = [v for k, v in records.items() if k.startswith(moi.request_id)]
+    assert len(fed) == len(moi.steps) == 16
+    for step, (cands, weights) in zip(moi.steps, fed, strict=True):
+        applied = {c: w for c, w in zip(cands, weights, strict=True) if w > 0}
+        shown = {c: w for c, w in zip(step.candidate_ids, step.weights, strict=True) if w > 0}
+        assert applied.keys() == shown.keys()
+        assert all(abs(applied[c] - shown[c]) < 1e-4 for c in applied)
 
 
 def test_stop_aborts_both_requests(engine):
