@@ -66,8 +66,9 @@ def test_tensor_parallel_2_equals_tp1(tiny_models, two_cpu_ranks):
             assert tokens == oracle.generate(ids, cfg, SamplingSettings(max_tokens=STEPS), chat=False).token_ids
         stats = llm.collective_rpc("moi_stats")
         assert len(stats) == 2 and all(s["applied_steps"] == 3 * (STEPS - 1) for s in stats)
-        # Each rank mixed its shard of the embeddings; the all-reduce carried the 3 MoI rows' [M, D] (hidden 64),
-        # not [M, K + 1, D].
-        assert [s["mix_all_reduce_numel"] for s in stats] == [3 * 64, 3 * 64]
+        # Each rank mixed its shard of the embeddings; the last step's all-reduce carried [M, D] (hidden 64, M <= 3
+        # MoI rows still running), not [M, K + 1, D] (K + 1 >= 6: at least 384 elements for one row).
+        reduced = [s["mix_all_reduce_numel"] for s in stats]
+        assert reduced[0] == reduced[1] and reduced[0] in (64, 128, 192), reduced
     finally:
         close_llm(llm)
