@@ -90,8 +90,16 @@ class OpCounter(torch.overrides.TorchFunctionMode):
 class Rig:
     """One batch of `rows` MoI requests on a BatchState, stepped as the plugin steps them."""
 
-    def __init__(self, state: BatchState, embed: Callable[[torch.Tensor], torch.Tensor], vocab: int, hidden: int,
-                 dtype: torch.dtype, cfg: MoIConfig, graphs: bool = False):
+    def __init__(
+        self,
+        state: BatchState,
+        embed: Callable[[torch.Tensor], torch.Tensor],
+        vocab: int,
+        hidden: int,
+        dtype: torch.dtype,
+        cfg: MoIConfig,
+        graphs: bool = False,
+    ):
         self.state, self.embed, self.vocab, self.hidden, self.dtype, self.cfg = state, embed, vocab, hidden, dtype, cfg
         self.steps = StepRunner(state, graphs=graphs)
         self.plan_ms = 0.0
@@ -141,8 +149,15 @@ class Rig:
         scheduled = np.where(computed == 0, total, 1).astype(np.int64)
         return n, ids, computed, scheduled
 
-    def step(self, n: int, computed: np.ndarray, scheduled: np.ndarray, logits: torch.Tensor, sampled: torch.Tensor,
-             inputs_embeds: torch.Tensor) -> None:
+    def step(
+        self,
+        n: int,
+        computed: np.ndarray,
+        scheduled: np.ndarray,
+        logits: torch.Tensor,
+        sampled: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+    ) -> None:
         """The plugin's step for rows 0..n-1: plan (host), feed the inputs, top-k of the prior, weights, mix, record.
         `logits` [n, V] and `sampled` [n] stand for the model and the sampler (not timed as hook work)."""
         query_start = np.concatenate([[0], np.cumsum(scheduled)])
@@ -158,8 +173,14 @@ class Rig:
         self.steps.mix(plan, tapped, sampled, self.embed, self.like)
 
 
-def expected_inputs(logits: torch.Tensor, sampled: torch.Tensor, cfg: MoIConfig, embed: Callable,
-                    dtype: torch.dtype, positions: torch.Tensor) -> torch.Tensor:
+def expected_inputs(
+    logits: torch.Tensor,
+    sampled: torch.Tensor,
+    cfg: MoIConfig,
+    embed: Callable,
+    dtype: torch.dtype,
+    positions: torch.Tensor,
+) -> torch.Tensor:
     """The formula afresh (mixing.mix_step: top-k, p, H, onehot(y), w; `positions` [B] for the noise): [B, D]."""
     config = mixing.BatchConfig.from_configs([cfg] * logits.shape[0], logits.device)
     step = mixing.mix_step(logits, sampled, config, positions)
@@ -182,12 +203,27 @@ class _sync_checked:  # noqa: N801
 
 
 PAPER = MoIConfig("moi", 1.0, 20)
-SWITCHED = MoIConfig("moi", 1.0, 20, entropy="full", prior="processed", noise=0.5,
-                     context=SamplingContext(temperature=0.8, top_p=0.9, seed=1))
+SWITCHED = MoIConfig(
+    "moi",
+    1.0,
+    20,
+    entropy="full",
+    prior="processed",
+    noise=0.5,
+    context=SamplingContext(temperature=0.8, top_p=0.9, seed=1),
+)
 
 
-def bench_batch(b: int, a: argparse.Namespace, device: torch.device, table: torch.Tensor, clock: Clock,
-                tol: float, base: MoIConfig = PAPER, graphs: bool = False) -> dict[str, object]:
+def bench_batch(
+    b: int,
+    a: argparse.Namespace,
+    device: torch.device,
+    table: torch.Tensor,
+    clock: Clock,
+    tol: float,
+    base: MoIConfig = PAPER,
+    graphs: bool = False,
+) -> dict[str, object]:
     """Run batch b through a.steps steps (with batch changes and a recompute), check every fed input, and time the
     steady decode steps: host and device ms (medians), torch calls per steady step, and the graphs' counts."""
     import dataclasses
@@ -224,8 +260,9 @@ def bench_batch(b: int, a: argparse.Namespace, device: torch.device, table: torc
         replays = rig.steps.replays
         counter = OpCounter() if t % 4 == 3 else contextlib.nullcontext()  # counted steps are not timed
         with _sync_checked(device), counter:
-            host_ms, dev_ms = clock.time(lambda lg=logits, sp=sampled, c=computed, s=scheduled, n=n:
-                                         rig.step(n, c, s, lg, sp, inputs))
+            host_ms, dev_ms = clock.time(
+                lambda lg=logits, sp=sampled, c=computed, s=scheduled, n=n: rig.step(n, c, s, lg, sp, inputs)
+            )
         if steady and (not graphs or rig.steps.replays > replays):  # graphed: the steps that replayed
             if isinstance(counter, OpCounter):
                 calls.append(counter.calls)
@@ -248,7 +285,7 @@ def bench_batch(b: int, a: argparse.Namespace, device: torch.device, table: torc
         for r in range(n):
             if ids[r] is not None:
                 held = int(state.length[r])
-                expected.setdefault(ids[r], [])[held - 1:] = [fresh[r]]
+                expected.setdefault(ids[r], [])[held - 1 :] = [fresh[r]]
                 rig.computed[ids[r]] = int(computed[r] + scheduled[r])
     if worst > tol:
         raise AssertionError(f"batch {b}: fed inputs differ from the formula by {worst:.3g} (tolerance {tol:g})")
@@ -259,14 +296,22 @@ def bench_batch(b: int, a: argparse.Namespace, device: torch.device, table: torc
     logits = (torch.randn(b, a.vocab, generator=gen, device=device) * 3).float()
     argmax = [clock.time(lambda: logits.argmax(dim=-1)) for _ in range(10)]
     argmax_ms = statistics.median(d if d is not None else h for h, d in argmax)
-    return {"batch": b, "host_ms": statistics.median(host), "device_ms": statistics.median(dev) if clock.cuda else None,
-            "calls": int(statistics.median(calls)), "plan_ms": statistics.median(plan), "argmax_ms": argmax_ms,
-            "checked": checked, "max_err": worst,
-            "graphs": f"{rig.steps.captures} captured, {rig.steps.replays} replayed" if graphs else "eager"}
+    return {
+        "batch": b,
+        "host_ms": statistics.median(host),
+        "device_ms": statistics.median(dev) if clock.cuda else None,
+        "calls": int(statistics.median(calls)),
+        "plan_ms": statistics.median(plan),
+        "argmax_ms": argmax_ms,
+        "checked": checked,
+        "max_err": worst,
+        "graphs": f"{rig.steps.captures} captured, {rig.steps.replays} replayed" if graphs else "eager",
+    }
 
 
-def profile(b: int, a: argparse.Namespace, device: torch.device, table: torch.Tensor, graphs: bool,
-            steps: int = 10) -> tuple[float, list[str]]:
+def profile(
+    b: int, a: argparse.Namespace, device: torch.device, table: torch.Tensor, graphs: bool, steps: int = 10
+) -> tuple[float, list[str]]:
     """A steady decode step of batch b under torch.profiler: (ms of torch ops per step on the host, the top lines).
     A step's host Python is its host time less the first figure."""
     from torch.profiler import ProfilerActivity
@@ -312,14 +357,23 @@ class NullGraph:
         pass
 
 
-def host_around_graphs(b: int, a: argparse.Namespace, device: torch.device, table: torch.Tensor,
-                       steps: int = 20) -> float:
+def host_around_graphs(
+    b: int, a: argparse.Namespace, device: torch.device, table: torch.Tensor, steps: int = 20
+) -> float:
     """Median host ms of a steady step of batch b with its graphs' replays stubbed (NullGraph)."""
+
     def embed(ids: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.embedding(ids, table)
 
-    rig = Rig(BatchState(b + 1, device), embed, a.vocab, a.hidden, table.dtype, dataclasses.replace(PAPER, top_k=a.k),
-              graphs=True)
+    rig = Rig(
+        BatchState(b + 1, device),
+        embed,
+        a.vocab,
+        a.hidden,
+        table.dtype,
+        dataclasses.replace(PAPER, top_k=a.k),
+        graphs=True,
+    )
     rig.steps.graph_type = NullGraph
     rig.add(b)
     logits = (torch.randn(b, a.vocab, device=device) * 3).float()
@@ -348,8 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--graphs", choices=("auto", "on", "off"), default="auto",
-                   help="the step from graphs (vllm/step.py): auto = on CUDA; on a CPU 'on' replays them eagerly")
+    p.add_argument(
+        "--graphs",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the step from graphs (vllm/step.py): auto = on CUDA; on a CPU 'on' replays them eagerly",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU, graphs on (CI)")
     a = p.parse_args(argv)
     if a.smoke:
@@ -368,10 +426,18 @@ def main(argv: list[str] | None = None) -> int:
         paper = bench_batch(b, a, device, table, clock, tol, PAPER, graphs=graphs) if graphs else eager
         switched = bench_batch(b, a, device, table, clock, tol, SWITCHED, graphs=graphs)
         op_ms, profile_lines = profile(b, a, device, table, graphs)
-        rows.append({"batch": b, "paper": paper, "switched": switched, "eager": eager, "op_ms": op_ms,
-                     "around_ms": host_around_graphs(b, a, device, table),
-                     "checked": eager["checked"] + switched["checked"] + (paper["checked"] if graphs else 0),
-                     "max_err": max(eager["max_err"], switched["max_err"], paper["max_err"])})
+        rows.append(
+            {
+                "batch": b,
+                "paper": paper,
+                "switched": switched,
+                "eager": eager,
+                "op_ms": op_ms,
+                "around_ms": host_around_graphs(b, a, device, table),
+                "checked": eager["checked"] + switched["checked"] + (paper["checked"] if graphs else 0),
+                "max_err": max(eager["max_err"], switched["max_err"], paper["max_err"]),
+            }
+        )
 
     def ms(r: dict) -> str:
         return f"{r['host_ms']:.3f}" + (f" / {r['device_ms']:.3f}" if r["device_ms"] is not None else "")
@@ -381,25 +447,44 @@ def main(argv: list[str] | None = None) -> int:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     unit = "host / device ms" if device.type == "cuda" else "host ms"
-    lines = [f"### MoI hook work per decode step: vocabulary {a.vocab}, hidden {a.hidden}, k {a.k}, {a.dtype}, "
-             f"{name}, torch {torch.__version__}, graphs {'on' if graphs else 'off'}",
-             "", f"| batch | paper's MoI ({unit}) | every switch on ({unit}) | switched / paper | eager paper's MoI "
-             f"({unit}) | torch calls per step (this / eager) | plan (host) ms | host around the graphs ms "
-             "| torch ops' host ms "
-             "| one [B, V] argmax ms "
-             "| steps checked | max err | graphs (paper's MoI) |", "|---" * 13 + "|"]
+    lines = [
+        f"### MoI hook work per decode step: vocabulary {a.vocab}, hidden {a.hidden}, k {a.k}, {a.dtype}, "
+        f"{name}, torch {torch.__version__}, graphs {'on' if graphs else 'off'}",
+        "",
+        f"| batch | paper's MoI ({unit}) | every switch on ({unit}) | switched / paper | eager paper's MoI "
+        f"({unit}) | torch calls per step (this / eager) | plan (host) ms | host around the graphs ms "
+        "| torch ops' host ms "
+        "| one [B, V] argmax ms "
+        "| steps checked | max err | graphs (paper's MoI) |",
+        "|---" * 13 + "|",
+    ]
     for r in rows:
         p_, s_, e_ = r["paper"], r["switched"], r["eager"]
-        lines.append(f"| {r['batch']} | {ms(p_)} | {ms(s_)} | {key_ms(s_) / max(key_ms(p_), 1e-9):.2f} | {ms(e_)} | "
-                     f"{p_['calls']} / {e_['calls']} | {p_['plan_ms']:.3f} | {r['around_ms']:.3f} | {r['op_ms']:.3f} | "
-                     f"{p_['argmax_ms']:.3f} | {r['checked']} | "
-                     f"{r['max_err']:.1e} | {p_['graphs']} |")
-    sync = "every step under torch.cuda.set_sync_debug_mode('error'): no sync" if device.type == "cuda" else \
-        "sync check: n/a (CPU; the host-read counter covers it in the tests)"
-    lines += ["", sync, "", "host around the graphs: a steady step's host time with its graphs' replays stubbed (the "
-              "plan, the copies into the static inputs, the bookkeeping): what a graphed step costs the host besides "
-              "two replay calls.", "", f"Profile of one steady step of batch {rows[-1]['batch']} (torch.profiler, "
-              "over 10 steps; the torch ops' host ms above is its total per step):", "```", *profile_lines, "```"]
+        lines.append(
+            f"| {r['batch']} | {ms(p_)} | {ms(s_)} | {key_ms(s_) / max(key_ms(p_), 1e-9):.2f} | {ms(e_)} | "
+            f"{p_['calls']} / {e_['calls']} | {p_['plan_ms']:.3f} | {r['around_ms']:.3f} | {r['op_ms']:.3f} | "
+            f"{p_['argmax_ms']:.3f} | {r['checked']} | "
+            f"{r['max_err']:.1e} | {p_['graphs']} |"
+        )
+    sync = (
+        "every step under torch.cuda.set_sync_debug_mode('error'): no sync"
+        if device.type == "cuda"
+        else "sync check: n/a (CPU; the host-read counter covers it in the tests)"
+    )
+    lines += [
+        "",
+        sync,
+        "",
+        "host around the graphs: a steady step's host time with its graphs' replays stubbed (the "
+        "plan, the copies into the static inputs, the bookkeeping): what a graphed step costs the host besides "
+        "two replay calls.",
+        "",
+        f"Profile of one steady step of batch {rows[-1]['batch']} (torch.profiler, "
+        "over 10 steps; the torch ops' host ms above is its total per step):",
+        "```",
+        *profile_lines,
+        "```",
+    ]
     print("\n".join(lines))  # noqa: T201 - the table is the output
     return 0
 

@@ -30,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
 
     model = resolve_model(a.model)
     with MoIEngine(model, EngineOptions(max_model_len=1024)) as engine:
-        pair = engine.generate_pair_sync("Write a short story about a lighthouse keeper.", MoIConfig("moi", 1.0, 20),
-                                         SamplingSettings(temperature=0.0, max_tokens=a.tokens))
+        pair = engine.generate_pair_sync(
+            "Write a short story about a lighthouse keeper.",
+            MoIConfig("moi", 1.0, 20),
+            SamplingSettings(temperature=0.0, max_tokens=a.tokens),
+        )
         engine.inspect(pair, 0)  # warm-up: the row norms are computed once per model
         n = min(len(t.steps) for t in pair)
         ms = [engine.inspect(pair, (i * 7) % n)[0]["ms"] for i in range(a.repeats)]
@@ -39,14 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     vocab, hidden = config.get_vocab_size(), config.get_hidden_size()
     width = 21  # k 20 + the sampled id
     chunk = min(inspection.CHUNK_STEPS, n)
-    print(f"| measure | value |\n|---|---|\n"  # noqa: T201
-          f"| model | {model.rstrip('/').split('/')[-1]} (vocabulary {vocab}, hidden {hidden}) |\n"
-          f"| steps per lane | {len(pair[0].steps)} + {len(pair[1].steps)} |\n"
-          f"| ms per inspected step (median of {a.repeats}; min-max) | {statistics.median(ms):.1f} "
-          f"({min(ms):.1f}-{max(ms):.1f}) |\n"
-          f"| held per model: the embedding's row norms (float32) | {vocab * 4 / 1024:.0f} KiB |\n"
-          f"| temporaries per lane: [{chunk}, {width}, {hidden}] float32 candidate embeddings, [{vocab}] cosines | "
-          f"{(chunk * width * hidden * 4 + vocab * 4) / 2**20:.1f} MiB |")
+    print(
+        f"| measure | value |\n|---|---|\n"  # noqa: T201
+        f"| model | {model.rstrip('/').split('/')[-1]} (vocabulary {vocab}, hidden {hidden}) |\n"
+        f"| steps per lane | {len(pair[0].steps)} + {len(pair[1].steps)} |\n"
+        f"| ms per inspected step (median of {a.repeats}; min-max) | {statistics.median(ms):.1f} "
+        f"({min(ms):.1f}-{max(ms):.1f}) |\n"
+        f"| held per model: the embedding's row norms (float32) | {vocab * 4 / 1024:.0f} KiB |\n"
+        f"| temporaries per lane: [{chunk}, {width}, {hidden}] float32 candidate embeddings, [{vocab}] cosines | "
+        f"{(chunk * width * hidden * 4 + vocab * 4) / 2**20:.1f} MiB |"
+    )
     return 0
 
 

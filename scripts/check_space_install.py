@@ -39,9 +39,24 @@ def resolve(report: Path, requirements: Path) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
         env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
         return subprocess.run(
-            [str(python), "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report",
-             str(report), "-r", str(requirements)],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--quiet",
+                "--report",
+                str(report),
+                "-r",
+                str(requirements),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
         )
 
 
@@ -60,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("moi-demo", "gradio", "vllm", "torch", "pillow", "transformers"):
         print(f"{name}=={installs.get(name, '(not installed)')}")
     if installs.get("gradio") != sdk_version():
-        print(f"gradio resolves to {installs.get('gradio')}, the Space's sdk_version is {sdk_version()}",
-              file=sys.stderr)
+        print(
+            f"gradio resolves to {installs.get('gradio')}, the Space's sdk_version is {sdk_version()}", file=sys.stderr
+        )
         return 1
     if "vllm" not in installs:
         print("requirements.txt does not install vllm", file=sys.stderr)

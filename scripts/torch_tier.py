@@ -19,8 +19,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKED = ("vllm", "gradio", "transformers", "plotly", "lm_eval", "playwright", "openai")
-FILES = ["tests/test_config.py", "tests/test_mixing.py", "tests/test_batch_state.py", "tests/test_host_reads.py",
-         "tests/test_step.py", "tests/test_inspection.py", "tests/test_on_device.py", "tests/test_bench_hook_math.py"]
+FILES = [
+    "tests/test_config.py",
+    "tests/test_mixing.py",
+    "tests/test_batch_state.py",
+    "tests/test_host_reads.py",
+    "tests/test_step.py",
+    "tests/test_inspection.py",
+    "tests/test_on_device.py",
+    "tests/test_bench_hook_math.py",
+]
 
 
 def main(argv: list[str]) -> int:
@@ -35,8 +43,11 @@ def main(argv: list[str]) -> int:
     import torch
 
     devices = ["cpu"] + ([f"cuda ({torch.cuda.get_device_name()})"] if torch.cuda.is_available() else [])
-    print(f"torch tier: torch {torch.__version__}; devices: {', '.join(devices)}"  # noqa: T201 - the header
-          + ("" if torch.cuda.is_available() else "; no CUDA device here: the CUDA part did not run"), flush=True)
+    print(
+        f"torch tier: torch {torch.__version__}; devices: {', '.join(devices)}"  # noqa: T201 - the header
+        + ("" if torch.cuda.is_available() else "; no CUDA device here: the CUDA part did not run"),
+        flush=True,
+    )
     return pytest.main(["-rs", "-p", "no:cacheprovider", *FILES, *argv])
 
 

@@ -51,8 +51,7 @@ def app(default_model):
     engine = MoIEngine(default_model, EngineOptions(max_model_len=1024, kv_cache_memory_bytes=512 << 20)).start()
     demo = build_demo(engine, max_new_tokens=400)
     port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port,
-                                                   prevent_thread_lock=True, quiet=True)
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", engine
     demo.close()
     engine.shutdown()

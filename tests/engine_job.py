@@ -17,19 +17,38 @@ def main() -> None:
 
     from moi_demo.serving.settings import engine_kwargs
 
-    engine = engine_kwargs(job["model"], moi=False, cpu=True, kv_cache_memory_bytes=256 << 20, enforce_eager=True,
-                           max_model_len=512, **job.get("engine", {}))
+    engine = engine_kwargs(
+        job["model"],
+        moi=False,
+        cpu=True,
+        kv_cache_memory_bytes=256 << 20,
+        enforce_eager=True,
+        max_model_len=512,
+        **job.get("engine", {}),
+    )
     additional = job.get("additional_config", {"moi": True})
     if additional is not None:
         engine["additional_config"] = additional
     llm = LLM(**engine)
     config = llm.llm_engine.vllm_config
-    print("CONFIG " + json.dumps({"enable_prompt_embeds": config.model_config.enable_prompt_embeds,
-                                  "use_v2_model_runner": config.use_v2_model_runner}))
+    print(
+        "CONFIG "
+        + json.dumps(
+            {
+                "enable_prompt_embeds": config.model_config.enable_prompt_embeds,
+                "use_v2_model_runner": config.use_v2_model_runner,
+            }
+        )
+    )
 
     def sampling(x):
-        return SamplingParams(temperature=job.get("temperature", 0.0), seed=job.get("seed"),
-                              max_tokens=job["max_tokens"], ignore_eos=True, extra_args=x or None)
+        return SamplingParams(
+            temperature=job.get("temperature", 0.0),
+            seed=job.get("seed"),
+            max_tokens=job["max_tokens"],
+            ignore_eos=True,
+            extra_args=x or None,
+        )
 
     sps = [sampling(x) for x in job["extra_args"]]
     try:

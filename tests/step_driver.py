@@ -19,8 +19,15 @@ VOCAB, HIDDEN, PROMPT = 600, 16, 5
 
 
 class Driver:
-    def __init__(self, rows: int = 6, device: str | torch.device = "cpu", graphs: bool = False, seed: int = 0,
-                 dtype: torch.dtype = torch.float32, hooks: Callable[[], AbstractContextManager] | None = None):
+    def __init__(
+        self,
+        rows: int = 6,
+        device: str | torch.device = "cpu",
+        graphs: bool = False,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        hooks: Callable[[], AbstractContextManager] | None = None,
+    ):
         """`hooks`: what the hooks' own calls run under (a HostReadCounter, a sync check); the toy model's own work
         (its logits and samples) runs outside it."""
         self.hooks = hooks or contextlib.nullcontext

@@ -33,7 +33,8 @@ def export(client) -> tuple[Trace, Trace]:
 
 def test_api_endpoints(client):
     assert {"/generate", "/stop", "/select_step", "/export", "/health"} <= set(
-        client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+        client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    )
 
 
 def test_health_reports_engine_state_queue_and_uptime(client, app):
@@ -104,8 +105,18 @@ def test_select_step_returns_that_steps_figure_and_what_the_model_reads(client):
 
 def test_stop_aborts_both_requests(client, app):
     engine = app[1]
-    job = client.submit("Write a very long story about a dragon and a knight.", "MoI", 1.0, 20, 1.0, 1.0, 400, 1,
-                        "p", api_name="/generate")
+    job = client.submit(
+        "Write a very long story about a dragon and a knight.",
+        "MoI",
+        1.0,
+        20,
+        1.0,
+        1.0,
+        400,
+        1,
+        "p",
+        api_name="/generate",
+    )
     deadline = time.time() + 60
     while engine.num_unfinished_requests() < 2 and time.time() < deadline:
         time.sleep(0.05)
@@ -172,15 +183,17 @@ def test_raw_api_inputs_name_the_field(app, data, message):
     # every input, as a raw call must send them: ..., colour by, then the switches and the page's event number
     body = ('{"data": [' + data + ', 20, 0.0, 1.0, 8, 0, "p", "top_k", "raw", 0.0, 0]}').encode()
     with httpx.Client(timeout=60) as http:
-        event = http.post(f"{url}gradio_api/call/generate", content=body,
-                          headers={"Content-Type": "application/json"}).json()["event_id"]
+        event = http.post(
+            f"{url}gradio_api/call/generate", content=body, headers={"Content-Type": "application/json"}
+        ).json()["event_id"]
         stream = http.get(f"{url}gradio_api/call/generate/{event}").text
     assert "event: error" in stream and message in stream, stream[-2000:]
 
 
 def test_evaluate_tab_through_the_api(client):
-    chart, summary, samples = client.predict("arithmetic-1", 3, ["standard", "moi"], 1.0, 0.6, 0.8, 16, 0,
-                                             api_name="/evaluate")
+    chart, summary, samples = client.predict(
+        "arithmetic-1", 3, ["standard", "moi"], 1.0, 0.6, 0.8, 16, 0, api_name="/evaluate"
+    )
     assert "| standard |" in summary and "| moi (beta=1) |" in summary
     assert len(Path(samples).read_text().splitlines()) == 6
     from gradio_client.exceptions import AppError
@@ -205,11 +218,18 @@ def test_stop_drops_a_queued_run_and_the_app_keeps_serving(app, client):
 
     url, engine = app
     others = [Client(url, verbose=False) for _ in range(engine.max_concurrent_runs)]
-    busy = [c.submit("Write a very long story about a lighthouse.", "MoI", 1.0, 20, 1.0, 1.0, 300, i, "p",
-                     api_name="/generate") for i, c in enumerate(others)]
+    busy = [
+        c.submit(
+            "Write a very long story about a lighthouse.", "MoI", 1.0, 20, 1.0, 1.0, 300, i, "p", api_name="/generate"
+        )
+        for i, c in enumerate(others)
+    ]
     try:
-        _wait(lambda: client.predict(api_name="/health")["runs_in_flight"] == engine.max_concurrent_runs, 120,
-              "the run slots did not fill")
+        _wait(
+            lambda: client.predict(api_name="/health")["runs_in_flight"] == engine.max_concurrent_runs,
+            120,
+            "the run slots did not fill",
+        )
         job = client.submit(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 300, 0, "p", api_name="/generate")
         _wait(lambda: client.predict(api_name="/health")["runs_queued"] >= 1, 30, "the run was not queued")
         assert client.predict(api_name="/stop") == "Stopped (0 requests aborted, 1 queued run dropped)."
@@ -230,8 +250,7 @@ def test_stop_ends_a_running_evaluation(app, client):
     from gradio_client.exceptions import AppError
 
     engine = app[1]
-    job = client.submit("arithmetic-1", 50, ["standard", "direct", "moi"], 1.0, 0.6, 0.8, 256, 0,
-                        api_name="/evaluate")
+    job = client.submit("arithmetic-1", 50, ["standard", "direct", "moi"], 1.0, 0.6, 0.8, 256, 0, api_name="/evaluate")
     _wait(lambda: engine.num_unfinished_requests() > 0, 60, "the evaluation did not start")
     assert client.predict(api_name="/stop").startswith("Stopped (150 requests aborted")
     with pytest.raises(AppError, match="Evaluation stopped"):
@@ -254,11 +273,19 @@ def test_sweep_lanes_match_the_same_betas_run_one_by_one(client, app):
     assert len(job.outputs()) >= 2  # streamed
     assert final[-1].startswith("Swept 4 lanes") and "Paris" in final[0]["value"]
     labels = [o["label"] for o in job.outputs()[0][1:5]]
-    assert labels == ["Mixture of Inputs (beta = 0)", "Mixture of Inputs (beta = 0.5)",
-                      "Mixture of Inputs (beta = 2)", "Direct mixture (w = p)"]
+    assert labels == [
+        "Mixture of Inputs (beta = 0)",
+        "Mixture of Inputs (beta = 0.5)",
+        "Mixture of Inputs (beta = 2)",
+        "Direct mixture (w = p)",
+    ]
     standard, *swept = _export_all(client)
     assert standard.mode == "standard" and [(t.mode, t.beta) for t in swept] == [
-        ("moi", 0.0), ("moi", 0.5), ("moi", 2.0), ("direct", 0.0)]
+        ("moi", 0.0),
+        ("moi", 0.5),
+        ("moi", 2.0),
+        ("direct", 0.0),
+    ]
     assert [t.text for t in swept] == [o["value"] if isinstance(o, dict) else o for o in final[1:5]]
     alone = Client(app[0], verbose=False)  # a fresh session: nothing to reuse
     for trace in swept:
@@ -304,8 +331,9 @@ def test_live_before_any_run_does_nothing(app):
     applied = app[1].stats()["applied_steps"]
     result = fresh.predict(PROMPT, "MoI", 0.5, 20, 0.0, 1.0, 8, 0, "p", api_name="/live")
     # every output left as it was (an HTML output says so in its props)
-    assert all(o.get("__type__") == "update" and "value" not in o and "value" not in o.get("props", {})
-               for o in result), result
+    assert all(
+        o.get("__type__") == "update" and "value" not in o and "value" not in o.get("props", {}) for o in result
+    ), result
     assert app[1].stats()["applied_steps"] == applied
 
 
@@ -323,12 +351,15 @@ def test_a_newer_live_change_supersedes_the_older_run(client, app):
     assert moi.beta == 0.25  # the page shows the newer run
 
 
-@pytest.mark.parametrize(("betas", "message"), [
-    ("", "betas: must list at least one beta"),
-    ("0, 1, 5", "betas: each beta must be from 0 to 4; got 5"),
-    ("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8", "betas: at most 8 lanes in one sweep; got 9"),
-    ("0, one", "betas: each entry must be a beta from 0 to 4 or `direct`"),
-])
+@pytest.mark.parametrize(
+    ("betas", "message"),
+    [
+        ("", "betas: must list at least one beta"),
+        ("0, 1, 5", "betas: each beta must be from 0 to 4; got 5"),
+        ("0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8", "betas: at most 8 lanes in one sweep; got 9"),
+        ("0, one", "betas: each entry must be a beta from 0 to 4 or `direct`"),
+    ],
+)
 def test_bad_sweep_input_names_the_field(client, betas, message):
     from gradio_client.exceptions import AppError
 
@@ -358,8 +389,9 @@ def test_an_export_carries_its_run_card_and_replays_lane_for_lane(client, app, t
     assert [r.identical for r in replay(app[1], traces)] == [True, True, True]
     traces[2].steps[5].token_id += 1  # a recorded token that the model did not sample
     assert [r.first_difference for r in replay(app[1], traces)] == [None, None, 5]
-    out = subprocess.run([sys.executable, "-m", "moi_demo.cli", "replay", path], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "moi_demo.cli", "replay", path], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert "same platform, device, versions and model as the run card" in out.stdout
     assert "3 of 3 lanes identical" in out.stdout and "Mixture of Inputs (beta = 0.25): identical" in out.stdout

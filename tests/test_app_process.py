@@ -41,9 +41,13 @@ class App:
         self.port = free_port()
         self.log_path = tmp_path / "app.log"
         self.log = self.log_path.open("w")
-        self.proc = subprocess.Popen([sys.executable, "app.py", "--model", model, "--port", str(self.port),
-                                      "--max-model-len", "1024"], cwd=ROOT, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "app.py", "--model", model, "--port", str(self.port), "--max-model-len", "1024"],
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def client(self, timeout: float = 240):
         from gradio_client import Client
@@ -80,8 +84,11 @@ def test_engine_death_is_named_and_the_app_restarts_it(default_model, tmp_path):
         (core,) = [p for p in psutil.Process(app.proc.pid).children(recursive=True) if "EngineCore" in p.name()]
         killed_at = time.time()
         core.kill()
-        with pytest.raises(AppError, match=r"engine: stopped \(engine core exited with signal 9\); restarting, "
-                                           r"try again in ~\d+ s"):
+        with pytest.raises(
+            AppError,
+            match=r"engine: stopped \(engine core exited with signal 9\); restarting, "
+            r"try again in ~\d+ s",
+        ):
             job.result(timeout=30)
         assert time.time() - killed_at < 10
         assert client.predict(api_name="/health")["engine"] == "restarting"
@@ -105,9 +112,13 @@ def test_signal_mid_run_leaves_no_process_behind(default_model, tmp_path, sig):
 
     port = free_port()
     log = (tmp_path / "app.log").open("w")
-    app = subprocess.Popen([sys.executable, "app.py", "--model", default_model, "--port", str(port),
-                            "--max-model-len", "1024"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                           start_new_session=True)
+    app = subprocess.Popen(
+        [sys.executable, "app.py", "--model", default_model, "--port", str(port), "--max-model-len", "1024"],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 240
         client = None

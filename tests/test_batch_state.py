@@ -37,8 +37,9 @@ class Sim:
         rid = self.rows[row]
         return rid, self.info[rid]["prompt_len"], self.info[rid]["owner"]
 
-    def add(self, rid: str, row: int, cfg: MoIConfig | None, prompt_len: int = 5, owner: object = None,
-            computed: int = 0) -> None:
+    def add(
+        self, rid: str, row: int, cfg: MoIConfig | None, prompt_len: int = 5, owner: object = None, computed: int = 0
+    ) -> None:
         self.rows[row] = rid
         self.info[rid] = {"prompt_len": prompt_len, "computed": computed, "owner": owner or object(), "cfg": cfg}
         self.state.apply_update([], [(row, cfg)], [], self.identify)
@@ -145,8 +146,13 @@ def test_remove_keeps_history_and_readd_at_another_row_recomputes_it():
 
 def test_moves_and_condense_carry_rows_and_buffer():
     sim = Sim()
-    cfgs = [MoIConfig("moi", 0.5, 3), None, MoIConfig("moi", 1.0, 3), MoIConfig("direct", 1.0, 4),
-            MoIConfig("moi", 3.0, 5)]
+    cfgs = [
+        MoIConfig("moi", 0.5, 3),
+        None,
+        MoIConfig("moi", 1.0, 3),
+        MoIConfig("direct", 1.0, 4),
+        MoIConfig("moi", 3.0, 5),
+    ]
     for row, cfg in enumerate(cfgs):
         sim.add(f"r{row}", row, cfg)
     for _ in range(3):
@@ -157,8 +163,7 @@ def test_moves_and_condense_carry_rows_and_buffer():
     st.finish("r3")
     st.apply_update([3], [], [(4, 1, "unidirectional")], sim.identify)
     sim.rows[1], sim.rows[3], sim.rows[4] = "r4", None, None
-    assert st.req[1].req_id == "r4" and st.req[1].row == 1 and st.mixes[:5].tolist() == [True, True, True,
-                                                                                          False, False]
+    assert st.req[1].req_id == "r4" and st.req[1].row == 1 and st.mixes[:5].tolist() == [True, True, True, False, False]
     torch.testing.assert_close(st.buffer[1], buf["r4"])
     assert st.beta[1] == 3.0 and st.top_k[1] == 5
     # A swap (vLLM may reorder the batch).
@@ -388,8 +393,7 @@ def test_records_of_hand_out_what_was_fed_and_keep_only_what_was_asked_for():
     import dataclasses
 
     sim = Sim(rows=3)
-    noised = dataclasses.replace(MoIConfig("moi", 1.0, 4, noise=0.5, context=SamplingContext(seed=3)),
-                                 keep_record=True)
+    noised = dataclasses.replace(MoIConfig("moi", 1.0, 4, noise=0.5, context=SamplingContext(seed=3)), keep_record=True)
     sim.add("a-1234", 0, noised)
     sim.add("b-5678", 1, MoIConfig("moi", 1.0, 4))
     sim.add("c-9abc", 2, noised)  # asks too, never read while it runs
@@ -401,8 +405,10 @@ def test_records_of_hand_out_what_was_fed_and_keep_only_what_was_asked_for():
     for rid, rec in live.items():
         assert rec["entropy"] == pytest.approx(sim.entropy[rid]) and len(rec["weights"]) == 3
         assert all(sum(w) == pytest.approx(1.0) for w in rec["weights"])
-        fed = [mixing.mix_embeddings(torch.tensor([w], dtype=torch.float64), torch.tensor([c]), embed)[0]
-               for c, w in zip(rec["candidates"], rec["weights"], strict=True)]
+        fed = [
+            mixing.mix_embeddings(torch.tensor([w], dtype=torch.float64), torch.tensor([c]), embed)[0]
+            for c, w in zip(rec["candidates"], rec["weights"], strict=True)
+        ]
         assert torch.allclose(torch.stack(fed), torch.stack(sim.fed[rid]), atol=1e-6)  # what was fed, exactly
     for rid in ("a-1234", "b-5678", "c-9abc"):
         sim.state.finish(rid)

@@ -32,9 +32,14 @@ def test_generate_in_the_browser(page, app):
     moi = page.locator("#moi-text textarea")
     page.wait_for_function(
         "() => [...document.querySelectorAll('#standard-text textarea, #moi-text textarea')]"
-        ".every(t => t.value.length > 10)", timeout=60_000)
-    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3 && "
-                           "document.querySelectorAll('#token-plot .moi-tokens .t').length > 20", timeout=60_000)
+        ".every(t => t.value.length > 10)",
+        timeout=60_000,
+    )
+    page.wait_for_function(
+        "() => document.querySelectorAll('.js-plotly-plot').length >= 3 && "
+        "document.querySelectorAll('#token-plot .moi-tokens .t').length > 20",
+        timeout=60_000,
+    )
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('Done')", timeout=60_000)
     assert standard.input_value() and moi.input_value()
     assert "Mixture of Inputs (beta = 1)" in page.locator("#moi-text").inner_text()
@@ -66,7 +71,10 @@ def _status_changes(page, selector: str, word: str):
     before = page.locator(selector).inner_text()
     return lambda: page.wait_for_function(
         "([s, before, word]) => { const t = document.querySelector(s).innerText; "
-        "return t !== before && t.includes(word); }", arg=[selector, before, word], timeout=120_000)
+        "return t !== before && t.includes(word); }",
+        arg=[selector, before, word],
+        timeout=120_000,
+    )
 
 
 def test_beta_change_reruns_the_moi_lane_alone(page, app):
@@ -90,8 +98,11 @@ def test_sweep_renders_every_lane_and_its_charts_then_the_slider_shows_a_swept_l
     done = _status_changes(page, "#sweep-status", "Swept 3 lanes")
     page.locator("#sweep").click()
     done()
-    page.wait_for_function("() => document.querySelectorAll('#sweep-summary-plot .js-plotly-plot, "
-                           "#sweep-curves-plot .js-plotly-plot').length === 2", timeout=60_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#sweep-summary-plot .js-plotly-plot, "
+        "#sweep-curves-plot .js-plotly-plot').length === 2",
+        timeout=60_000,
+    )
     texts = [page.locator(f"#sweep-lane-{i} textarea").input_value() for i in range(3)]
     assert all(texts), texts  # every swept lane shows its text
     assert page.locator("#sweep-lane-3").count() == 0 or not page.locator("#sweep-lane-3").is_visible()

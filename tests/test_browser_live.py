@@ -27,8 +27,11 @@ def page(app):
         page.get_by_text("Sampling").click()  # open the accordion
         _type(page, "max-tokens", TOKENS, "Tab")  # not a live control: no run before Generate
         page.locator("#generate").click()
-        page.wait_for_function("() => document.querySelector('#download a') !== null && "
-                               "document.querySelector('#status').innerText.includes('Done')", timeout=120_000)
+        page.wait_for_function(
+            "() => document.querySelector('#download a') !== null && "
+            "document.querySelector('#status').innerText.includes('Done')",
+            timeout=120_000,
+        )
         _wait_idle(app[1])
         yield page
 
@@ -109,8 +112,9 @@ def _after(page, engine, act) -> dict:
         last = (moi["mode"], moi["beta"], moi["top_k"]), (mode, beta, top_k)
         if (moi["mode"], moi["top_k"]) == (mode, top_k) and (mode == "direct" or moi["beta"] == pytest.approx(beta)):
             return export
-    raise AssertionError(f"the page never settled on the setting it shows: (exported, shown) = {last}; last seen: "
-                         f"{seen}")
+    raise AssertionError(
+        f"the page never settled on the setting it shows: (exported, shown) = {last}; last seen: {seen}"
+    )
 
 
 def _check(page, export: dict) -> dict:

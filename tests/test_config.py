@@ -11,10 +11,17 @@ from moi_demo.core.config import EXTRA_ARGS_KEYS, KEY_MODE, KEY_RECORD, MoIConfi
 EVERY_KEY = MoIConfig("direct", 2.5, 7, entropy="full", prior="processed", noise=0.3, keep_record=True)
 
 
-@pytest.mark.parametrize("cfg", [
-    MoIConfig(), MoIConfig("moi", 0.0, 1), MoIConfig("direct", 1.0, 50), EVERY_KEY,
-    MoIConfig("moi", 1e6, 20, noise=1.5, context=SamplingContext(0.7, 0.9, 3)),
-], ids=["paper", "beta0-k1", "direct", "every-key", "noised"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        MoIConfig(),
+        MoIConfig("moi", 0.0, 1),
+        MoIConfig("direct", 1.0, 50),
+        EVERY_KEY,
+        MoIConfig("moi", 1e6, 20, noise=1.5, context=SamplingContext(0.7, 0.9, 3)),
+    ],
+    ids=["paper", "beta0-k1", "direct", "every-key", "noised"],
+)
 def test_extra_args_round_trip_to_an_equal_config(cfg):
     back = MoIConfig.from_extra_args(cfg.extra_args())
     assert back == cfg and back.keep_record == cfg.keep_record
@@ -25,8 +32,15 @@ def test_extra_args_carry_every_key_the_plugin_accepts():
     moi_record), each with its value, and nothing else."""
     args = EVERY_KEY.extra_args()
     assert set(args) == {*EXTRA_ARGS_KEYS, KEY_RECORD}
-    assert args == {"moi_mode": "direct", "moi_beta": 2.5, "moi_top_k": 7, "moi_entropy": "full",
-                    "moi_prior": "processed", "moi_noise": 0.3, "moi_record": True}
+    assert args == {
+        "moi_mode": "direct",
+        "moi_beta": 2.5,
+        "moi_top_k": 7,
+        "moi_entropy": "full",
+        "moi_prior": "processed",
+        "moi_noise": 0.3,
+        "moi_record": True,
+    }
 
 
 def test_default_switches_are_left_out_and_a_standard_config_says_standard():

@@ -16,10 +16,23 @@ pytestmark = pytest.mark.engine
 
 
 def test_doctor_passes_every_check_that_runs_here(tiny_models):
-    cmd = [sys.executable, "-m", "moi_demo.cli", "doctor", "--model", tiny_models["llama"], "--tokens", "16",
-           "--rounds", "3", "--speed-batch", "16"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "moi_demo.cli",
+        "doctor",
+        "--model",
+        tiny_models["llama"],
+        "--tokens",
+        "16",
+        "--rounds",
+        "3",
+        "--speed-batch",
+        "16",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=900)
     finally:

@@ -24,8 +24,9 @@ PROMPT = "What is the capital of France?"
 def engine(tiny_models):
     os.environ["MOI_DEMO_RECORD"] = "1"  # the workers keep the exact weights they fed
     try:
-        eng = MoIEngine(tiny_models["llama"], EngineOptions(dtype="float32", max_model_len=256,
-                                                           kv_cache_memory_bytes=KV_BYTES)).start()
+        eng = MoIEngine(
+            tiny_models["llama"], EngineOptions(dtype="float32", max_model_len=256, kv_cache_memory_bytes=KV_BYTES)
+        ).start()
     finally:
         os.environ.pop("MOI_DEMO_RECORD", None)
     yield eng
@@ -64,8 +65,11 @@ PAGE_SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize(("cfg", "settings"), PAGE_SETTINGS,
-                         ids=["moi", "direct-k7", "beta0-k3", "beta4-k50-greedy", "k1-top-p", "direct-top-p"])
+@pytest.mark.parametrize(
+    ("cfg", "settings"),
+    PAGE_SETTINGS,
+    ids=["moi", "direct-k7", "beta0-k3", "beta4-k50-greedy", "k1-top-p", "direct-top-p"],
+)
 def test_trace_weights_are_the_weights_the_plugin_fed(engine, cfg, settings):
     """The page's plain lanes show weights recomputed from the returned top-k log-probs (core/plain.py); they are the
     ones the worker fed (its records, MOI_DEMO_RECORD=1), for every setting the page allows."""
@@ -149,6 +153,12 @@ except MoINotAppliedError as e:
 
 
 def test_self_check_fails_loudly_without_the_plugin(tiny_models):
-    out = subprocess.run([sys.executable, "-c", SELF_CHECK, tiny_models["llama"]], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT, env={**os.environ, "VLLM_PLUGINS": PLUGINS_WITHOUT_MOI})
+    out = subprocess.run(
+        [sys.executable, "-c", SELF_CHECK, tiny_models["llama"]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "VLLM_PLUGINS": PLUGINS_WITHOUT_MOI},
+    )
     assert "NOT APPLIED: MoI is not available in this engine's workers" in out.stdout, out.stderr[-3000:]

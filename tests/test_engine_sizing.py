@@ -20,15 +20,15 @@ from moi_demo.serving.settings import (
 
 GIB = 1 << 30
 # SmolLM2-135M: 30 layers, 3 KV heads of 64: float32 K and V are 2 * 30 * 3 * 64 * 4 = 46,080 bytes per token.
-SMOL = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
-                       hidden_size=576)
+SMOL = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_size=576)
 
 
 def test_kv_bytes_per_token_counts_k_and_v_of_every_kv_head():
     assert kv_bytes_per_token(SMOL, 4) == 46_080
     assert kv_bytes_per_token(SMOL, 2) == 23_040
-    no_gqa = SimpleNamespace(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=None, head_dim=None,
-                             hidden_size=256)  # heads of 256 / 4 = 64, as many KV heads as heads
+    no_gqa = SimpleNamespace(
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=None, head_dim=None, hidden_size=256
+    )  # heads of 256 / 4 = 64, as many KV heads as heads
     assert kv_bytes_per_token(no_gqa, 4) == 2 * 2 * 4 * 64 * 4
 
 
@@ -54,8 +54,9 @@ def test_cpu_sequences_limited_by_memory():
 
 
 def test_small_job_is_eager_and_holds_one_max_model_len_sequence():
-    o = throughput_options(jobs=2, seq_tokens=40, kv_per_token=46_080, on_cpu=True, memory_available=8 * GIB,
-                           max_model_len=2048)
+    o = throughput_options(
+        jobs=2, seq_tokens=40, kv_per_token=46_080, on_cpu=True, memory_available=8 * GIB, max_model_len=2048
+    )
     assert o.max_num_seqs == 2 and o.enforce_eager and COMPILE_MIN_JOBS > 2
     assert o.kv_cache_memory_bytes == (2048 // KV_BLOCK_TOKENS + 1) * KV_BLOCK_TOKENS * 46_080  # not 2 x 3 blocks
     tiny = throughput_options(jobs=2, seq_tokens=40, kv_per_token=1024, on_cpu=True, memory_available=8 * GIB)
@@ -83,6 +84,7 @@ def test_app_options_keep_vllms_core_choice_and_pass_their_limits_to_vllm(monkey
 
 
 def test_a_sequence_cap_does_not_change_the_compile_choice():
-    o = throughput_options(jobs=300, seq_tokens=179, kv_per_token=46_080, on_cpu=True, memory_available=20 * GIB,
-                           max_seqs=16)
+    o = throughput_options(
+        jobs=300, seq_tokens=179, kv_per_token=46_080, on_cpu=True, memory_available=20 * GIB, max_seqs=16
+    )
     assert o.max_num_seqs == 16 and not o.enforce_eager  # 300 jobs: compiled, 16 at a time

@@ -20,23 +20,36 @@ KEY = standard_key("model", "prompt", SamplingSettings(max_tokens=8))
 
 def test_parse_betas_default_order_and_direct():
     configs = parse_betas(explorer.DEFAULT_SWEEP, 20)
-    assert [(c.mode, c.beta) for c in configs] == [("moi", 0.0), ("moi", 0.25), ("moi", 0.5), ("moi", 1.0),
-                                                   ("moi", 2.0), ("moi", 4.0), ("direct", 0.0)]
+    assert [(c.mode, c.beta) for c in configs] == [
+        ("moi", 0.0),
+        ("moi", 0.25),
+        ("moi", 0.5),
+        ("moi", 1.0),
+        ("moi", 2.0),
+        ("moi", 4.0),
+        ("direct", 0.0),
+    ]
     assert all(c.top_k == 20 for c in configs)
     assert [(c.mode, c.beta) for c in parse_betas(" 1 ; 0.5, 1.0 ,DIRECT,direct ", 5)] == [
-        ("moi", 1.0), ("moi", 0.5), ("direct", 0.0)]  # duplicates dropped, order kept
+        ("moi", 1.0),
+        ("moi", 0.5),
+        ("direct", 0.0),
+    ]  # duplicates dropped, order kept
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("", "betas: must list at least one beta"),
-    (" , ;", "betas: must list at least one beta"),
-    ("1, 4.5", "betas: each beta must be from 0 to 4; got 4.5"),
-    ("-0.5", "betas: each beta must be from 0 to 4; got -0.5"),
-    ("nan", "betas: each beta must be from 0 to 4; got nan"),
-    ("1, two", "betas: each entry must be a beta from 0 to 4 or `direct`; got 'two'"),
-    (",".join(str(i / 10) for i in range(9)), "betas: at most 8 lanes in one sweep; got 9"),
-    (None, "betas: must be text"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "betas: must list at least one beta"),
+        (" , ;", "betas: must list at least one beta"),
+        ("1, 4.5", "betas: each beta must be from 0 to 4; got 4.5"),
+        ("-0.5", "betas: each beta must be from 0 to 4; got -0.5"),
+        ("nan", "betas: each beta must be from 0 to 4; got nan"),
+        ("1, two", "betas: each entry must be a beta from 0 to 4 or `direct`; got 'two'"),
+        (",".join(str(i / 10) for i in range(9)), "betas: at most 8 lanes in one sweep; got 9"),
+        (None, "betas: must be text"),
+    ],
+)
 def test_parse_betas_errors_name_the_field(text, message):
     with pytest.raises(InputError) as e:
         parse_betas(text, 20)
@@ -57,8 +70,9 @@ def test_with_top_k_trims_candidates_and_recomputes_entropy():
     assert step.topk_ids == [10, 11] and step.topk_tokens == ["a", "b"] and step.token_id == 12
     p = [0.6 / 0.9, 0.3 / 0.9]  # the top-2 renormalised
     assert step.entropy == pytest.approx(-sum(x * math.log(x) for x in p) / math.log(2))
-    assert standard.steps[1].entropy == pytest.approx(step_weights([math.log(0.6), math.log(0.3), math.log(0.1)],
-                                                                   [10, 11, 12], 12, standard.config)[2])
+    assert standard.steps[1].entropy == pytest.approx(
+        step_weights([math.log(0.6), math.log(0.3), math.log(0.1)], [10, 11, 12], 12, standard.config)[2]
+    )
     assert with_top_k(standard, 3) is standard and with_top_k(standard, 5) is standard
 
 
@@ -148,7 +162,13 @@ def test_paced_shows_each_lanes_first_token_at_once_then_coalesces():
     shown = [tuple(len(t.steps) for t in traces) for traces in _paced(iter(grown), interval=3600.0)]
     assert shown == [(1, 0), (2, 1)]  # the first update, then the MoI lane's first token; the rest coalesced
     assert [tuple(len(t.steps) for t in traces) for traces in _paced(iter(grown), interval=0.0)] == [
-        (1, 0), (2, 0), (2, 1), (3, 1), (3, 2), (3, 3)]
+        (1, 0),
+        (2, 0),
+        (2, 1),
+        (3, 1),
+        (3, 2),
+        (3, 3),
+    ]
 
 
 def test_a_run_the_page_numbered_before_a_started_one_never_supersedes_it():

@@ -11,8 +11,9 @@ from moi_demo.serving.gpu_check import MIN_DRIVER, GPUUnusableError, check_gpu, 
 
 
 def torch_like(available: bool, cuda: str | None, version: str = "2.13.0"):
-    return SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: available), version=SimpleNamespace(cuda=cuda),
-                           __version__=version)
+    return SimpleNamespace(
+        cuda=SimpleNamespace(is_available=lambda: available), version=SimpleNamespace(cuda=cuda), __version__=version
+    )
 
 
 def test_no_gpu_is_the_cpu_path():
@@ -24,8 +25,11 @@ def test_usable_gpu_is_cuda():
 
 
 def test_cpu_torch_on_a_gpu_machine_stops_and_says_why():
-    with pytest.raises(GPUUnusableError, match=r"found NVIDIA H200, but torch 2.13.0\+cpu is a CPU build.*"
-                                               r"requirements.txt.*MOI_DEMO_DEVICE=cpu"):
+    with pytest.raises(
+        GPUUnusableError,
+        match=r"found NVIDIA H200, but torch 2.13.0\+cpu is a CPU build.*"
+        r"requirements.txt.*MOI_DEMO_DEVICE=cpu",
+    ):
         check_gpu(torch_like(False, None, "2.13.0+cpu"), gpus=["NVIDIA H200"], env={})
 
 

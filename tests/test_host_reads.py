@@ -16,8 +16,15 @@ from moi_demo.core.transfer import columns_to_device
 from moi_demo.vllm.host_reads import HostReadCounter
 from tests.step_driver import Driver
 
-SWITCHED = MoIConfig("moi", 1.0, 8, entropy="full", prior="processed", noise=0.5,
-                     context=SamplingContext(temperature=0.8, top_p=0.9, seed=7))
+SWITCHED = MoIConfig(
+    "moi",
+    1.0,
+    8,
+    entropy="full",
+    prior="processed",
+    noise=0.5,
+    context=SamplingContext(temperature=0.8, top_p=0.9, seed=7),
+)
 
 
 def test_counter_sees_host_reads():
@@ -66,8 +73,6 @@ def test_batch_state_swaps_and_moves_without_host_indices():
     assert [h.req_id if h else None for h in st.req] == ["r2", None, None, "r0"]
     assert st.buffer[0].tolist() == [6.0, 7.0, 8.0] and st.buffer[3].tolist() == [0.0, 1.0, 2.0]
     assert st.buffer_valid.tolist() == [True, False, False, True]
-
-
 
 
 def test_counter_flags_device_tensors_made_from_host_data_by_the_form_of_the_call():
@@ -122,13 +127,18 @@ def _switches_as_it_was(configs, device="cpu", seeds=None):
 
     return Switches(
         full=t([c.entropy == "full" for c in configs], torch.bool),
-        processed=t([c.prior == "processed" for c in configs], torch.bool), greedy=t(greedy, torch.bool),
+        processed=t([c.prior == "processed" for c in configs], torch.bool),
+        greedy=t(greedy, torch.bool),
         inv_temp=t([1.0 if g else 1.0 / x.temperature for x, g in zip(ctx, greedy, strict=True)], torch.float32),
-        top_p=t([x.top_p for x in ctx], torch.float32), noise=t([c.noise for c in configs], torch.float32),
-        seed=t([(x.seed if x.seed is not None else s) & 0xFFFFFFFF for x, s in zip(ctx, seeds, strict=True)],
-               torch.long),
+        top_p=t([x.top_p for x in ctx], torch.float32),
+        noise=t([c.noise for c in configs], torch.float32),
+        seed=t(
+            [(x.seed if x.seed is not None else s) & 0xFFFFFFFF for x, s in zip(ctx, seeds, strict=True)], torch.long
+        ),
         any_full=any(c.entropy == "full" for c in configs),
-        any_processed=any(c.prior == "processed" for c in configs), any_noise=any(c.noise > 0 for c in configs))
+        any_processed=any(c.prior == "processed" for c in configs),
+        any_noise=any(c.noise > 0 for c in configs),
+    )
 
 
 def _switched_run(steps: int = 4) -> dict[str, int]:

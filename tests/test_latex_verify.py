@@ -20,26 +20,32 @@ def verifier():
     v.close()
 
 
-@pytest.mark.parametrize(("gold", "answer"), [
-    ("\\frac{1}{2}", "0.5"),
-    ("0.5", "\\frac{1}{2}"),
-    ("42", "\\boxed{ 42 }"),
-    ("\\dfrac{3}{4}", "\\boxed{0.75}"),
-    ("\\{1, 2\\}", "\\{2,1\\}"),
-    ("(0, 1]", "\\boxed{(0,1]}"),
-    ("\\sqrt{2}/2", "\\frac{\\sqrt{2}}{2}"),
-])
+@pytest.mark.parametrize(
+    ("gold", "answer"),
+    [
+        ("\\frac{1}{2}", "0.5"),
+        ("0.5", "\\frac{1}{2}"),
+        ("42", "\\boxed{ 42 }"),
+        ("\\dfrac{3}{4}", "\\boxed{0.75}"),
+        ("\\{1, 2\\}", "\\{2,1\\}"),
+        ("(0, 1]", "\\boxed{(0,1]}"),
+        ("\\sqrt{2}/2", "\\frac{\\sqrt{2}}{2}"),
+    ],
+)
 def test_equivalent_forms_are_accepted(verifier, gold, answer):
     assert verifier.check(gold, answer)
 
 
-@pytest.mark.parametrize(("gold", "answer"), [
-    ("\\frac{1}{2}", "\\frac{1}{3}"),
-    ("(0, 1]", "[0, 1]"),
-    ("\\{1, 2\\}", "\\{1, 3\\}"),
-    ("42", None),
-    ("42", "   "),
-])
+@pytest.mark.parametrize(
+    ("gold", "answer"),
+    [
+        ("\\frac{1}{2}", "\\frac{1}{3}"),
+        ("(0, 1]", "[0, 1]"),
+        ("\\{1, 2\\}", "\\{1, 3\\}"),
+        ("42", None),
+        ("42", "   "),
+    ],
+)
 def test_different_answers_are_refused(verifier, gold, answer):
     assert not verifier.check(gold, answer)
 

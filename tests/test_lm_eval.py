@@ -22,13 +22,15 @@ def run_lm_eval(model: str, tasks: str, out: Path, env: dict[str, str], moi: boo
     (lm-eval reads model_args that hold a brace as JSON)."""
     from moi_demo.serving.settings import engine_kwargs
 
-    engine = engine_kwargs(model, moi=moi, cpu=True, kv_cache_memory_bytes=KV_BYTES, enforce_eager=True,
-                           max_model_len=512)
+    engine = engine_kwargs(
+        model, moi=moi, cpu=True, kv_cache_memory_bytes=KV_BYTES, enforce_eager=True, max_model_len=512
+    )
     engine["pretrained"] = engine.pop("model")
     # key=value pairs where they can say it; JSON where a value holds a brace (additional_config)
     model_args = json.dumps(engine) if moi else ",".join(f"{k}={v}" for k, v in engine.items())
-    result = lm_eval_samples(["--model", "vllm", "--model_args", model_args, "--tasks", tasks,
-                              "--batch_size", "auto"], out, env)
+    result = lm_eval_samples(
+        ["--model", "vllm", "--model_args", model_args, "--tasks", tasks, "--batch_size", "auto"], out, env
+    )
     for task in tasks.split(","):
         assert len(result[task]) == 8, task
     return result
@@ -37,8 +39,9 @@ def run_lm_eval(model: str, tasks: str, out: Path, env: dict[str, str], moi: boo
 @pytest.fixture(scope="module")
 def stock(tiny_models, tmp_path_factory):
     """Stock vLLM: every general plugin but ours (VLLM_PLUGINS), greedy."""
-    return run_lm_eval(tiny_models["llama"], "moi_sums", tmp_path_factory.mktemp("stock"),
-                       {"VLLM_PLUGINS": PLUGINS_WITHOUT_MOI})
+    return run_lm_eval(
+        tiny_models["llama"], "moi_sums", tmp_path_factory.mktemp("stock"), {"VLLM_PLUGINS": PLUGINS_WITHOUT_MOI}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,4 +75,3 @@ def test_mixinputs_beta_changes_outputs_as_the_same_request_would(tiny_models, s
     assert env_moi["moi_sums"] != stock["moi_sums"]
     assert env_moi["moi_sums"] == installed["moi_sums_moi"]
     assert "moi-demo: MoI enabled for this engine (MIXINPUTS_BETA=1)" in env_moi["log"]
-

@@ -152,9 +152,7 @@ def test_batch_rows_use_their_own_settings():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]] * 3, dtype=torch.float64)
     cfg = batch(MoIConfig("moi", 0.0, 4), MoIConfig("moi", 3.0, 2), MoIConfig("direct", 1.0, 3))
     step = mixing.mix_step(logits, torch.tensor([0, 1, 3]), cfg)
-    for row, single in enumerate(
-        [MoIConfig("moi", 0.0, 4), MoIConfig("moi", 3.0, 2), MoIConfig("direct", 1.0, 3)]
-    ):
+    for row, single in enumerate([MoIConfig("moi", 0.0, 4), MoIConfig("moi", 3.0, 2), MoIConfig("direct", 1.0, 3)]):
         alone = weights_for(logits[row].tolist(), [0, 1, 3][row], single)
         c = single.top_k + 1  # a row's own candidates: its top-k, then the sampled id in column k
         assert step.candidate_ids[row, :c].tolist() == alone.candidate_ids[0].tolist()
@@ -252,8 +250,9 @@ def test_golden(case):
     mixed = mixing.mix_embeddings(w, cand, lambda ids: table[ids])
     assert mixed[0].tolist() == pytest.approx(case["mixed_embedding"], abs=1e-9)
     # and the same weights from the public one-step helper (as used for traces)
-    cand_list, w_list, h = step_weights(case["topk_logits"], case["topk_ids"], case["sampled_id"],
-                                               MoIConfig(case["mode"], case["beta"], k))
+    cand_list, w_list, h = step_weights(
+        case["topk_logits"], case["topk_ids"], case["sampled_id"], MoIConfig(case["mode"], case["beta"], k)
+    )
     assert cand_list == case["candidate_ids"] and w_list == pytest.approx(case["weights"], abs=1e-12)
 
 
@@ -285,8 +284,14 @@ def test_fed_weights_are_the_posterior(uniform):
     the same embedding; with y inside and outside the top-k, MoI and direct rows in one batch."""
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 30, generator=gen, dtype=torch.float64) * 2
-    configs = [MoIConfig("moi", 0.0, 5), MoIConfig("moi", 1.5, 5 if uniform else 3), MoIConfig("direct", 1.0, 5),
-               MoIConfig("moi", 4.0, 5 if uniform else 1), MoIConfig("moi", 0.5, 5), MoIConfig("direct", 1.0, 5)]
+    configs = [
+        MoIConfig("moi", 0.0, 5),
+        MoIConfig("moi", 1.5, 5 if uniform else 3),
+        MoIConfig("direct", 1.0, 5),
+        MoIConfig("moi", 4.0, 5 if uniform else 1),
+        MoIConfig("moi", 0.5, 5),
+        MoIConfig("direct", 1.0, 5),
+    ]
     cfg = batch(*configs)
     ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
     sampled = torch.tensor([ids[0, 0].item(), 29, ids[2, 1].item(), 7, ids[4, 2].item(), 3])
@@ -298,8 +303,10 @@ def test_fed_weights_are_the_posterior(uniform):
         assert all(abs(got[k] - want[k]) < 1e-12 for k in want), (row, c)
         assert cand[row, c.top_k].item() == sampled[row].item()  # y in column k
     emb = torch.randn(30, 4, generator=gen, dtype=torch.float64)
-    torch.testing.assert_close(mixing.mix_embeddings(w, cand, lambda i: emb[i]),
-                               mixing.mix_embeddings(exact.weights, exact.candidate_ids, lambda i: emb[i]))
+    torch.testing.assert_close(
+        mixing.mix_embeddings(w, cand, lambda i: emb[i]),
+        mixing.mix_embeddings(exact.weights, exact.candidate_ids, lambda i: emb[i]),
+    )
 
 
 @pytest.mark.parametrize(("rows", "vocab", "k"), [(3, 5000, 20), (2, 49152, 20), (4, 4099, 7), (1, 3000, 50)])
@@ -311,16 +318,21 @@ def test_two_stage_topk_equals_topk(rows, vocab, k):
 
 
 @pytest.mark.parametrize("uniform", [True, False])
-@pytest.mark.parametrize(("table_dtype", "out_dtype"),
-                         [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
-                          (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize(
+    ("table_dtype", "out_dtype"),
+    [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16)],
+)
 def test_fed_step_writes_the_same_mixed_inputs_bit_for_bit(uniform, table_dtype, out_dtype):
     """The engine's fused step (weights, then the sum written into the next-input buffer) == fed_weights then
     mix_embeddings, exactly, in float32 and bf16 models; inputs are not modified; rows outside `out` untouched."""
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(4, 300, generator=gen) * 2
-    configs = [MoIConfig("moi", 0.0, 8), MoIConfig("direct", 1.0, 8), MoIConfig("moi", 2.0, 8 if uniform else 3),
-               MoIConfig("moi", 1.0, 8 if uniform else 1)]
+    configs = [
+        MoIConfig("moi", 0.0, 8),
+        MoIConfig("direct", 1.0, 8),
+        MoIConfig("moi", 2.0, 8 if uniform else 3),
+        MoIConfig("moi", 1.0, 8 if uniform else 1),
+    ]
     cfg = batch(*configs)
     ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)
     sampled = torch.tensor([5, 7, ids[2, 0].item(), 299])
@@ -352,6 +364,7 @@ def test_tensor_parallel_shards_mixed_then_all_reduced_equal_the_mixture_of_whol
         def embed(i):  # vLLM's VocabParallelEmbedding without its all-reduce, then the model's scale
             own = (i >= rank * vocab // 2) & (i < (rank + 1) * vocab // 2)
             return torch.where(own[..., None], table[i], torch.zeros(())) * scale
+
         return embed
 
     seen = []
@@ -395,14 +408,17 @@ def test_switches_default_to_the_paper_and_parse_from_extra_args():
     assert MoIConfig.from_extra_args({"moi_beta": 1, "moi_record": True}).keep_record
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ({"moi_entropy": "vocab"}, "moi_entropy: must be one of top_k, full; got 'vocab'"),
-    ({"moi_prior": "tempered"}, "moi_prior: must be one of raw, processed; got 'tempered'"),
-    ({"moi_noise": -1}, "moi_noise: must be a finite number >= 0; got -1"),
-    ({"moi_noise": float("inf")}, "moi_noise: must be a finite number >= 0; got inf"),
-    ({"moi_noise": "lots"}, "moi_noise: must be a finite number >= 0; got 'lots'"),
-    ({"moi_beta": 1, "moi_record": "yes"}, "moi_record: must be true or false; got 'yes'"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"moi_entropy": "vocab"}, "moi_entropy: must be one of top_k, full; got 'vocab'"),
+        ({"moi_prior": "tempered"}, "moi_prior: must be one of raw, processed; got 'tempered'"),
+        ({"moi_noise": -1}, "moi_noise: must be a finite number >= 0; got -1"),
+        ({"moi_noise": float("inf")}, "moi_noise: must be a finite number >= 0; got inf"),
+        ({"moi_noise": "lots"}, "moi_noise: must be a finite number >= 0; got 'lots'"),
+        ({"moi_beta": 1, "moi_record": "yes"}, "moi_record: must be true or false; got 'yes'"),
+    ],
+)
 def test_switch_errors_name_the_key_and_the_allowed_values(extra, message):
     with pytest.raises(InputError) as e:
         MoIConfig.from_extra_args(extra)
@@ -444,8 +460,11 @@ def test_processed_prior_by_hand():
     assert float(step.entropy[0]) == pytest.approx(h, abs=1e-12)
     assert step.weights[0].tolist() == pytest.approx([h * p[0] / 2, (h * p[1] + 2 - h) / 2, 0.0, 0.0], abs=1e-12)
     # top-p 0.99 keeps the third as well (mass above it 0.982 < 0.99); top-p 1: softmax(logits / T) over the top-3
-    loose = mixing.mix_step(logits, torch.tensor([1]), BatchConfig.from_configs([
-        switched(MoIConfig("moi", 1.0, 3, prior="processed"), temperature=0.5, top_p=0.99)]))
+    loose = mixing.mix_step(
+        logits,
+        torch.tensor([1]),
+        BatchConfig.from_configs([switched(MoIConfig("moi", 1.0, 3, prior="processed"), temperature=0.5, top_p=0.99)]),
+    )
     z = [math.exp(x) for x in (4.0, 2.0, 0.0)]
     assert loose.p[0].tolist() == pytest.approx([x / sum(z) for x in z], abs=1e-12)
 
@@ -468,8 +487,10 @@ def _hash32(x: int) -> int:  # the hash of mixing.gumbel, in Python integers
 def test_gumbel_noise_is_a_pure_function_of_seed_position_and_token():
     ids = torch.tensor([[5, 9, 2], [5, 9, 2]])
     g = mixing.gumbel(torch.tensor([3, 3]), torch.tensor([0, 1]), ids)
-    x = _hash32(((_hash32(((_hash32((9 + 0x9E3779B9) & 0xFFFFFFFF) ^ 1) + 0x7F4A7C15) & 0xFFFFFFFF)) ^ 3)
-                + 0x2545F491 & 0xFFFFFFFF)
+    x = _hash32(
+        ((_hash32(((_hash32((9 + 0x9E3779B9) & 0xFFFFFFFF) ^ 1) + 0x7F4A7C15) & 0xFFFFFFFF)) ^ 3) + 0x2545F491
+        & 0xFFFFFFFF
+    )
     assert float(g[1, 1]) == pytest.approx(-math.log(-math.log((x + 0.5) / 2**32)), abs=1e-12)
     # the same (seed, position, id) anywhere in any batch: the same noise; another seed, position or id: not
     alone = mixing.gumbel(torch.tensor([3]), torch.tensor([1]), torch.tensor([[2, 9]]))
@@ -490,10 +511,14 @@ def test_noise_is_added_to_the_prior_logits_before_the_softmax():
     g = mixing.gumbel(torch.tensor([11]), torch.tensor([4]), torch.tensor([[0, 1, 2]]))[0].tolist()
     z = [math.exp(x + 0.75 * n) for x, n in zip((1.0, 0.5, 0.0), g, strict=True)]
     assert step.p[0].tolist() == pytest.approx([x / sum(z) for x in z], abs=1e-12)
-    zero = mixing.mix_step(logits, torch.tensor([0]), BatchConfig.from_configs([
-        switched(MoIConfig("moi", 1.0, 3, entropy="full", noise=0.0))]))
-    assert zero.p[0].tolist() == pytest.approx(weights_for([1.0, 0.5, 0.0, -0.5], 0, MoIConfig("moi", 1.0, 3))
-                                               .p[0].tolist(), abs=1e-12)
+    zero = mixing.mix_step(
+        logits,
+        torch.tensor([0]),
+        BatchConfig.from_configs([switched(MoIConfig("moi", 1.0, 3, entropy="full", noise=0.0))]),
+    )
+    assert zero.p[0].tolist() == pytest.approx(
+        weights_for([1.0, 0.5, 0.0, -0.5], 0, MoIConfig("moi", 1.0, 3)).p[0].tolist(), abs=1e-12
+    )
 
 
 def test_switched_batch_fast_path_equals_the_plain_reference_per_row():
@@ -521,18 +546,24 @@ def test_switched_batch_fast_path_equals_the_plain_reference_per_row():
     assert torch.equal(logits, before[0]) and torch.equal(top, before[1])
     for b, c in enumerate(configs):
         k = c.top_k
-        c = c if c.context is None or c.context.seed is not None else switched(
-            c, c.context.temperature, c.context.top_p, seeds[b])
-        p, want_h = reference_prior(logits[b], ids[b, :k], c, c.context.seed if c.context else 0,
-                                           int(positions[b]))
+        c = (
+            c
+            if c.context is None or c.context.seed is not None
+            else switched(c, c.context.temperature, c.context.top_p, seeds[b])
+        )
+        p, want_h = reference_prior(logits[b], ids[b, :k], c, c.context.seed if c.context else 0, int(positions[b]))
         assert float(h[b]) == pytest.approx(want_h, abs=1e-6), c  # the settings are float32 (as on an engine)
         y = int(sampled[b])
         onehot = torch.tensor([float(i == y) for i in ids[b, :k].tolist()] + [0.0], dtype=torch.float64)
         if onehot.sum() == 0:
             onehot[-1] = 1.0
-        want = mixing.mix_weights(p[None], torch.tensor([want_h], dtype=torch.float64), onehot[None],
-                                  torch.tensor([c.beta], dtype=torch.float64),
-                                  torch.tensor([MODE_CODES[c.mode]]))[0]
+        want = mixing.mix_weights(
+            p[None],
+            torch.tensor([want_h], dtype=torch.float64),
+            onehot[None],
+            torch.tensor([c.beta], dtype=torch.float64),
+            torch.tensor([MODE_CODES[c.mode]]),
+        )[0]
         got = {}
         for i, x in zip(cand[b, : k + 1].tolist(), w[b, : k + 1].tolist(), strict=True):
             got[i] = got.get(i, 0.0) + x

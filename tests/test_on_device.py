@@ -23,8 +23,15 @@ from tests.step_driver import Driver
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 GOLDEN = Path(__file__).resolve().parent / "data" / "moi_weights.json"
-SWITCHED = MoIConfig("moi", 1.0, 8, entropy="full", prior="processed", noise=0.5,
-                     context=SamplingContext(temperature=0.7, top_p=0.8, seed=5))
+SWITCHED = MoIConfig(
+    "moi",
+    1.0,
+    8,
+    entropy="full",
+    prior="processed",
+    noise=0.5,
+    context=SamplingContext(temperature=0.7, top_p=0.8, seed=5),
+)
 
 
 @contextlib.contextmanager

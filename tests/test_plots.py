@@ -18,8 +18,16 @@ def make_trace(lane: str, tokens: list[int], cfg: MoIConfig) -> Trace:
     for i, tok in enumerate(tokens):
         ids = [10, 11, 12]
         logprobs = [math.log(0.6), math.log(0.3), math.log(0.1)]
-        step = Step(index=i, token_id=tok, token=f"t{tok}", logprob=math.log(0.6 if tok == 10 else 0.05),
-                    topk_ids=ids, topk_logprobs=logprobs, entropy=0.0, topk_tokens=["a", "b", "a"])
+        step = Step(
+            index=i,
+            token_id=tok,
+            token=f"t{tok}",
+            logprob=math.log(0.6 if tok == 10 else 0.05),
+            topk_ids=ids,
+            topk_logprobs=logprobs,
+            entropy=0.0,
+            topk_tokens=["a", "b", "a"],
+        )
         cands, w, h = step_weights(logprobs, ids, tok, cfg)
         step.entropy = h
         if cfg.mixes:
@@ -119,10 +127,22 @@ def test_pair_views_are_the_views_at_the_first_divergence(pair):
 def test_what_the_model_reads_shows_the_inspection(pair):
     standard, moi = pair
     inspection = [
-        {"lane": "standard", "label": "Standard", "step": 2, "cos_at_step": 1.0, "cos": [1.0] * len(standard.steps),
-         "nearest": [{"token": " Paris", "id": 7, "cos": 1.0}, {"token": "<b>", "id": 8, "cos": 0.5}]},
-        {"lane": "moi", "label": "Mixture of Inputs (beta = 1)", "step": 2, "cos_at_step": 0.8765,
-         "cos": [0.9] * len(moi.steps), "nearest": [{"token": "Lyon", "id": 9, "cos": 0.8}]},
+        {
+            "lane": "standard",
+            "label": "Standard",
+            "step": 2,
+            "cos_at_step": 1.0,
+            "cos": [1.0] * len(standard.steps),
+            "nearest": [{"token": " Paris", "id": 7, "cos": 1.0}, {"token": "<b>", "id": 8, "cos": 0.5}],
+        },
+        {
+            "lane": "moi",
+            "label": "Mixture of Inputs (beta = 1)",
+            "step": 2,
+            "cos_at_step": 0.8765,
+            "cos": [0.9] * len(moi.steps),
+            "nearest": [{"token": "Lyon", "id": 9, "cos": 0.8}],
+        },
     ]
     html = plots.reads_panel(inspection)
     assert "after step 2" in html and "1.0000" in html and "0.8765" in html

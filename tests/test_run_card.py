@@ -35,24 +35,38 @@ def test_environment_and_differences():
     card = {**env, "dtype": "float32", "model_revision": "hf:1"}
     assert rc.differences(card, {**env, "dtype": "float32", "model_revision": "hf:1"}) == []
     diffs = rc.differences(card, {**env, "device": "NVIDIA H200", "model_revision": "hf:2"})
-    assert diffs == [f"device: recorded {env['device']!r}, here 'NVIDIA H200'",
-                     "model_revision: recorded 'hf:1', here 'hf:2'"]
+    assert diffs == [
+        f"device: recorded {env['device']!r}, here 'NVIDIA H200'",
+        "model_revision: recorded 'hf:1', here 'hf:2'",
+    ]
     assert rc._plain({"a": (1, 2), "b": {3: object}}) == {"a": [1, 2], "b": {"3": str(object)}}
 
 
 def _trace(mode: str, ids: list[int]) -> Trace:
     cfg = MoIConfig(mode, 1.0, 5)
-    t = Trace(lane="moi" if cfg.mixes else "standard", mode=cfg.mode, beta=cfg.beta, top_k=5, prompt="p", seed=3,
-              max_tokens=len(ids))
-    t.steps = [Step(index=i, token_id=x, token=str(x), logprob=-1.0, topk_ids=[x], topk_logprobs=[-1.0], entropy=0.0)
-               for i, x in enumerate(ids)]
+    t = Trace(
+        lane="moi" if cfg.mixes else "standard",
+        mode=cfg.mode,
+        beta=cfg.beta,
+        top_k=5,
+        prompt="p",
+        seed=3,
+        max_tokens=len(ids),
+    )
+    t.steps = [
+        Step(index=i, token_id=x, token=str(x), logprob=-1.0, topk_ids=[x], topk_logprobs=[-1.0], entropy=0.0)
+        for i, x in enumerate(ids)
+    ]
     return t
 
 
 def test_an_export_carries_its_card_and_replay_reads_every_lane(tmp_path):
     path = tmp_path / "t.json"
-    save_traces(path, [_trace("standard", [1, 2]), _trace("moi", [1, 3])], {"model": "m", "engine_options":
-                                                                            {"max_model_len": 256, "unknown": 1}})
+    save_traces(
+        path,
+        [_trace("standard", [1, 2]), _trace("moi", [1, 3])],
+        {"model": "m", "engine_options": {"max_model_len": 256, "unknown": 1}},
+    )
     traces, card = load_export(path)
     assert [t.mode for t in traces] == ["standard", "moi"] and card["model"] == "m"
     assert engine_options(card).max_model_len == 256  # fields this version does not know are ignored

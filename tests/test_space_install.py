@@ -17,8 +17,7 @@ SCRIPT = ROOT / "scripts" / "check_space_install.py"
 
 
 def check(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=1800)
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=1800)
 
 
 def test_requirements_resolve_with_the_pinned_gradio():

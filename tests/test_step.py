@@ -14,8 +14,15 @@ from moi_demo.vllm import step as step_mod
 from moi_demo.vllm.history import PAGE
 from tests.step_driver import VOCAB, Driver
 
-SWITCHED = MoIConfig("moi", 1.0, 8, entropy="full", prior="processed", noise=0.5,
-                     context=SamplingContext(temperature=0.7, top_p=0.8, seed=5))
+SWITCHED = MoIConfig(
+    "moi",
+    1.0,
+    8,
+    entropy="full",
+    prior="processed",
+    noise=0.5,
+    context=SamplingContext(temperature=0.7, top_p=0.8, seed=5),
+)
 
 
 def run(graphs: bool, cfgs: list[MoIConfig | None], steps: int, graph_type: type | None = None) -> Driver:
@@ -34,8 +41,9 @@ def run(graphs: bool, cfgs: list[MoIConfig | None], steps: int, graph_type: type
     return drv
 
 
-@pytest.mark.parametrize("cfg", [MoIConfig("moi", 1.0, 8), SWITCHED, MoIConfig("direct", 1.0, 8)],
-                         ids=["paper", "switched", "direct"])
+@pytest.mark.parametrize(
+    "cfg", [MoIConfig("moi", 1.0, 8), SWITCHED, MoIConfig("direct", 1.0, 8)], ids=["paper", "switched", "direct"]
+)
 def test_graphed_steps_feed_and_record_exactly_what_eager_steps_do(cfg):
     eager = run(False, [cfg, cfg, cfg], steps=3 * PAGE)
     graphed = run(True, [cfg, cfg, cfg], steps=3 * PAGE)

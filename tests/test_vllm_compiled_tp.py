@@ -18,8 +18,10 @@ CASES = [MoIConfig("moi", 0.5, 5), MoIConfig("moi", 2.0, 20), MoIConfig("direct"
 
 def run_cases(llm, oracle):
     ids = oracle.tokenizer("Once upon a time")["input_ids"]
-    outs = llm.generate([{"prompt_token_ids": ids}] * len(CASES),
-                        [params(STEPS, moi_mode=c.mode, moi_beta=c.beta, moi_top_k=c.top_k) for c in CASES])
+    outs = llm.generate(
+        [{"prompt_token_ids": ids}] * len(CASES),
+        [params(STEPS, moi_mode=c.mode, moi_beta=c.beta, moi_top_k=c.top_k) for c in CASES],
+    )
     return ids, [list(o.outputs[0].token_ids) for o in outs]
 
 

@@ -18,8 +18,14 @@ STEPS = 48
 @pytest.fixture(scope="module")
 def small_llm(tiny_models):
     # 6 blocks of 32 tokens for 4 requests of 40 + 48 tokens each: the scheduler must preempt.
-    engine = make_llm(tiny_models["llama"], max_model_len=128, num_gpu_blocks_override=6, max_num_seqs=4,
-                      max_num_batched_tokens=32, enable_prefix_caching=False)
+    engine = make_llm(
+        tiny_models["llama"],
+        max_model_len=128,
+        num_gpu_blocks_override=6,
+        max_num_seqs=4,
+        max_num_batched_tokens=32,
+        enable_prefix_caching=False,
+    )
     yield engine
     close_llm(engine)
 
@@ -27,7 +33,7 @@ def small_llm(tiny_models):
 def test_preemption_and_chunked_prefill_keep_the_mixed_inputs(small_llm, tiny_models):
     oracle = ReferenceDecoder(tiny_models["llama"])
     base = oracle.tokenizer("Once upon a time there was a small model that")["input_ids"]
-    prompts = [(base * 5)[i: i + 40] for i in range(4)]  # 40 tokens each: prefill takes two chunks
+    prompts = [(base * 5)[i : i + 40] for i in range(4)]  # 40 tokens each: prefill takes two chunks
     before = small_llm.collective_rpc("moi_stats")[0]
     outs = small_llm.generate(
         [{"prompt_token_ids": p} for p in prompts],

@@ -28,8 +28,10 @@ def engines(request, tiny_models, default_model):
 def test_oracle(engines):
     name, llm, oracle = engines
     jobs = [(oracle.prompt_ids(p), cfg) for p in PROMPTS for cfg in CASES]
-    outs = llm.generate([{"prompt_token_ids": ids} for ids, _ in jobs],
-                        [params(STEPS, moi_mode=c.mode, moi_beta=c.beta, moi_top_k=c.top_k) for _, c in jobs])
+    outs = llm.generate(
+        [{"prompt_token_ids": ids} for ids, _ in jobs],
+        [params(STEPS, moi_mode=c.mode, moi_beta=c.beta, moi_top_k=c.top_k) for _, c in jobs],
+    )
     got = {(tuple(ids), cfg): list(o.outputs[0].token_ids) for (ids, cfg), o in zip(jobs, outs, strict=True)}
     for (ids, cfg), tokens in got.items():
         expected = oracle.generate(list(ids), cfg, SamplingSettings(max_tokens=STEPS), chat=False)

@@ -14,8 +14,12 @@ pytestmark = pytest.mark.engine
 STEPS = 32
 PROMPTS = ["Hello there", "The capital of France is", "1, 2, 3, 4,", "Once upon a time"]
 ORACLE_CASES = [
-    MoIConfig("moi", 0.5, 5), MoIConfig("moi", 0.5, 20), MoIConfig("moi", 2.0, 5), MoIConfig("moi", 2.0, 20),
-    MoIConfig("direct", 1.0, 5), MoIConfig("direct", 1.0, 20),
+    MoIConfig("moi", 0.5, 5),
+    MoIConfig("moi", 0.5, 20),
+    MoIConfig("moi", 2.0, 5),
+    MoIConfig("moi", 2.0, 20),
+    MoIConfig("direct", 1.0, 5),
+    MoIConfig("direct", 1.0, 20),
 ]
 
 
@@ -50,8 +54,10 @@ def mixed_batch(llm, prompt_ids):
     before = llm.collective_rpc("moi_stats")[0]
     jobs = [(ids, cfg) for cfg in ORACLE_CASES for ids in prompt_ids[:2]]
     jobs += [(ids, None) for ids in prompt_ids]
-    outs = llm.generate([{"prompt_token_ids": ids} for ids, _ in jobs],
-                        [params(STEPS, **(xargs(cfg) if cfg else {})) for _, cfg in jobs])
+    outs = llm.generate(
+        [{"prompt_token_ids": ids} for ids, _ in jobs],
+        [params(STEPS, **(xargs(cfg) if cfg else {})) for _, cfg in jobs],
+    )
     applied, after = stats_delta(llm, before)
     return jobs, [list(o.outputs[0].token_ids) for o in outs], applied, after
 
@@ -90,8 +96,13 @@ def test_standard_requests_match_stock_vllm(mixed_batch, tiny_models):
     jobs, tokens, _, _ = mixed_batch
     standard = [(ids, t) for (ids, cfg), t in zip(jobs, tokens, strict=True) if cfg is None]
     stock = run_engine_subprocess(
-        {"model": tiny_models["llama"], "prompts": [ids for ids, _ in standard], "max_tokens": STEPS,
-         "extra_args": [{}] * len(standard), "additional_config": None},
+        {
+            "model": tiny_models["llama"],
+            "prompts": [ids for ids, _ in standard],
+            "max_tokens": STEPS,
+            "extra_args": [{}] * len(standard),
+            "additional_config": None,
+        },
         env={"VLLM_PLUGINS": PLUGINS_WITHOUT_MOI},
     )
     assert stock == [t for _, t in standard]
@@ -102,11 +113,17 @@ def test_installed_but_not_enabled_is_exactly_stock(mixed_batch, tiny_models):
     work, the same tokens as stock vLLM; a request with moi_* keys is refused with how to enable MoI."""
     jobs, tokens, _, _ = mixed_batch
     standard = [(ids, t) for (ids, cfg), t in zip(jobs, tokens, strict=True) if cfg is None]
-    job = {"model": tiny_models["llama"], "prompts": [ids for ids, _ in standard], "max_tokens": STEPS,
-           "extra_args": [{}] * len(standard), "probe": {"moi_beta": 1.0}}
+    job = {
+        "model": tiny_models["llama"],
+        "prompts": [ids for ids, _ in standard],
+        "max_tokens": STEPS,
+        "extra_args": [{}] * len(standard),
+        "probe": {"moi_beta": 1.0},
+    }
     plain = run_engine_subprocess({**job, "additional_config": None}, env={}, full=True)
-    stock = run_engine_subprocess({**job, "additional_config": None}, env={"VLLM_PLUGINS": PLUGINS_WITHOUT_MOI},
-                                  full=False)
+    stock = run_engine_subprocess(
+        {**job, "additional_config": None}, env={"VLLM_PLUGINS": PLUGINS_WITHOUT_MOI}, full=False
+    )
     assert plain["tokens"] == stock == [t for _, t in standard]
     assert plain["config"] == {"enable_prompt_embeds": False, "use_v2_model_runner": False}  # vLLM's CPU choice
     (worker,) = plain["stats"]
@@ -131,8 +148,9 @@ def test_sampled_run_matches_reference_step_by_step(llm, oracle, prompt_ids):
     """Sampling (temperature 1.5, top-k 3): replaying vLLM's tokens through the oracle with the same mixes
     gives the same top-k at every step, including steps where the sampled token is outside the top-k."""
     cfg = MoIConfig("moi", 0.5, 3)
-    out = llm.generate({"prompt_token_ids": prompt_ids[0]},
-                       params(STEPS, logprobs=3, temperature=1.5, seed=11, **xargs(cfg)))[0].outputs[0]
+    out = llm.generate(
+        {"prompt_token_ids": prompt_ids[0]}, params(STEPS, logprobs=3, temperature=1.5, seed=11, **xargs(cfg))
+    )[0].outputs[0]
     replay = oracle.generate(prompt_ids[0], cfg, chat=False, forced=list(out.token_ids))
     outside = 0
     for step, (token, logprobs) in zip(replay.steps, zip(out.token_ids, out.logprobs, strict=True), strict=True):
@@ -146,8 +164,9 @@ def test_sampled_run_matches_reference_step_by_step(llm, oracle, prompt_ids):
 def test_n_samples_each_mix_their_own(llm, oracle, prompt_ids):
     """n > 1: every sample feeds back its own mixture (checked by replay through the oracle)."""
     cfg = MoIConfig("moi", 1.0, 5)
-    outs = llm.generate({"prompt_token_ids": prompt_ids[1]},
-                        params(16, logprobs=5, temperature=1.0, seed=3, n=3, **xargs(cfg)))[0].outputs
+    outs = llm.generate(
+        {"prompt_token_ids": prompt_ids[1]}, params(16, logprobs=5, temperature=1.0, seed=3, n=3, **xargs(cfg))
+    )[0].outputs
     assert len({tuple(o.token_ids) for o in outs}) == 3
     for o in outs:
         replay = oracle.generate(prompt_ids[1], cfg, chat=False, forced=list(o.token_ids))
@@ -193,8 +212,10 @@ def test_switches_greedy_equal_the_oracle_in_one_batch(llm, oracle, prompt_ids):
     the standard tokens exactly."""
     paper = MoIConfig("moi", 0.5, 5)
     jobs = [(ids, cfg) for cfg in [*SWITCH_CASES, paper] for ids in prompt_ids[:2]] + [(prompt_ids[0], None)]
-    outs = llm.generate([{"prompt_token_ids": ids} for ids, _ in jobs],
-                        [params(STEPS, seed=5, **(switch_xargs(cfg) if cfg else {})) for _, cfg in jobs])
+    outs = llm.generate(
+        [{"prompt_token_ids": ids} for ids, _ in jobs],
+        [params(STEPS, seed=5, **(switch_xargs(cfg) if cfg else {})) for _, cfg in jobs],
+    )
     got = {(tuple(ids), cfg): list(o.outputs[0].token_ids) for (ids, cfg), o in zip(jobs, outs, strict=True)}
     settings = SamplingSettings(max_tokens=STEPS, seed=5)
     for (ids, cfg), tokens in got.items():
@@ -206,8 +227,11 @@ def test_switches_greedy_equal_the_oracle_in_one_batch(llm, oracle, prompt_ids):
         assert any(got[(tuple(ids), cfg)] != got[(tuple(ids), paper)] for ids in prompt_ids[:2]), cfg
 
 
-@pytest.mark.parametrize("cfg", [MoIConfig("moi", 0.5, 5, prior="processed"),
-                                 MoIConfig("moi", 1.0, 5, entropy="full", noise=0.5)], ids=["processed", "full+noise"])
+@pytest.mark.parametrize(
+    "cfg",
+    [MoIConfig("moi", 0.5, 5, prior="processed"), MoIConfig("moi", 1.0, 5, entropy="full", noise=0.5)],
+    ids=["processed", "full+noise"],
+)
 def test_switched_sampled_run_matches_the_oracle_and_the_records(llm, oracle, prompt_ids, cfg):
     """Sampled (temperature 1.2, top-p 0.8, seed 11): vLLM's tokens replayed through the oracle give the same
     top-k at every step (so the same inputs were fed), and the plugin's records of what it fed (`moi_records`:
@@ -221,12 +245,14 @@ def test_switched_sampled_run_matches_the_oracle_and_the_records(llm, oracle, pr
     tokens = list(out.outputs[0].token_ids)
     replay = oracle.generate(prompt_ids[2], cfg, settings, chat=False, forced=tokens)
     assert len(fed["weights"]) == len(replay.steps) == 24
-    for step, logprobs, ids, weights, entropy in zip(replay.steps, out.outputs[0].logprobs, fed["candidates"],
-                                                     fed["weights"], fed["entropy"], strict=True):
+    for step, logprobs, ids, weights, entropy in zip(
+        replay.steps, out.outputs[0].logprobs, fed["candidates"], fed["weights"], fed["entropy"], strict=True
+    ):
         assert [t for t in sorted(logprobs, key=lambda t: logprobs[t].rank) if logprobs[t].rank <= 5] == step.topk_ids
         assert entropy == pytest.approx(step.entropy, abs=1e-4)
         assert dict(zip(ids, weights, strict=True)) == pytest.approx(
-            dict(zip(step.candidate_ids, step.weights, strict=True)), abs=1e-4)
+            dict(zip(step.candidate_ids, step.weights, strict=True)), abs=1e-4
+        )
     again = llm.generate({"prompt_token_ids": prompt_ids[2]}, sp)[0]
     assert list(again.outputs[0].token_ids) == tokens
     llm.generate({"prompt_token_ids": prompt_ids[0]}, params(2))  # a step after: every earlier request is finished
@@ -261,8 +287,13 @@ def test_invalid_values_rejected_and_engine_keeps_serving(llm, prompt_ids, extra
 
 def test_env_beta_default_applies_to_requests_without_keys(tiny_models, prompt_ids, oracle):
     """MIXINPUTS_BETA: requests naming no mode get MoI at that beta; -100 means direct mixture."""
-    job = {"model": tiny_models["llama"], "prompts": prompt_ids[:2], "max_tokens": 16,
-           "extra_args": [{}, {"moi_mode": "standard"}], "additional_config": None}  # MIXINPUTS_BETA enables MoI
+    job = {
+        "model": tiny_models["llama"],
+        "prompts": prompt_ids[:2],
+        "max_tokens": 16,
+        "extra_args": [{}, {"moi_mode": "standard"}],
+        "additional_config": None,
+    }  # MIXINPUTS_BETA enables MoI
     got = run_engine_subprocess(job, env={"MIXINPUTS_BETA": "0.5"})
     assert got[0] == ref_tokens(oracle, prompt_ids[0], MoIConfig("moi", 0.5, 20), 16)
     assert got[1] == ref_tokens(oracle, prompt_ids[1], MoIConfig("standard"), 16)

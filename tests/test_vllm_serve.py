@@ -25,9 +25,28 @@ VLLM = os.path.join(os.path.dirname(sys.executable), "vllm")
 def server(tiny_models, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "vllm-serve.log"
-    cmd = [VLLM, "serve", tiny_models["llama"], "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", "float32", "--enforce-eager", "--max-model-len", "512", "--max-logprobs", "50", "--seed", "0",
-           "--kv-cache-memory-bytes", str(KV_BYTES), "--additional-config", '{"moi": true}']
+    cmd = [
+        VLLM,
+        "serve",
+        tiny_models["llama"],
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "512",
+        "--max-logprobs",
+        "50",
+        "--seed",
+        "0",
+        "--kv-cache-memory-bytes",
+        str(KV_BYTES),
+        "--additional-config",
+        '{"moi": true}',
+    ]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 300
@@ -65,9 +84,11 @@ def test_completions_with_vllm_xargs_equal_oracle(client, server, cfg):
     oracle = ReferenceDecoder(server[1])
     ids = oracle.tokenizer("Once upon a time")["input_ids"]
     reply = client.completions.create(
-        model=server[1], prompt=ids, max_tokens=24, temperature=0.0,
-        extra_body={"vllm_xargs": cfg.extra_args(),
-                    "return_token_ids": True, "ignore_eos": True},
+        model=server[1],
+        prompt=ids,
+        max_tokens=24,
+        temperature=0.0,
+        extra_body={"vllm_xargs": cfg.extra_args(), "return_token_ids": True, "ignore_eos": True},
     )
     expected = oracle.generate(ids, cfg, SamplingSettings(max_tokens=24), chat=False).token_ids
     assert reply.choices[0].token_ids == expected
@@ -77,20 +98,26 @@ def test_bad_value_is_a_400_naming_the_key_and_server_keeps_serving(client, serv
     import openai
 
     with pytest.raises(openai.BadRequestError) as err:
-        client.completions.create(model=server[1], prompt="hi", max_tokens=4,
-                                  extra_body={"vllm_xargs": {"moi_beta": -2}})
+        client.completions.create(
+            model=server[1], prompt="hi", max_tokens=4, extra_body={"vllm_xargs": {"moi_beta": -2}}
+        )
     assert "moi_beta: must be a finite number >= 0" in str(err.value)
     with pytest.raises(openai.BadRequestError, match="moi_top_k"):
-        client.completions.create(model=server[1], prompt="hi", max_tokens=4,
-                                  extra_body={"vllm_xargs": {"moi_top_k": 0}})
-    ok = client.completions.create(model=server[1], prompt="hi", max_tokens=4,
-                                   extra_body={"vllm_xargs": {"moi_beta": 1.0}})
+        client.completions.create(
+            model=server[1], prompt="hi", max_tokens=4, extra_body={"vllm_xargs": {"moi_top_k": 0}}
+        )
+    ok = client.completions.create(
+        model=server[1], prompt="hi", max_tokens=4, extra_body={"vllm_xargs": {"moi_beta": 1.0}}
+    )
     assert ok.choices[0].text
 
 
 def test_chat_streaming_with_moi(client, server):
     stream = client.chat.completions.create(
-        model=server[1], messages=[{"role": "user", "content": "Say hello"}], max_tokens=12, stream=True,
+        model=server[1],
+        messages=[{"role": "user", "content": "Say hello"}],
+        max_tokens=12,
+        stream=True,
         extra_body={"vllm_xargs": {"moi_beta": 1.0, "moi_top_k": 10}, "ignore_eos": True},
     )
     chunks = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
@@ -98,16 +125,25 @@ def test_chat_streaming_with_moi(client, server):
 
 
 def test_readme_openai_snippet_runs(server):
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / "openai_client.py")], capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "OPENAI_BASE_URL": server[0]})
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "openai_client.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OPENAI_BASE_URL": server[0]},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip()
 
 
 @pytest.mark.parametrize("script", ["offline.py", "async_stream.py"])
 def test_readme_engine_snippets_run(script, tiny_models):
-    out = subprocess.run([sys.executable, str(ROOT / "examples" / script), tiny_models["llama"]],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), tiny_models["llama"]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip()
     if script == "offline.py":
@@ -127,13 +163,24 @@ def test_lm_eval_local_completions_passes_vllm_xargs(client, server, tmp_path):
     pytest.importorskip("lm_eval")
     url, model, _ = server
     xargs = {"moi_mode": "moi", "moi_beta": 1.0, "moi_top_k": 20}
-    args = ["--model", "local-completions", "--model_args",
-            f"model={model},base_url={url}/completions,tokenized_requests=False,num_concurrent=1,max_retries=1",
-            "--tasks", "moi_sums"]
+    args = [
+        "--model",
+        "local-completions",
+        "--model_args",
+        f"model={model},base_url={url}/completions,tokenized_requests=False,num_concurrent=1,max_retries=1",
+        "--tasks",
+        "moi_sums",
+    ]
     plain = lm_eval_samples([*args], tmp_path / "plain")
     mixed = lm_eval_samples([*args, "--gen_kwargs", json.dumps({"vllm_xargs": xargs})], tmp_path / "moi")
     assert plain["moi_sums"] != mixed["moi_sums"]
     for prompt, text in zip(mixed["prompts"], mixed["moi_sums"], strict=True):
-        reply = client.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0.0,
-                                          stop=["\n", "Question:"], extra_body={"vllm_xargs": xargs})
+        reply = client.completions.create(
+            model=model,
+            prompt=prompt,
+            max_tokens=16,
+            temperature=0.0,
+            stop=["\n", "Question:"],
+            extra_body={"vllm_xargs": xargs},
+        )
         assert reply.choices[0].text == text

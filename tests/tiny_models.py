@@ -10,9 +10,19 @@ import torch
 from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 COMMON = dict(
-    vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-    num_key_value_heads=2, head_dim=32, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2,
-    pad_token_id=2, tie_word_embeddings=True, initializer_range=0.05,
+    vocab_size=49152,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    head_dim=32,
+    max_position_embeddings=1024,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
+    tie_word_embeddings=True,
+    initializer_range=0.05,
 )
 # Wide embeddings (peaked, well-separated logits: no greedy ties between engines) over narrow layers:
 # measured against a float64 replay, this keeps MoI/direct decoding stable (max |dlogprob| ~1e-5 over
@@ -26,8 +36,12 @@ def build_tiny_models(tokenizer_dir: Path, out: Path) -> dict[str, str]:
         "llama": (LlamaForCausalLM, LlamaConfig(**COMMON)),
         "gemma3": (
             Gemma3ForCausalLM,
-            Gemma3TextConfig(**COMMON, sliding_window=512, query_pre_attn_scalar=32,
-                             layer_types=["sliding_attention", "full_attention"]),
+            Gemma3TextConfig(
+                **COMMON,
+                sliding_window=512,
+                query_pre_attn_scalar=32,
+                layer_types=["sliding_attention", "full_attention"],
+            ),
         ),
     }
     paths = {}

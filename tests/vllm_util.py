@@ -25,8 +25,14 @@ def make_llm(model: str, **kwargs: Any):
     from moi_demo.serving.settings import engine_kwargs
 
     kv = kwargs.pop("kv_cache_memory_bytes", KV_BYTES)
-    return LLM(**engine_kwargs(model, cpu=True, kv_cache_memory_bytes=kv,
-                               **{"enforce_eager": True, "max_model_len": 512, "max_logprobs": 50, **kwargs}))
+    return LLM(
+        **engine_kwargs(
+            model,
+            cpu=True,
+            kv_cache_memory_bytes=kv,
+            **{"enforce_eager": True, "max_model_len": 512, "max_logprobs": 50, **kwargs},
+        )
+    )
 
 
 def close_llm(llm) -> None:
@@ -43,18 +49,31 @@ def params(max_tokens: int = 32, logprobs: int | None = None, **extra: Any):
     temperature = extra.pop("temperature", 0.0)
     seed = extra.pop("seed", None)
     top_p = extra.pop("top_p", 1.0)
-    return SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, ignore_eos=True,
-                          logprobs=logprobs, n=n, seed=seed, extra_args=extra or None)
+    return SamplingParams(
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        ignore_eos=True,
+        logprobs=logprobs,
+        n=n,
+        seed=seed,
+        extra_args=extra or None,
+    )
 
 
-def run_engine_subprocess(job: dict[str, Any], env: dict[str, str], with_stats: bool = False,
-                          full: bool = False) -> Any:
+def run_engine_subprocess(
+    job: dict[str, Any], env: dict[str, str], with_stats: bool = False, full: bool = False
+) -> Any:
     """Run tests/engine_job.py in a fresh process (its own plugin set and environment): its token ids, and
     with `with_stats` also the workers' moi_stats; with `full` a dict of every line it printed (tokens, stats,
     config, probe)."""
     out = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "engine_job.py"), json.dumps({**job, "stats": with_stats or full})],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
     )
     found: dict[str, str] = {}
     for ln in out.stdout.splitlines():
@@ -64,8 +83,12 @@ def run_engine_subprocess(job: dict[str, Any], env: dict[str, str], with_stats: 
     assert out.returncode == 0 and "RESULT" in found, out.stderr[-4000:] + out.stdout[-2000:]
     tokens = json.loads(found["RESULT"])
     if full:
-        return {"tokens": tokens, "stats": json.loads(found["STATS"]), "config": json.loads(found["CONFIG"]),
-                "probe": found.get("PROBE")}
+        return {
+            "tokens": tokens,
+            "stats": json.loads(found["STATS"]),
+            "config": json.loads(found["CONFIG"]),
+            "probe": found.get("PROBE"),
+        }
     if not with_stats:
         return tokens
     return tokens, json.loads(found["STATS"])
@@ -84,13 +107,21 @@ def lm_eval_samples(args: list[str], out: Path, env: dict[str, str] | None = Non
     import contextlib
     import signal
 
-    cmd = [os.path.join(os.path.dirname(sys.executable), "lm_eval"), *args, "--include_path", "tests/data/lm_eval",
-           "--log_samples", "--output_path", str(out)]
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "lm_eval"),
+        *args,
+        "--include_path",
+        "tests/data/lm_eval",
+        "--log_samples",
+        "--output_path",
+        str(out),
+    ]
     full_env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     if "MIXINPUTS_BETA" not in (env or {}):
         full_env.pop("MIXINPUTS_BETA", None)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         log, _ = proc.communicate(timeout=600)
     finally:
@@ -99,7 +130,7 @@ def lm_eval_samples(args: list[str], out: Path, env: dict[str, str] | None = Non
     assert proc.returncode == 0, log[-4000:]
     result: dict[str, Any] = {"log": log}
     for samples in sorted(out.rglob("samples_*.jsonl")):
-        task = samples.name[len("samples_"):].rsplit("_", 1)[0]
+        task = samples.name[len("samples_") :].rsplit("_", 1)[0]
         rows = sorted((json.loads(line) for line in samples.read_text().splitlines()), key=lambda r: r["doc_id"])
         result[task] = [r["resps"][0][0] for r in rows]
         result["prompts"] = [r["arguments"]["gen_args_0"]["arg_0"] for r in rows]

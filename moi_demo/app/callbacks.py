@@ -71,18 +71,36 @@ def _standard_label(reused: Trace | None) -> str:
     return f"{STANDARD_LABEL} (reused: same inputs)" if reused is not None else STANDARD_LABEL
 
 
-def parse_run(mode: Any, beta: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any, seed: Any,
-              max_new_tokens: int, entropy: Any = "top_k", prior: Any = "raw",
-              noise: Any = 0.0) -> tuple[MoIConfig, SamplingSettings]:
+def parse_run(
+    mode: Any,
+    beta: Any,
+    top_k: Any,
+    temperature: Any,
+    top_p: Any,
+    max_tokens: Any,
+    seed: Any,
+    max_new_tokens: int,
+    entropy: Any = "top_k",
+    prior: Any = "raw",
+    noise: Any = 0.0,
+) -> tuple[MoIConfig, SamplingSettings]:
     """The page's (and its API's) run settings, checked against the bounds of `core.inputs`; MoI's switches
     (`entropy`, `prior`, `noise`: core/mixing.py) default to the paper's."""
     mode = inputs.check_choice(mode, "mode", list(MODE_CHOICES))
     settings = SamplingSettings(
-        temperature=inputs.TEMPERATURE.check(temperature), top_p=inputs.TOP_P.check(top_p),
+        temperature=inputs.TEMPERATURE.check(temperature),
+        top_p=inputs.TOP_P.check(top_p),
         max_tokens=inputs.MAX_TOKENS.named("max_new_tokens").with_hi(max_new_tokens).check(max_tokens),
-        seed=inputs.SEED.check(seed))
-    moi = MoIConfig(MODE_CHOICES[mode], inputs.APP_BETA.check(beta), inputs.APP_TOP_K.check(top_k), entropy=entropy,
-                    prior=prior, noise=inputs.APP_NOISE.check(noise))  # MoIConfig checks the choices
+        seed=inputs.SEED.check(seed),
+    )
+    moi = MoIConfig(
+        MODE_CHOICES[mode],
+        inputs.APP_BETA.check(beta),
+        inputs.APP_TOP_K.check(top_k),
+        entropy=entropy,
+        prior=prior,
+        noise=inputs.APP_NOISE.check(noise),
+    )  # MoIConfig checks the choices
     return moi, settings
 
 
@@ -101,21 +119,52 @@ class Callbacks:
     def parse(self, *args: Any, **switches: Any) -> tuple[MoIConfig, SamplingSettings]:
         return parse_run(*args, max_new_tokens=self.max_new_tokens, **switches)
 
-    def generate(self, prompt: str, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any,
-                 seed: Any, color_by: str, lanes: Lanes | None, entropy: Any = "top_k", prior: Any = "raw",
-                 noise: Any = 0.0, event: Any = 0, request: gr.Request = None) -> Iterator[Updates]:
+    def generate(
+        self,
+        prompt: str,
+        mode: str,
+        beta: Any,
+        top_k: Any,
+        temperature: Any,
+        top_p: Any,
+        max_tokens: Any,
+        seed: Any,
+        color_by: str,
+        lanes: Lanes | None,
+        entropy: Any = "top_k",
+        prior: Any = "raw",
+        noise: Any = 0.0,
+        event: Any = 0,
+        request: gr.Request = None,
+    ) -> Iterator[Updates]:
         """Generate: stream the MoI lane (and the standard lane, unless it is reused: same model, prompt, sampling
         settings, seed and max tokens as the last finished one) every token, then the state and status. Figures are
         not built here: the page draws them after the run (`figures`, chained), so API clients never pay for plots
         they do not want. The run is keyed by the session: Stop (page or API) stops it, a newer run supersedes it.
         `event` is the page's count of its run events (`layout.NEXT_EVENT`; 0 from API clients): see `_supersede`."""
         switches = {"entropy": entropy, "prior": prior, "noise": noise}
-        yield from self._run(prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, lanes, switches, event,
-                             request, live=False)
+        yield from self._run(
+            prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, lanes, switches, event, request, live=False
+        )
 
-    def live(self, prompt: str, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any,
-             seed: Any, color_by: str, lanes: Lanes | None, entropy: Any = "top_k", prior: Any = "raw",
-             noise: Any = 0.0, event: Any = 0, request: gr.Request = None) -> Iterator[Updates]:
+    def live(
+        self,
+        prompt: str,
+        mode: str,
+        beta: Any,
+        top_k: Any,
+        temperature: Any,
+        top_p: Any,
+        max_tokens: Any,
+        seed: Any,
+        color_by: str,
+        lanes: Lanes | None,
+        entropy: Any = "top_k",
+        prior: Any = "raw",
+        noise: Any = 0.0,
+        event: Any = 0,
+        request: gr.Request = None,
+    ) -> Iterator[Updates]:
         """A beta, mode or top-k change after a run (the live controls): the MoI lane again, shown at once with no
         engine call when this session already ran that setting (a sweep's lanes too), the standard lane reused.
         A newer change supersedes (and aborts) an older one. Nothing happens before the session's first run."""
@@ -123,8 +172,9 @@ class Callbacks:
             yield {self.page.status: gr.skip()}  # every output as it was (an empty dict reads as one value)
             return
         switches = {"entropy": entropy, "prior": prior, "noise": noise}
-        yield from self._run(prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, lanes, switches, event,
-                             request, live=True)
+        yield from self._run(
+            prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, lanes, switches, event, request, live=True
+        )
 
     def _supersede(self, session: str, kind: str, event: Any = 0) -> str | None:
         """A new run of this kind for the session: older ones are aborted, and stop updating the page. None when the
@@ -147,8 +197,9 @@ class Callbacks:
         session, kind, ticket = run_id.rsplit("/", 2)
         return self._tickets.get((session, kind), (0, 0.0))[0] == int(ticket)
 
-    def _stream(self, prompt: str, configs: list[MoIConfig], settings: SamplingSettings,
-                run_id: str) -> Iterator[tuple[Trace, ...]]:
+    def _stream(
+        self, prompt: str, configs: list[MoIConfig], settings: SamplingSettings, run_id: str
+    ) -> Iterator[tuple[Trace, ...]]:
         """The engine's lanes paced for the page, ending quietly once a newer run of the session supersedes this
         one (the newer run owns the page; this one was aborted); input and engine errors shown by name."""
         try:
@@ -162,9 +213,22 @@ class Callbacks:
         except EngineUnavailableError as e:
             raise gr.Error(str(e), title="Engine unavailable") from None
 
-    def _run(self, prompt: str, mode: str, beta: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any,
-             seed: Any, lanes: Lanes | None, switches: dict[str, Any], event: Any, request: gr.Request,
-             live: bool) -> Iterator[Updates]:
+    def _run(
+        self,
+        prompt: str,
+        mode: str,
+        beta: Any,
+        top_k: Any,
+        temperature: Any,
+        top_p: Any,
+        max_tokens: Any,
+        seed: Any,
+        lanes: Lanes | None,
+        switches: dict[str, Any],
+        event: Any,
+        request: gr.Request,
+        live: bool,
+    ) -> Iterator[Updates]:
         p = self.page
         try:
             prompt = inputs.check_prompt(prompt)
@@ -183,8 +247,9 @@ class Callbacks:
             yield self._final(lanes, standard, cached, label, reused=True, elapsed=None)
             return
         configs = [moi_cfg] if standard is not None else [MoIConfig("standard", moi_cfg.beta, moi_cfg.top_k), moi_cfg]
-        first: Updates = {p.standard_text: gr.update(value=standard.text if standard else "",
-                                                    label=_standard_label(standard))}
+        first: Updates = {
+            p.standard_text: gr.update(value=standard.text if standard else "", label=_standard_label(standard))
+        }
         start = time.perf_counter()
         traces: tuple[Trace, ...] = ()
         for traces in self._stream(prompt, configs, settings, run_id):
@@ -197,11 +262,18 @@ class Callbacks:
         if not traces or not self._current(run_id):
             return
         lanes.keep(key, traces[0] if standard is None else None, [traces[-1]])
-        yield self._final(lanes, standard or traces[0], traces[-1], label, reused=standard is not None,
-                          elapsed=time.perf_counter() - start)
+        yield self._final(
+            lanes,
+            standard or traces[0],
+            traces[-1],
+            label,
+            reused=standard is not None,
+            elapsed=time.perf_counter() - start,
+        )
 
-    def _final(self, lanes: Lanes, standard: Trace, moi: Trace, label: str, reused: bool,
-               elapsed: float | None) -> Updates:
+    def _final(
+        self, lanes: Lanes, standard: Trace, moi: Trace, label: str, reused: bool, elapsed: float | None
+    ) -> Updates:
         """The run's last update: both texts, the state, the step slider, the status (figures come after)."""
         lanes.show(standard, moi)
         diverge = first_divergence(standard, moi)
@@ -209,20 +281,30 @@ class Callbacks:
         if elapsed is None:
             done = f"Shown from this session's lanes (no engine call): {len(moi.steps)} MoI tokens"
         elif reused:
-            done = (f"Done: {len(moi.steps)} MoI tokens in {elapsed:.1f} s "
-                    f"({len(moi.steps) / max(elapsed, 1e-6):.1f} tokens/s)")
+            done = (
+                f"Done: {len(moi.steps)} MoI tokens in {elapsed:.1f} s "
+                f"({len(moi.steps) / max(elapsed, 1e-6):.1f} tokens/s)"
+            )
         else:
             tokens = len(standard.steps) + len(moi.steps)
-            done = (f"Done: {len(standard.steps)} + {len(moi.steps)} tokens in {elapsed:.1f} s "
-                    f"({tokens / max(elapsed, 1e-6):.1f} tokens/s for both lanes)")
-        status = (done + (" · standard lane reused (same prompt, sampling settings and seed)" if reused else "")
-                  + ". " + (f"The lanes diverge at step **{diverge}**." if diverge is not None else
-                            "The lanes have not diverged."))
+            done = (
+                f"Done: {len(standard.steps)} + {len(moi.steps)} tokens in {elapsed:.1f} s "
+                f"({tokens / max(elapsed, 1e-6):.1f} tokens/s for both lanes)"
+            )
+        status = (
+            done
+            + (" · standard lane reused (same prompt, sampling settings and seed)" if reused else "")
+            + ". "
+            + (f"The lanes diverge at step **{diverge}**." if diverge is not None else "The lanes have not diverged.")
+        )
         p = self.page
-        return {p.standard_text: gr.update(value=standard.text, label=_standard_label(standard if reused else None)),
-                p.moi_text: gr.update(value=moi.text, label=label), p.lanes: lanes,
-                p.step: gr.update(maximum=max(last, 1), value=diverge if diverge is not None else 0),
-                p.status: status}
+        return {
+            p.standard_text: gr.update(value=standard.text, label=_standard_label(standard if reused else None)),
+            p.moi_text: gr.update(value=moi.text, label=label),
+            p.lanes: lanes,
+            p.step: gr.update(maximum=max(last, 1), value=diverge if diverge is not None else 0),
+            p.status: status,
+        }
 
     def figures(self, lanes: Lanes | None, color_by: str) -> Iterator[Updates]:
         """The four views of the pair on display (the page chains this after a run), sent one at a time: the page
@@ -234,8 +316,9 @@ class Callbacks:
         lanes.drawn = (lanes.version, color_by)
         diverge = first_divergence(*lanes.shown)
         inspection = self._inspect(lanes.shown, diverge if diverge is not None else 0)
-        yield from one_per_update(self.page.figures, [*plots.pair_views(*lanes.shown, color_by, inspection),
-                                                      lambda: inspection])
+        yield from one_per_update(
+            self.page.figures, [*plots.pair_views(*lanes.shown, color_by, inspection), lambda: inspection]
+        )
 
     def _inspect(self, traces: tuple[Trace, Trace], step: int) -> list[dict[str, Any]] | None:
         """engine.inspect, or None when the engine cannot answer now (the views show the rest)."""
@@ -245,19 +328,34 @@ class Callbacks:
             logger.warning("moi-demo: inspect failed: %r", e)
             return None
 
-    def sweep(self, prompt: str, betas: Any, top_k: Any, temperature: Any, top_p: Any, max_tokens: Any, seed: Any,
-              lanes: Lanes | None, entropy: Any = "top_k", prior: Any = "raw", noise: Any = 0.0,
-              request: gr.Request = None) -> Iterator[Updates]:
+    def sweep(
+        self,
+        prompt: str,
+        betas: Any,
+        top_k: Any,
+        temperature: Any,
+        top_p: Any,
+        max_tokens: Any,
+        seed: Any,
+        lanes: Lanes | None,
+        entropy: Any = "top_k",
+        prior: Any = "raw",
+        noise: Any = 0.0,
+        request: gr.Request = None,
+    ) -> Iterator[Updates]:
         """The beta sweep: the standard lane (reused when its inputs are unchanged) and a MoI lane per entry of
         `betas` (e.g. "0, 0.5, 1, direct"), in one engine batch, streamed. Every lane is kept: the slider then
         shows a swept beta at once, and Export writes them all."""
         p = self.page
         try:
             prompt = inputs.check_prompt(prompt)
-            moi_cfg, settings = self.parse("MoI", 1.0, top_k, temperature, top_p, max_tokens, seed, entropy=entropy,
-                                           prior=prior, noise=noise)
-            configs = [c.with_switches(moi_cfg.entropy, moi_cfg.prior, moi_cfg.noise)
-                       for c in parse_betas(betas, moi_cfg.top_k)]
+            moi_cfg, settings = self.parse(
+                "MoI", 1.0, top_k, temperature, top_p, max_tokens, seed, entropy=entropy, prior=prior, noise=noise
+            )
+            configs = [
+                c.with_switches(moi_cfg.entropy, moi_cfg.prior, moi_cfg.noise)
+                for c in parse_betas(betas, moi_cfg.top_k)
+            ]
         except InputError as e:
             raise page_error(e) from None
         lanes = lanes if lanes is not None else Lanes()
@@ -266,17 +364,20 @@ class Callbacks:
         standard = lanes.reusable_standard(key, moi_cfg.top_k)
         runs = configs if standard is not None else [MoIConfig("standard", 1.0, moi_cfg.top_k), *configs]
         first = len(runs) - len(configs)  # index of the first MoI lane in the engine's traces
-        boxes, hidden = p.sweep_boxes[:len(configs)], p.sweep_boxes[len(configs):]
-        update: Updates = {p.standard_text: gr.update(value=standard.text if standard else "",
-                                                     label=_standard_label(standard))}
+        boxes, hidden = p.sweep_boxes[: len(configs)], p.sweep_boxes[len(configs) :]
+        update: Updates = {
+            p.standard_text: gr.update(value=standard.text if standard else "", label=_standard_label(standard))
+        }
         start = time.perf_counter()
         traces: tuple[Trace, ...] = ()
         for i, traces in enumerate(self._stream(prompt, runs, settings, run_id)):
             if standard is None:
                 update[p.standard_text] = gr.update(value=traces[0].text, label=_standard_label(None))
             if i == 0:  # the first update names and shows the lanes; later ones only extend their texts
-                update |= {box: gr.update(visible=True, value=t.text, label=lane_label(t.config, full=True))
-                           for box, t in zip(boxes, traces[first:], strict=True)}
+                update |= {
+                    box: gr.update(visible=True, value=t.text, label=lane_label(t.config, full=True))
+                    for box, t in zip(boxes, traces[first:], strict=True)
+                }
                 update |= {box: gr.update(visible=False, value="") for box in hidden}
             else:
                 update |= {box: gr.update(value=t.text) for box, t in zip(boxes, traces[first:], strict=True)}
@@ -292,21 +393,30 @@ class Callbacks:
         elapsed = time.perf_counter() - start
         tokens = sum(len(t.steps) for t in traces)
         same = [lane_label(t.config, full=True) for t in mixed if first_divergence(std, t) is None]
-        status = (f"Swept {len(mixed)} lanes: {tokens} tokens in {elapsed:.1f} s ({tokens / max(elapsed, 1e-6):.1f} "
-                  f"tokens/s)" + (", standard lane reused" if standard is not None else "") + ". "
-                  + (f"Same tokens as standard: {', '.join(same)}. " if same else "")
-                  + "Move the beta slider (or the mode) to a swept setting to inspect its lane.")
-        yield {p.standard_text: gr.update(value=std.text), p.lanes: lanes, p.sweep_status: status,
-               **{box: gr.update(value=t.text) for box, t in zip(boxes, mixed, strict=True)}}
+        status = (
+            f"Swept {len(mixed)} lanes: {tokens} tokens in {elapsed:.1f} s ({tokens / max(elapsed, 1e-6):.1f} "
+            f"tokens/s)"
+            + (", standard lane reused" if standard is not None else "")
+            + ". "
+            + (f"Same tokens as standard: {', '.join(same)}. " if same else "")
+            + "Move the beta slider (or the mode) to a swept setting to inspect its lane."
+        )
+        yield {
+            p.standard_text: gr.update(value=std.text),
+            p.lanes: lanes,
+            p.sweep_status: status,
+            **{box: gr.update(value=t.text) for box, t in zip(boxes, mixed, strict=True)},
+        }
 
     def sweep_figures(self, lanes: Lanes | None) -> Iterator[Updates]:
         """The sweep's two figures, one update each, as `figures` sends the pair's four."""
         if lanes is None or lanes.standard is None or not lanes.sweep:
             yield {self.page.sweep_summary: gr.skip(), self.page.sweep_curves: gr.skip()}
             return
-        yield from one_per_update([self.page.sweep_summary, self.page.sweep_curves],
-                                  [lambda: plots.sweep_summary(lanes.standard, lanes.sweep),
-                                   lambda: plots.sweep_curves(lanes.sweep)])
+        yield from one_per_update(
+            [self.page.sweep_summary, self.page.sweep_curves],
+            [lambda: plots.sweep_summary(lanes.standard, lanes.sweep), lambda: plots.sweep_curves(lanes.sweep)],
+        )
 
     async def stop(self, request: gr.Request) -> str:
         """Stop this session's runs wherever they are: still waiting in the queue (dropped: they never start),
@@ -328,10 +438,12 @@ class Callbacks:
             raise page_error(e) from None
         lanes.drawn = None  # the page's figures no longer show the run's first view
         inspection = self._inspect(traces, i)
-        return {self.page.step_plot: plots.step_distribution(*traces, i),
-                self.page.token_plot: plots.token_map(*traces, color_by, i),
-                self.page.reads: plots.reads_panel(inspection, "the engine could not inspect this step now"),
-                self.page.inspection: inspection}
+        return {
+            self.page.step_plot: plots.step_distribution(*traces, i),
+            self.page.token_plot: plots.token_map(*traces, color_by, i),
+            self.page.reads: plots.reads_panel(inspection, "the engine could not inspect this step now"),
+            self.page.inspection: inspection,
+        }
 
     def export(self, lanes: Lanes | None) -> str:
         """The pair on display ("traces": standard, MoI) and every lane of this prompt and settings ("lanes":
@@ -356,13 +468,28 @@ class ServiceCallbacks:
 
     def health_line(self) -> str:
         h = self.health()
-        return (f"Engine **{h['engine']}** · {h['runs_in_flight']} run(s) in flight, {h['runs_queued']} queued "
-                f"(at most {h['max_concurrent_runs']} at once) · model `{Path(h['model']).name}` · up "
-                f"{h['uptime_s'] / 60:.0f} min · restarts: {h['restarts']}")
+        return (
+            f"Engine **{h['engine']}** · {h['runs_in_flight']} run(s) in flight, {h['runs_queued']} queued "
+            f"(at most {h['max_concurrent_runs']} at once) · model `{Path(h['model']).name}` · up "
+            f"{h['uptime_s'] / 60:.0f} min · restarts: {h['restarts']}"
+        )
 
-    def evaluate(self, task: str, n: Any, modes: list[str], beta: Any, temperature: Any, top_p: Any,
-                 max_tokens: Any, seed: Any, entropy: Any = "top_k", prior: Any = "raw", noise: Any = 0.0,
-                 request: gr.Request = None, progress: gr.Progress = gr.Progress()) -> tuple[Any, str, str]:
+    def evaluate(
+        self,
+        task: str,
+        n: Any,
+        modes: list[str],
+        beta: Any,
+        temperature: Any,
+        top_p: Any,
+        max_tokens: Any,
+        seed: Any,
+        entropy: Any = "top_k",
+        prior: Any = "raw",
+        noise: Any = 0.0,
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(),
+    ) -> tuple[Any, str, str]:
         """A small eval (n <= 50) of the chosen modes with a progress bar: accuracy bars, 95% intervals."""
         from moi_demo.evaluation import evaluate as ev
         from moi_demo.evaluation.tasks import get_task
@@ -372,19 +499,27 @@ class ServiceCallbacks:
             if not modes or any(m not in EVAL_MODES for m in modes):
                 raise InputError("modes", f"choose one or more of {', '.join(EVAL_MODES)}; got {modes!r}")
             n = inputs.EVAL_N.check(n)
-            moi_cfg, settings = self.runs.parse("MoI", beta, 20, temperature, top_p, max_tokens, seed,
-                                                entropy=entropy, prior=prior, noise=noise)
+            moi_cfg, settings = self.runs.parse(
+                "MoI", beta, 20, temperature, top_p, max_tokens, seed, entropy=entropy, prior=prior, noise=noise
+            )
         except InputError as e:
             raise page_error(e) from None
         examples, checker = get_task(task, n, settings.seed or 0)
-        configs = ev.with_switches(ev.mode_configs(modes, [moi_cfg.beta], moi_cfg.top_k), moi_cfg.entropy,
-                                   moi_cfg.prior, moi_cfg.noise)
+        configs = ev.with_switches(
+            ev.mode_configs(modes, [moi_cfg.beta], moi_cfg.top_k), moi_cfg.entropy, moi_cfg.prior, moi_cfg.noise
+        )
         total = len(examples) * len(configs)
         progress(0, desc="generating")
         try:
-            results, samples = ev.evaluate(self.engine, examples, checker, configs, settings,
-                                           progress=lambda done: progress(done / total, desc="generating"),
-                                           run_id=_session(request))
+            results, samples = ev.evaluate(
+                self.engine,
+                examples,
+                checker,
+                configs,
+                settings,
+                progress=lambda done: progress(done / total, desc="generating"),
+                run_id=_session(request),
+            )
         except InputError as e:
             raise page_error(e) from None
         except RunStopped as e:
@@ -394,8 +529,18 @@ class ServiceCallbacks:
         title = f"{task}, n = {n}, T = {settings.temperature:g}, top-p = {settings.top_p:g}"
         path = Path(tempfile.mkdtemp(prefix="moi-eval-"))
         chart = ev.accuracy_chart(results, title)
-        card = {**run_card(self.engine), "eval": {"task": task, "n": n, "modes": modes, "beta": moi_cfg.beta,
-                                                  "top_k": moi_cfg.top_k, **moi_cfg.switches(), **asdict(settings)}}
+        card = {
+            **run_card(self.engine),
+            "eval": {
+                "task": task,
+                "n": n,
+                "modes": modes,
+                "beta": moi_cfg.beta,
+                "top_k": moi_cfg.top_k,
+                **moi_cfg.switches(),
+                **asdict(settings),
+            },
+        }
         files = ev.write_outputs(path, "eval", samples, chart, card)
         return chart, ev.table(results), str(files[0])
 

@@ -25,8 +25,6 @@ StandardKey = tuple[str, str, float, float, int, int | None]
 LaneKey = tuple[str, float | None, int, str, str, float]
 
 
-
-
 def standard_key(model: str, prompt: str, settings: SamplingSettings) -> StandardKey:
     return (model, prompt, settings.temperature, settings.top_p, settings.max_tokens, settings.seed)
 
@@ -43,8 +41,11 @@ def parse_betas(text: Any, top_k: int, field_name: str = "betas") -> list[MoICon
         raise InputError(field_name, f"must be text like {DEFAULT_SWEEP!r}; got {type(text).__name__}")
     entries = [e.strip() for e in text.replace(";", ",").split(",") if e.strip()]
     if not entries:
-        raise InputError(field_name, f"must list at least one beta (from {APP_BETA.lo:g} to "
-                                          f"{APP_BETA.hi:g}) or `direct`, e.g. {DEFAULT_SWEEP!r}")
+        raise InputError(
+            field_name,
+            f"must list at least one beta (from {APP_BETA.lo:g} to "
+            f"{APP_BETA.hi:g}) or `direct`, e.g. {DEFAULT_SWEEP!r}",
+        )
     configs: list[MoIConfig] = []
     for entry in entries:
         if entry.lower() in ("direct", "d", "p"):
@@ -53,11 +54,12 @@ def parse_betas(text: Any, top_k: int, field_name: str = "betas") -> list[MoICon
             try:
                 beta = float(entry)
             except ValueError:
-                raise InputError(field_name, f"each entry must be a beta from {APP_BETA.lo:g} to "
-                                                  f"{APP_BETA.hi:g} or `direct`; got {entry!r}") from None
+                raise InputError(
+                    field_name,
+                    f"each entry must be a beta from {APP_BETA.lo:g} to {APP_BETA.hi:g} or `direct`; got {entry!r}",
+                ) from None
             if not (math.isfinite(beta) and APP_BETA.lo <= beta <= APP_BETA.hi):
-                raise InputError(field_name, f"each beta must be from {APP_BETA.lo:g} to {APP_BETA.hi:g}; "
-                                                  f"got {entry}")
+                raise InputError(field_name, f"each beta must be from {APP_BETA.lo:g} to {APP_BETA.hi:g}; got {entry}")
             cfg = MoIConfig("moi", beta, top_k)
         if lane_key(cfg) not in {lane_key(c) for c in configs}:
             configs.append(cfg)
@@ -73,8 +75,12 @@ def with_top_k(trace: Trace, k: int) -> Trace:
         return trace
     out = replace(trace, top_k=k, steps=[])
     for s in trace.steps:
-        step = replace(s, topk_ids=s.topk_ids[:k], topk_logprobs=s.topk_logprobs[:k],
-                       topk_tokens=s.topk_tokens[:k] if s.topk_tokens is not None else None)
+        step = replace(
+            s,
+            topk_ids=s.topk_ids[:k],
+            topk_logprobs=s.topk_logprobs[:k],
+            topk_tokens=s.topk_tokens[:k] if s.topk_tokens is not None else None,
+        )
         step.entropy = out.recompute(step)[2]
         out.steps.append(step)
     return out
@@ -110,8 +116,11 @@ class Lanes:
         """Record finished lanes (stopped ones are not kept). A new standard key starts afresh."""
         if key != self.key:
             self.key, self.standard, self.mixed, self.sweep = key, None, {}, []
-        if standard is not None and standard.finish_reason not in (None, "abort") and (
-                self.standard is None or standard.top_k >= self.standard.top_k):
+        if (
+            standard is not None
+            and standard.finish_reason not in (None, "abort")
+            and (self.standard is None or standard.top_k >= self.standard.top_k)
+        ):
             self.standard = standard
         for trace in lanes:
             if trace.finish_reason in (None, "abort"):
@@ -125,8 +134,10 @@ class Lanes:
     def export(self) -> dict[str, Any]:
         """JSON for the download: the pair on display, and every kept lane of this standard key."""
         lanes = ([self.standard] if self.standard else []) + list(self.mixed.values())
-        return {"traces": [t.to_dict() for t in self.shown] if self.shown else [],
-                "lanes": [t.to_dict() for t in lanes]}
+        return {
+            "traces": [t.to_dict() for t in self.shown] if self.shown else [],
+            "lanes": [t.to_dict() for t in lanes],
+        }
 
 
 # -- what a sweep says ------------------------------------------------------------------------------------
@@ -147,5 +158,10 @@ def _mean(values: list[float]) -> float:
 
 def summarize(standard: Trace, lane: Trace) -> LaneSummary:
     steps: list[Step] = lane.steps
-    return LaneSummary(lane_label(lane.config), len(steps), first_divergence(standard, lane),
-                       _mean([s.sampled_weight for s in steps]), _mean([s.entropy for s in steps]))
+    return LaneSummary(
+        lane_label(lane.config),
+        len(steps),
+        first_divergence(standard, lane),
+        _mean([s.sampled_weight for s in steps]),
+        _mean([s.entropy for s in steps]),
+    )

@@ -36,8 +36,9 @@ class _NamedErrors:
         try:
             return super().preprocess(payload)
         except (gr.Error, TypeError, ValueError):
-            raise page_error(InputError(self.field or str(self.label),
-                                        f"must be {self.allowed()}; got {payload!r}")) from None
+            raise page_error(
+                InputError(self.field or str(self.label), f"must be {self.allowed()}; got {payload!r}")
+            ) from None
 
 
 def named(component: Any, field: str) -> Any:
@@ -58,8 +59,11 @@ class FieldRadio(_NamedErrors, gr.Radio):
 class FieldNumber(_NamedErrors, gr.Number):
     def allowed(self) -> str:
         kind = "an integer" if self.precision == 0 else "a number"
-        return kind + (f" from {self.minimum:g}" if self.minimum is not None else "") + (
-            f" to {self.maximum:g}" if self.maximum is not None else "")
+        return (
+            kind
+            + (f" from {self.minimum:g}" if self.minimum is not None else "")
+            + (f" to {self.maximum:g}" if self.maximum is not None else "")
+        )
 
     def preprocess(self, payload: Any) -> Any:
         if self.precision == 0 and isinstance(payload, float) and not payload.is_integer():  # no silent rounding
@@ -67,13 +71,29 @@ class FieldNumber(_NamedErrors, gr.Number):
         return super().preprocess(payload)
 
 
-def slider(bound: Bound, value: float, label: str, step: float, field: str | None = None, lo: float | None = None,
-           **kwargs: Any) -> FieldSlider:
+def slider(
+    bound: Bound,
+    value: float,
+    label: str,
+    step: float,
+    field: str | None = None,
+    lo: float | None = None,
+    **kwargs: Any,
+) -> FieldSlider:
     """A slider over `bound`'s range (`lo` where the bound's own minimum is left out, e.g. top-p's 0)."""
     minimum = bound.lo if lo is None else lo
     return named(FieldSlider(minimum, bound.hi, value=value, step=step, label=label, **kwargs), field or bound.field)
 
 
 def number(bound: Bound, value: int, label: str, field: str | None = None, **kwargs: Any) -> FieldNumber:
-    return named(FieldNumber(value=value, precision=0 if bound.integer else None, minimum=bound.lo,
-                             maximum=bound.hi, label=label, **kwargs), field or bound.field)
+    return named(
+        FieldNumber(
+            value=value,
+            precision=0 if bound.integer else None,
+            minimum=bound.lo,
+            maximum=bound.hi,
+            label=label,
+            **kwargs,
+        ),
+        field or bound.field,
+    )

@@ -24,9 +24,12 @@ def waiting_events(demo: gr.Blocks | None, session: str, api_names: set[str]) ->
     queue = _queue(demo)
     if queue is None:
         return []
-    return [event for event_queue in list(queue.event_queue_per_concurrency_id.values())
-            for event in list(event_queue.queue)
-            if event.session_hash == session and getattr(event.fn, "api_name", None) in api_names]
+    return [
+        event
+        for event_queue in list(queue.event_queue_per_concurrency_id.values())
+        for event in list(event_queue.queue)
+        if event.session_hash == session and getattr(event.fn, "api_name", None) in api_names
+    ]
 
 
 async def drop_waiting(demo: gr.Blocks | None, session: str, api_names: set[str]) -> int:

@@ -40,14 +40,27 @@ NEXT_EVENT = """(...values) => {
 
 def switch_controls(prefix: str = "") -> tuple[Any, Any, Any]:
     """MoI's design choices (core/mixing.py) as controls, the paper's by default: entropy, prior, noise."""
-    entropy = named(FieldRadio([("top-k: of p, over log k (paper)", "top_k"),
-                                ("full: of the whole distribution, over log |V|", "full")], value="top_k",
-                               label="Entropy H", elem_id=f"{prefix}entropy"), "entropy")
-    prior = named(FieldRadio([("raw: temperature-1 top-k (paper)", "raw"),
-                              ("processed: after the temperature and top-p", "processed")], value="raw",
-                             label="Prior p", elem_id=f"{prefix}prior"), "prior")
-    noise = slider(inputs.APP_NOISE, 0.0, "Gumbel noise on the prior's logits (from the seed)", 0.05,
-                   elem_id=f"{prefix}noise")
+    entropy = named(
+        FieldRadio(
+            [("top-k: of p, over log k (paper)", "top_k"), ("full: of the whole distribution, over log |V|", "full")],
+            value="top_k",
+            label="Entropy H",
+            elem_id=f"{prefix}entropy",
+        ),
+        "entropy",
+    )
+    prior = named(
+        FieldRadio(
+            [("raw: temperature-1 top-k (paper)", "raw"), ("processed: after the temperature and top-p", "processed")],
+            value="raw",
+            label="Prior p",
+            elem_id=f"{prefix}prior",
+        ),
+        "prior",
+    )
+    noise = slider(
+        inputs.APP_NOISE, 0.0, "Gumbel noise on the prior's logits (from the seed)", 0.05, elem_id=f"{prefix}noise"
+    )
     return entropy, prior, noise
 
 
@@ -78,41 +91,66 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
     p.lanes = gr.State(None, time_to_live=3600)  # a Lanes after the first run
     with gr.Row():
         with gr.Column(scale=3):
-            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask the model something...",
-                                elem_id="prompt")
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask the model something...", elem_id="prompt")
             gr.Examples(load_examples(), inputs=prompt, label="Examples")
             with gr.Row():
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
         with gr.Column(scale=2):
-            beta = slider(inputs.APP_BETA, DEFAULT_BETA, "beta (higher keeps more of the sample) · live after a run",
-                          0.05, elem_id="beta")
+            beta = slider(
+                inputs.APP_BETA,
+                DEFAULT_BETA,
+                "beta (higher keeps more of the sample) · live after a run",
+                0.05,
+                elem_id="beta",
+            )
             mode = named(FieldRadio(list(MODE_CHOICES), value="MoI", label="Mode", elem_id="mode"), "mode")
-            top_k = slider(inputs.APP_TOP_K, DEFAULT_TOP_K, "top-k candidates mixed", 1,
-                           elem_id="top-k")
+            top_k = slider(inputs.APP_TOP_K, DEFAULT_TOP_K, "top-k candidates mixed", 1, elem_id="top-k")
             with gr.Accordion("Sampling", open=False):
                 temperature = slider(inputs.TEMPERATURE, 0.0, "temperature (0 = greedy)", 0.05)
                 top_p = slider(inputs.TOP_P, 1.0, "top-p", 0.01, lo=inputs.TOP_P_SLIDER_MIN)
-                max_tokens = slider(inputs.MAX_TOKENS.with_hi(max_new_tokens), min(128, max_new_tokens),
-                                    "max new tokens", 1, field="max_new_tokens", elem_id="max-tokens")
+                max_tokens = slider(
+                    inputs.MAX_TOKENS.with_hi(max_new_tokens),
+                    min(128, max_new_tokens),
+                    "max new tokens",
+                    1,
+                    field="max_new_tokens",
+                    elem_id="max-tokens",
+                )
                 seed = number(inputs.SEED, 0, "seed")
             with gr.Accordion("Advanced: MoI's design choices · live after a run", open=False, elem_id="advanced"):
                 entropy, prior, noise = switch_controls()
     p.status = gr.Markdown("", elem_id="status")
     with gr.Row(equal_height=True):
-        p.standard_text = gr.Textbox(label=STANDARD_LABEL, lines=12, max_lines=12, interactive=False,
-                                     elem_id="standard-text", autoscroll=False)
-        p.moi_text = gr.Textbox(label=lane_label(MoIConfig(), full=True), lines=12, max_lines=12, interactive=False,
-                                elem_id="moi-text", autoscroll=False)
-    color_by = named(FieldRadio([("p(sampled)", "p"), ("entropy H", "entropy")], value="p",
-                                label="Colour tokens by"), "color_by")
-    p.token_plot = gr.HTML(plots.token_map(*plots.NO_TRACES), label="Tokens", elem_id="token-plot",
-                           css_template=plots.TOKEN_MAP_CSS, js_on_load=None, max_height=420)
-    p.step = slider(inputs.Bound("step", 0, max(max_new_tokens - 1, 1), integer=True), 0, "Step to inspect", 1,
-                    elem_id="step")
+        p.standard_text = gr.Textbox(
+            label=STANDARD_LABEL, lines=12, max_lines=12, interactive=False, elem_id="standard-text", autoscroll=False
+        )
+        p.moi_text = gr.Textbox(
+            label=lane_label(MoIConfig(), full=True),
+            lines=12,
+            max_lines=12,
+            interactive=False,
+            elem_id="moi-text",
+            autoscroll=False,
+        )
+    color_by = named(
+        FieldRadio([("p(sampled)", "p"), ("entropy H", "entropy")], value="p", label="Colour tokens by"), "color_by"
+    )
+    p.token_plot = gr.HTML(
+        plots.token_map(*plots.NO_TRACES),
+        label="Tokens",
+        elem_id="token-plot",
+        css_template=plots.TOKEN_MAP_CSS,
+        js_on_load=None,
+        max_height=420,
+    )
+    p.step = slider(
+        inputs.Bound("step", 0, max(max_new_tokens - 1, 1), integer=True), 0, "Step to inspect", 1, elem_id="step"
+    )
     p.step_plot = gr.Plot(label="Inside a step", elem_id="step-plot")
-    p.reads = gr.HTML(plots.reads_panel(None), label="What the model reads", elem_id="reads",
-                      css_template=plots.READS_CSS)
+    p.reads = gr.HTML(
+        plots.reads_panel(None), label="What the model reads", elem_id="reads", css_template=plots.READS_CSS
+    )
     with gr.Accordion("What the model reads, as JSON (every step's cosine; the API's /select_step)", open=False):
         p.inspection = gr.JSON(elem_id="inspection")
     with gr.Row():
@@ -120,15 +158,28 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
         p.entropy_plot = gr.Plot(label="Entropy", elem_id="entropy-plot")
     with gr.Accordion("Beta sweep: every beta at once, one batch", open=True):
         with gr.Row():
-            betas = gr.Textbox(DEFAULT_SWEEP, label=f"betas (each 0 to 4, or direct; at most {MAX_SWEEP_LANES})",
-                               elem_id="betas", scale=4)
+            betas = gr.Textbox(
+                DEFAULT_SWEEP,
+                label=f"betas (each 0 to 4, or direct; at most {MAX_SWEEP_LANES})",
+                elem_id="betas",
+                scale=4,
+            )
             sweep_btn = gr.Button("Sweep beta", elem_id="sweep", scale=1)
         p.sweep_status = gr.Markdown("", elem_id="sweep-status")
         for row in range(2):
             with gr.Row(equal_height=True):
                 for i in range(row * 4, row * 4 + 4):
-                    p.sweep_boxes.append(gr.Textbox(label=f"lane {i + 1}", lines=8, max_lines=8, interactive=False,
-                                                    visible=False, elem_id=f"sweep-lane-{i}", autoscroll=False))
+                    p.sweep_boxes.append(
+                        gr.Textbox(
+                            label=f"lane {i + 1}",
+                            lines=8,
+                            max_lines=8,
+                            interactive=False,
+                            visible=False,
+                            elem_id=f"sweep-lane-{i}",
+                            autoscroll=False,
+                        )
+                    )
         with gr.Row():
             p.sweep_summary = gr.Plot(label="Divergence, kept weight and H per beta", elem_id="sweep-summary-plot")
             p.sweep_curves = gr.Plot(label="Weight on the sampled token per step", elem_id="sweep-curves-plot")
@@ -136,18 +187,38 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
 
     run_outputs = [p.standard_text, p.moi_text, p.lanes, p.step, p.status]
     event_number = gr.Number(0, visible=False)  # set by NEXT_EVENT on the page; API clients leave it 0
-    run_inputs = [prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed, color_by, p.lanes, entropy, prior,
-                  noise, event_number]
+    run_inputs = [
+        prompt,
+        mode,
+        beta,
+        top_k,
+        temperature,
+        top_p,
+        max_tokens,
+        seed,
+        color_by,
+        p.lanes,
+        entropy,
+        prior,
+        noise,
+        event_number,
+    ]
     # Runs share the engine's sequence budget: at most max_concurrent_runs at once, the rest wait in the queue.
     # Progress shows on the status line only: a loading overlay and timer on every output (four plots among them)
     # re-rendered at every streamed token is what kept the page's main thread busy.
-    run_opts = dict(concurrency_id="engine-runs", concurrency_limit=cb.engine.max_concurrent_runs,
-                 show_progress="minimal", show_progress_on=[p.status], js=NEXT_EVENT % (len(run_inputs) - 1))
+    run_opts = dict(
+        concurrency_id="engine-runs",
+        concurrency_limit=cb.engine.max_concurrent_runs,
+        show_progress="minimal",
+        show_progress_on=[p.status],
+        js=NEXT_EVENT % (len(run_inputs) - 1),
+    )
     quiet = dict(api_name=False, show_progress="hidden")
 
     def after_run(event: gr.events.Dependency, export_api: str | bool = False) -> None:
         event.then(cb.figures, [p.lanes, color_by], p.figures, **quiet).then(
-            cb.export, p.lanes, download, api_name=export_api, show_progress="hidden")
+            cb.export, p.lanes, download, api_name=export_api, show_progress="hidden"
+        )
 
     run = generate_btn.click(cb.generate, run_inputs, run_outputs, api_name="generate", **run_opts)
     after_run(run, export_api="export")
@@ -157,34 +228,49 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
     # fires for a drag and a blur only, and a blur's with the value before the browser's own step (the arrow keys).
     # Every change runs: a newer one supersedes (and aborts) the older server side, so "multiple".
     live_events = []
-    for control, api in ((beta, "live"), (mode, False), (top_k, False), (entropy, False), (prior, False),
-                         (noise, False)):
+    for control, api in (
+        (beta, "live"),
+        (mode, False),
+        (top_k, False),
+        (entropy, False),
+        (prior, False),
+        (noise, False),
+    ):
         event = control.change(cb.live, run_inputs, run_outputs, api_name=api, trigger_mode="multiple", **run_opts)
         after_run(event)
         live_events.append(event)
     # A sweep holds up to MAX_SWEEP_LANES + 1 sequences: fewer sweeps than pair runs at once.
     sweep_limit = max(1, cb.engine.options.max_num_seqs // (2 * (MAX_SWEEP_LANES + 1)))
-    sweep = sweep_btn.click(cb.sweep, [prompt, betas, top_k, temperature, top_p, max_tokens, seed, p.lanes, entropy,
-                                       prior, noise],
-                            [p.standard_text, *p.sweep_boxes, p.lanes, p.sweep_status], api_name="sweep",
-                            concurrency_id="engine-sweeps", concurrency_limit=sweep_limit, show_progress="minimal",
-                            show_progress_on=[p.sweep_status])
+    sweep = sweep_btn.click(
+        cb.sweep,
+        [prompt, betas, top_k, temperature, top_p, max_tokens, seed, p.lanes, entropy, prior, noise],
+        [p.standard_text, *p.sweep_boxes, p.lanes, p.sweep_status],
+        api_name="sweep",
+        concurrency_id="engine-sweeps",
+        concurrency_limit=sweep_limit,
+        show_progress="minimal",
+        show_progress_on=[p.sweep_status],
+    )
     sweep.then(cb.sweep_figures, p.lanes, [p.sweep_summary, p.sweep_curves], **quiet).then(
-        cb.export, p.lanes, download, **quiet)
+        cb.export, p.lanes, download, **quiet
+    )
     # The page also cancels its own pending events (Gradio's `cancels`); cb.stop covers API clients, the queue
     # and the engine.
     stop_btn.click(cb.stop, None, p.status, api_name="stop", queue=False)
     stop_btn.click(None, None, None, cancels=[run, sweep, *live_events], api_name=False)
     inspector = [p.step_plot, p.token_plot, p.reads, p.inspection]
-    p.step.release(cb.select_step, [p.lanes, p.step, color_by], inspector, api_name="select_step",
-                   show_progress="hidden")
+    p.step.release(
+        cb.select_step, [p.lanes, p.step, color_by], inspector, api_name="select_step", show_progress="hidden"
+    )
     color_by.change(cb.select_step, [p.lanes, p.step, color_by], inspector, **quiet)
 
 
 def evaluate_tab(cb: Callbacks, service: ServiceCallbacks) -> None:
-    gr.Markdown("Accuracy of standard decoding, direct mixture and MoI on generated tasks with exact checkers "
-                "(never `eval()` of model text), same seeds in every mode. For the paper's protocol on a GPU with "
-                "your data: `moi-demo eval --task your.jsonl`.")
+    gr.Markdown(
+        "Accuracy of standard decoding, direct mixture and MoI on generated tasks with exact checkers "
+        "(never `eval()` of model text), same seeds in every mode. For the paper's protocol on a GPU with "
+        "your data: `moi-demo eval --task your.jsonl`."
+    )
     with gr.Row():
         task = named(FieldRadio(EVAL_TASKS, value="arithmetic-1", label="Task"), "task")
         modes = gr.CheckboxGroup(list(EVAL_MODES), value=list(EVAL_MODES), label="Modes")
@@ -203,7 +289,11 @@ def evaluate_tab(cb: Callbacks, service: ServiceCallbacks) -> None:
     chart = gr.Plot(label="Accuracy", elem_id="eval-plot")
     summary = gr.Markdown(elem_id="eval-table")
     samples = gr.File(label="Every sample (JSONL)")
-    run.click(service.evaluate, [task, n, modes, beta, temperature, top_p, max_tokens, seed, entropy, prior, noise],
-              [chart, summary, samples], api_name="evaluate")
+    run.click(
+        service.evaluate,
+        [task, n, modes, beta, temperature, top_p, max_tokens, seed, entropy, prior, noise],
+        [chart, summary, samples],
+        api_name="evaluate",
+    )
     # The same Stop as the side-by-side tab: drops a queued evaluation, aborts a running one (its requests).
     stop.click(cb.stop, None, summary, api_name=False, queue=False)

@@ -24,12 +24,20 @@ def default_model() -> str | None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", default=None, help="HF directory or hub id (default: $MOI_DEMO_MODEL, else the "
-                   "embedded SmolLM2-135M-Instruct on CPU, Qwen/Qwen2.5-1.5B-Instruct on a GPU)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="HF directory or hub id (default: $MOI_DEMO_MODEL, else the "
+        "embedded SmolLM2-135M-Instruct on CPU, Qwen/Qwen2.5-1.5B-Instruct on a GPU)",
+    )
     p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    p.add_argument("--layout", choices=["shared", "split"], default=os.environ.get("MOI_DEMO_LAYOUT", "shared"),
-                   help="both lanes in one engine (default) or one engine per lane")
+    p.add_argument(
+        "--layout",
+        choices=["shared", "split"],
+        default=os.environ.get("MOI_DEMO_LAYOUT", "shared"),
+        help="both lanes in one engine (default) or one engine per lane",
+    )
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--compile", action="store_true", help="torch.compile / CUDA graphs instead of eager")
@@ -44,7 +52,9 @@ def engine_options(args: argparse.Namespace):
 
     gpu = torch.cuda.is_available()
     return EngineOptions(
-        dtype=None, enforce_eager=not (args.compile or gpu), max_model_len=args.max_model_len,
+        dtype=None,
+        enforce_eager=not (args.compile or gpu),
+        max_model_len=args.max_model_len,
         # CPU: a fixed KV budget (vLLM's CPU default reserves most of RAM); GPU: vLLM's default utilisation
         kv_cache_memory_bytes=None if gpu else 1 << 30,
     )

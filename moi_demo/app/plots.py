@@ -18,17 +18,33 @@ from plotly.subplots import make_subplots
 from moi_demo.app.explorer import summarize
 from moi_demo.core.trace import Step, Trace, first_divergence, lane_label
 
-COLORS = {"standard": "#64748b", "moi": "#7c3aed", "prior": "#94a3b8", "posterior": "#7c3aed",
-          "sampled": "#f59e0b", "diverge": "#ef4444"}
+COLORS = {
+    "standard": "#64748b",
+    "moi": "#7c3aed",
+    "prior": "#94a3b8",
+    "posterior": "#7c3aed",
+    "sampled": "#f59e0b",
+    "diverge": "#ef4444",
+}
 # plotly_white's look for 2-D charts, without the 7 KB of 3-D, polar, geo and colour-scale defaults that every
 # figure's JSON would otherwise carry to the page. Fixed margins, no automargin: automargin draws a figure, measures
 # its labels and draws it again (each figure drew in about half the time without it, plotly alone in Chromium).
-_AXIS = dict(gridcolor="#EBF0F8", linecolor="#EBF0F8", zerolinecolor="#EBF0F8", zerolinewidth=2, ticks="",
-             automargin=False)
-TEMPLATE = go.layout.Template(layout=dict(
-    paper_bgcolor="white", plot_bgcolor="white", font=dict(color="#2a3f5f"), hovermode="closest",
-    hoverlabel=dict(align="left"), title=dict(x=0.05), xaxis=_AXIS, yaxis=_AXIS,
-    colorway=["#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692", "#B6E880"]))
+_AXIS = dict(
+    gridcolor="#EBF0F8", linecolor="#EBF0F8", zerolinecolor="#EBF0F8", zerolinewidth=2, ticks="", automargin=False
+)
+TEMPLATE = go.layout.Template(
+    layout=dict(
+        paper_bgcolor="white",
+        plot_bgcolor="white",
+        font=dict(color="#2a3f5f"),
+        hovermode="closest",
+        hoverlabel=dict(align="left"),
+        title=dict(x=0.05),
+        xaxis=_AXIS,
+        yaxis=_AXIS,
+        colorway=["#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692", "#B6E880"],
+    )
+)
 _LAYOUT = dict(template=TEMPLATE, margin=dict(l=60, r=20, t=50, b=50), font=dict(size=12))
 
 
@@ -72,8 +88,15 @@ def _empty(title: str, message: str = "Generate to see this chart") -> go.Figure
 def _mark_divergence(fig: go.Figure, diverge: int | None, **kwargs) -> None:
     if diverge is not None:
         fig.add_vline(x=diverge, line=dict(color=COLORS["diverge"], dash="dash", width=1.5), **kwargs)
-        fig.add_annotation(x=diverge, y=1.02, yref="paper", text=f"lanes diverge at step {diverge}",
-                           showarrow=False, font=dict(color=COLORS["diverge"], size=11), xanchor="left")
+        fig.add_annotation(
+            x=diverge,
+            y=1.02,
+            yref="paper",
+            text=f"lanes diverge at step {diverge}",
+            showarrow=False,
+            font=dict(color=COLORS["diverge"], size=11),
+            xanchor="left",
+        )
 
 
 _VIRIDIS = sample_colorscale("Viridis", [i / 100 for i in range(101)])  # 'rgb(r, g, b)' at 0, 0.01, ..., 1
@@ -106,17 +129,22 @@ def token_map(standard: Trace, moi: Trace, color_by: str = "p", selected: int | 
     metric = (lambda s: s.p_sampled) if color_by == "p" else (lambda s: s.entropy)
     name = "p(sampled token)" if color_by == "p" else "normalised entropy H"
     diverge = first_divergence(standard, moi)
-    parts = [f'<div class="moi-tokens"><div>Coloured by {name}: 0<span class="scale"></span>1'
-             + (f"; lanes diverge at step {diverge} (underlined)" if diverge is not None else "") + "</div>"]
+    parts = [
+        f'<div class="moi-tokens"><div>Coloured by {name}: 0<span class="scale"></span>1'
+        + (f"; lanes diverge at step {diverge} (underlined)" if diverge is not None else "")
+        + "</div>"
+    ]
     for trace in (standard, moi):
         parts.append(f'<h4>{_text(_label(trace))}</h4><div class="lane">')
         for s in trace.steps:
             value = min(max(metric(s), 0.0), 1.0)
             marks = (" sel" if s.index == selected else "") + (" div" if s.index == diverge else "")
             title = f"step {s.index}: {s.token!r}, p = {s.p_sampled:.3f}, H = {s.entropy:.3f}"
-            parts.append(f'<span class="t{marks}" style="background:{_VIRIDIS[round(value * 100)]};'
-                         f'color:{"#fff" if value < 0.55 else "#111"}" title="{_text(title)}">'
-                         f"{_text(_show(s.token))}</span>")
+            parts.append(
+                f'<span class="t{marks}" style="background:{_VIRIDIS[round(value * 100)]};'
+                f'color:{"#fff" if value < 0.55 else "#111"}" title="{_text(title)}">'
+                f"{_text(_show(s.token))}</span>"
+            )
         parts.append("</div>")
     return "".join(parts) + "</div>"
 
@@ -131,9 +159,14 @@ def step_distribution(standard: Trace, moi: Trace, index: int) -> go.Figure:
     steps = [_step(standard, index), _step(moi, index)]
     if all(s is None for s in steps):
         return _empty("Inside a step")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=[
-        f"{_label(t)}: step {index}" + (f", sampled {s.token!r}" if s else " (ended)")
-        for t, s in zip((standard, moi), steps, strict=True)])
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=[
+            f"{_label(t)}: step {index}" + (f", sampled {s.token!r}" if s else " (ended)")
+            for t, s in zip((standard, moi), steps, strict=True)
+        ],
+    )
     for col, step in enumerate(steps, start=1):
         if step is None:
             continue
@@ -144,23 +177,48 @@ def step_distribution(standard: Trace, moi: Trace, index: int) -> go.Figure:
             prior.append(0.0)
         names = _unique([_show(step.token_text(t)) for t in ids])
         sampled_line = [3 if t == step.token_id else 0 for t in ids]
-        fig.add_trace(go.Bar(
-            x=names, y=prior, name="prior p (top-k)", marker=dict(color=COLORS["prior"],
-            line=dict(color=COLORS["sampled"], width=sampled_line)), showlegend=col == 1,
-            hovertemplate="%{x}: p = %{y:.3f}<extra></extra>", legendgroup="prior",
-        ), row=1, col=col)
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=prior,
+                name="prior p (top-k)",
+                marker=dict(color=COLORS["prior"], line=dict(color=COLORS["sampled"], width=sampled_line)),
+                showlegend=col == 1,
+                hovertemplate="%{x}: p = %{y:.3f}<extra></extra>",
+                legendgroup="prior",
+            ),
+            row=1,
+            col=col,
+        )
         if step.weights is not None and step.candidate_ids is not None:
             w = dict(zip(step.candidate_ids, step.weights, strict=True))
-            fig.add_trace(go.Bar(
-                x=names, y=[w.get(t, 0.0) for t in ids], name="posterior w (fed back)",
-                marker=dict(color=COLORS["posterior"], line=dict(color=COLORS["sampled"], width=sampled_line)),
-                hovertemplate="%{x}: w = %{y:.3f}<extra></extra>", legendgroup="posterior",
-            ), row=1, col=col)
+            fig.add_trace(
+                go.Bar(
+                    x=names,
+                    y=[w.get(t, 0.0) for t in ids],
+                    name="posterior w (fed back)",
+                    marker=dict(color=COLORS["posterior"], line=dict(color=COLORS["sampled"], width=sampled_line)),
+                    hovertemplate="%{x}: w = %{y:.3f}<extra></extra>",
+                    legendgroup="posterior",
+                ),
+                row=1,
+                col=col,
+            )
         axis = "" if col == 1 else str(col)
-        fig.add_annotation(text=f"H = {step.entropy:.2f}", xref=f"x{axis} domain", yref=f"y{axis} domain",
-                           x=0.98, y=0.95, showarrow=False)
-    fig.update_layout(**_layout(380, legend_below=75, b=105), barmode="group",
-                      yaxis=dict(range=[0, 1], title="probability / weight"), yaxis2=dict(range=[0, 1]))
+        fig.add_annotation(
+            text=f"H = {step.entropy:.2f}",
+            xref=f"x{axis} domain",
+            yref=f"y{axis} domain",
+            x=0.98,
+            y=0.95,
+            showarrow=False,
+        )
+    fig.update_layout(
+        **_layout(380, legend_below=75, b=105),
+        barmode="group",
+        yaxis=dict(range=[0, 1], title="probability / weight"),
+        yaxis2=dict(range=[0, 1]),
+    )
     fig.update_xaxes(tickangle=-45)
     return fig
 
@@ -179,38 +237,71 @@ def weights_heatmap(moi: Trace) -> go.Figure:
             z[rank][j] = round(w.get(tid, 0.0), 4)  # 4 digits: what the eye and the hover need, a third of the JSON
         if not s.sampled_in_topk:
             z[k][j] = round(w.get(s.token_id, 0.0), 4)
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[s.index for s in steps], y=[f"rank {r + 1}" for r in range(k)] + ["y outside top-k"],
-        colorscale="Magma", zmin=0, zmax=1, colorbar=dict(title="w"),
-        hovertemplate="step %{x}, %{y}: w = %{z:.3f}<extra></extra>",
-    ))
-    fig.update_layout(**_layout(320, l=95), title=f"Mix weights fed back, {_label(moi)}",
-                      xaxis_title="step", yaxis=dict(autorange="reversed"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[s.index for s in steps],
+            y=[f"rank {r + 1}" for r in range(k)] + ["y outside top-k"],
+            colorscale="Magma",
+            zmin=0,
+            zmax=1,
+            colorbar=dict(title="w"),
+            hovertemplate="step %{x}, %{y}: w = %{z:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        **_layout(320, l=95),
+        title=f"Mix weights fed back, {_label(moi)}",
+        xaxis_title="step",
+        yaxis=dict(autorange="reversed"),
+    )
     return fig
 
 
-def entropy_chart(standard: Trace, moi: Trace, diverge: int | None = None,
-                  fed_cos: list[float] | None = None) -> go.Figure:
+def entropy_chart(
+    standard: Trace, moi: Trace, diverge: int | None = None, fed_cos: list[float] | None = None
+) -> go.Figure:
     """H over steps for both lanes, the weight kept on the sampled token (1 in the standard lane) and, where given,
     cos(fed input, E[sampled]) per step of the MoI lane (what the model read back, against the sample's own)."""
     if not standard.steps and not moi.steps:
         return _empty("Entropy and kept weight")
     fig = go.Figure()
     for trace in (standard, moi):
-        fig.add_trace(go.Scatter(x=[s.index for s in trace.steps], y=[round(s.entropy, 4) for s in trace.steps],
-                                 mode="lines", name=f"H, {_label(trace)}", line=dict(color=COLORS[trace.lane])))
-    fig.add_trace(go.Scatter(x=[s.index for s in moi.steps], y=[round(s.sampled_weight, 4) for s in moi.steps],
-                             mode="lines",
-                             name=f"w on sampled token, {_label(moi)}",
-                             line=dict(color=COLORS["sampled"], dash="dot")))
+        fig.add_trace(
+            go.Scatter(
+                x=[s.index for s in trace.steps],
+                y=[round(s.entropy, 4) for s in trace.steps],
+                mode="lines",
+                name=f"H, {_label(trace)}",
+                line=dict(color=COLORS[trace.lane]),
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[s.index for s in moi.steps],
+            y=[round(s.sampled_weight, 4) for s in moi.steps],
+            mode="lines",
+            name=f"w on sampled token, {_label(moi)}",
+            line=dict(color=COLORS["sampled"], dash="dot"),
+        )
+    )
     if fed_cos:
-        fig.add_trace(go.Scatter(x=[s.index for s in moi.steps], y=[round(c, 4) for c in fed_cos], mode="lines",
-                                 name=f"cos(fed, E[sampled]), {_label(moi)}",
-                                 line=dict(color=COLORS["moi"], dash="dash", width=1)))
+        fig.add_trace(
+            go.Scatter(
+                x=[s.index for s in moi.steps],
+                y=[round(c, 4) for c in fed_cos],
+                mode="lines",
+                name=f"cos(fed, E[sampled]), {_label(moi)}",
+                line=dict(color=COLORS["moi"], dash="dash", width=1),
+            )
+        )
     _mark_divergence(fig, first_divergence(standard, moi) if diverge is None else diverge)
-    fig.update_layout(**_layout(340, legend_below=68, b=95),
-                      title="Normalised entropy H and the weight kept on the sampled token",
-                      xaxis_title="step", yaxis=dict(range=[0, 1.05]))
+    fig.update_layout(
+        **_layout(340, legend_below=68, b=95),
+        title="Normalised entropy H and the weight kept on the sampled token",
+        xaxis_title="step",
+        yaxis=dict(range=[0, 1.05]),
+    )
     return fig
 
 
@@ -232,19 +323,43 @@ def sweep_summary(standard: Trace, lanes: list[Trace]) -> go.Figure:
     labels = ["direct" if t.mode == "direct" else f"{t.beta:g}" for t in lanes]  # short: never rotated
     diverge = [s.diverge for s in summaries]
     heights = [len(t.steps) if d is None else d for t, d in zip(lanes, diverge, strict=True)]
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.15, subplot_titles=[
-        "First step unlike standard", "Mean w on sample, mean H"])
-    fig.add_trace(go.Bar(
-        x=labels, y=heights, text=["never" if d is None else str(d) for d in diverge], textposition="outside",
-        cliponaxis=False,
-        marker=dict(color=[COLORS["prior"] if d is None else COLORS["diverge"] for d in diverge]),
-        name="first divergence", showlegend=False,
-        hovertemplate="beta %{x}: %{text}<extra></extra>"), row=1, col=1)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        horizontal_spacing=0.15,
+        subplot_titles=["First step unlike standard", "Mean w on sample, mean H"],
+    )
+    fig.add_trace(
+        go.Bar(
+            x=labels,
+            y=heights,
+            text=["never" if d is None else str(d) for d in diverge],
+            textposition="outside",
+            cliponaxis=False,
+            marker=dict(color=[COLORS["prior"] if d is None else COLORS["diverge"] for d in diverge]),
+            name="first divergence",
+            showlegend=False,
+            hovertemplate="beta %{x}: %{text}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
     for name, values, color in (
-            ("mean w on sampled token", [s.mean_sampled_weight for s in summaries], COLORS["sampled"]),
-            ("mean H", [s.mean_entropy for s in summaries], COLORS["moi"])):
-        fig.add_trace(go.Scatter(x=labels, y=values, mode="lines+markers", name=name, line=dict(color=color),
-                                 hovertemplate="beta %{x}: %{y:.3f}<extra>" + name + "</extra>"), row=1, col=2)
+        ("mean w on sampled token", [s.mean_sampled_weight for s in summaries], COLORS["sampled"]),
+        ("mean H", [s.mean_entropy for s in summaries], COLORS["moi"]),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=labels,
+                y=values,
+                mode="lines+markers",
+                name=name,
+                line=dict(color=color),
+                hovertemplate="beta %{x}: %{y:.3f}<extra>" + name + "</extra>",
+            ),
+            row=1,
+            col=2,
+        )
     fig.update_layout(**_layout(340, legend_below=68, b=95))
     fig.update_xaxes(title_text="beta", type="category")
     fig.update_yaxes(title_text="step", range=[0, max(heights, default=1) * 1.15], row=1, col=1)
@@ -259,11 +374,22 @@ def sweep_curves(lanes: list[Trace]) -> go.Figure:
         return _empty("Weight on the sampled token per step", "Sweep beta to see this chart")
     fig = go.Figure()
     for i, t in enumerate(lanes):
-        fig.add_trace(go.Scatter(x=[s.index for s in t.steps], y=[round(s.sampled_weight, 4) for s in t.steps],
-                                 mode="lines", name=_label(t), line=dict(color=_sweep_color(i, len(lanes)))))
-    fig.update_layout(**_layout(340, r=150), xaxis_title="step", yaxis=dict(range=[0, 1.05]),
-                      title="Weight kept on the sampled token, per step and beta",
-                      legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"))  # 8 lanes: a column at the right
+        fig.add_trace(
+            go.Scatter(
+                x=[s.index for s in t.steps],
+                y=[round(s.sampled_weight, 4) for s in t.steps],
+                mode="lines",
+                name=_label(t),
+                line=dict(color=_sweep_color(i, len(lanes))),
+            )
+        )
+    fig.update_layout(
+        **_layout(340, r=150),
+        xaxis_title="step",
+        yaxis=dict(range=[0, 1.05]),
+        title="Weight kept on the sampled token, per step and beta",
+        legend=dict(x=1.02, xanchor="left", y=1, yanchor="top"),
+    )  # 8 lanes: a column at the right
     return fig
 
 
@@ -282,23 +408,34 @@ def reads_panel(inspection: list[dict] | None, message: str = "Generate, then pi
         return f'<div class="moi-reads"><p>{_text(message)}</p></div>'
     rows = []
     for lane in inspection:
-        near = " ".join(f'<span class="near" title="id {n["id"]}"><code>{_text(_show(n["token"]))}</code> '
-                        f'{n["cos"]:.3f}</span>' for n in lane["nearest"])
-        rows.append(f'<tr class="lane-{lane["lane"]}"><th>{_text(lane["label"])}</th>'
-                    f'<td class="cos">{lane["cos_at_step"]:.4f}</td><td>{near}</td></tr>')
+        near = " ".join(
+            f'<span class="near" title="id {n["id"]}"><code>{_text(_show(n["token"]))}</code> {n["cos"]:.3f}</span>'
+            for n in lane["nearest"]
+        )
+        rows.append(
+            f'<tr class="lane-{lane["lane"]}"><th>{_text(lane["label"])}</th>'
+            f'<td class="cos">{lane["cos_at_step"]:.4f}</td><td>{near}</td></tr>'
+        )
     step = inspection[0]["step"]
-    return (f'<div class="moi-reads"><table><caption>What the model reads back after step {step}: the fed input '
-            f'embedding</caption><tr><th>lane</th><th>cos(fed, E[sampled])</th><th>nearest vocabulary tokens '
-            f'(cosine)</th></tr>{"".join(rows)}</table></div>')
+    return (
+        f'<div class="moi-reads"><table><caption>What the model reads back after step {step}: the fed input '
+        f"embedding</caption><tr><th>lane</th><th>cos(fed, E[sampled])</th><th>nearest vocabulary tokens "
+        f"(cosine)</th></tr>{''.join(rows)}</table></div>"
+    )
 
 
-def pair_views(standard: Trace, moi: Trace, color_by: str = "p", inspection: list[dict] | None = None
-               ) -> list[Callable[[], go.Figure | str]]:
+def pair_views(
+    standard: Trace, moi: Trace, color_by: str = "p", inspection: list[dict] | None = None
+) -> list[Callable[[], go.Figure | str]]:
     """The views of a pair as the page first shows them (the inspected step: the first divergence), each built when
     called: token map, inside a step, mix weights, entropy, and what the model reads (given `inspection`)."""
     diverge = first_divergence(standard, moi)
     selected = diverge if diverge is not None else 0
     fed_cos = next((lane["cos"] for lane in inspection or [] if lane["lane"] == "moi"), None)
-    return [lambda: token_map(standard, moi, color_by, selected), lambda: step_distribution(standard, moi, selected),
-            lambda: weights_heatmap(moi), lambda: entropy_chart(standard, moi, diverge, fed_cos),
-            lambda: reads_panel(inspection)]
+    return [
+        lambda: token_map(standard, moi, color_by, selected),
+        lambda: step_distribution(standard, moi, selected),
+        lambda: weights_heatmap(moi),
+        lambda: entropy_chart(standard, moi, diverge, fed_cos),
+        lambda: reads_panel(inspection),
+    ]

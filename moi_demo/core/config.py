@@ -138,8 +138,11 @@ class MoIConfig:
         mode = extra_args.get(KEY_MODE, base.mode if default else "moi")
         beta = extra_args.get(KEY_BETA, base.beta if base.beta != DIRECT_MIXTURE_BETA else DEFAULT_BETA)
         top_k = extra_args.get(KEY_TOP_K, base.top_k)
-        switches = {"entropy": extra_args.get(KEY_ENTROPY, base.entropy),
-                    "prior": extra_args.get(KEY_PRIOR, base.prior), "noise": extra_args.get(KEY_NOISE, base.noise)}
+        switches = {
+            "entropy": extra_args.get(KEY_ENTROPY, base.entropy),
+            "prior": extra_args.get(KEY_PRIOR, base.prior),
+            "noise": extra_args.get(KEY_NOISE, base.noise),
+        }
         keep = extra_args.get(KEY_RECORD, False)
         if not isinstance(keep, bool):
             raise InputError(KEY_RECORD, f"must be true or false; got {keep!r}")

@@ -103,6 +103,7 @@ def check_prompt(value: Any) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise InputError("prompt", f"must be valid Unicode text; character {e.start} is an unpaired "
-                                   f"surrogate ({value[e.start]!a})") from None
+        raise InputError(
+            "prompt", f"must be valid Unicode text; character {e.start} is an unpaired surrogate ({value[e.start]!a})"
+        ) from None
     return value

@@ -17,12 +17,15 @@ NEAREST = 5  # vocabulary tokens listed per inspected step
 CHUNK_STEPS = 64  # steps whose candidates are embedded at once ([CHUNK_STEPS, C, D] temporaries)
 
 
-def fed_inputs(candidate_ids: torch.Tensor, weights: torch.Tensor,
-               embed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def fed_inputs(
+    candidate_ids: torch.Tensor, weights: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """The fed input of each step [n, D] float32: sum_i w_i * embed(candidate_i), as the plugin feeds it (a standard
     step: its sampled id with weight 1), in chunks of CHUNK_STEPS."""
-    out = [mix_embeddings(weights[i: i + CHUNK_STEPS], candidate_ids[i: i + CHUNK_STEPS], embed, torch.float32)
-           for i in range(0, candidate_ids.shape[0], CHUNK_STEPS)]
+    out = [
+        mix_embeddings(weights[i : i + CHUNK_STEPS], candidate_ids[i : i + CHUNK_STEPS], embed, torch.float32)
+        for i in range(0, candidate_ids.shape[0], CHUNK_STEPS)
+    ]
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
@@ -42,12 +45,13 @@ def row_norms(matrix: torch.Tensor, chunk: int = NORM_ROWS) -> torch.Tensor:
     temporaries stay [chunk, D] (a float32 copy of a 32B model's embedding matrix would be 3.1 GB)."""
     out = torch.empty(matrix.shape[0], dtype=torch.float32, device=matrix.device)
     for lo in range(0, matrix.shape[0], chunk):
-        out[lo: lo + chunk] = matrix[lo: lo + chunk].float().norm(dim=-1)
+        out[lo : lo + chunk] = matrix[lo : lo + chunk].float().norm(dim=-1)
     return out
 
 
-def nearest(vector: torch.Tensor, matrix: torch.Tensor, row_norms: torch.Tensor, k: int = NEAREST,
-            offset: int = 0) -> tuple[list[int], list[float]]:
+def nearest(
+    vector: torch.Tensor, matrix: torch.Tensor, row_norms: torch.Tensor, k: int = NEAREST, offset: int = 0
+) -> tuple[list[int], list[float]]:
     """The k rows of `matrix` [V, D] nearest to `vector` [D] by cosine (`row_norms` [V]: matrix.norm(dim=-1),
     computed once per model), as (ids + offset, similarities), most similar first."""
     v = vector.to(matrix.dtype)

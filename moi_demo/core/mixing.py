@@ -68,7 +68,13 @@ class BatchConfig:
 
     @classmethod
     def from_tensors(
-        cls, mode: torch.Tensor, beta: torch.Tensor, top_k: torch.Tensor, k_max: int, uniform_k: bool, all_moi: bool,
+        cls,
+        mode: torch.Tensor,
+        beta: torch.Tensor,
+        top_k: torch.Tensor,
+        k_max: int,
+        uniform_k: bool,
+        all_moi: bool,
         switches: Switches | None = None,
     ) -> BatchConfig:
         """From device tensors and the host-side facts about them (device ops only: no sync)."""
@@ -76,20 +82,41 @@ class BatchConfig:
         inv_log_k = torch.where(top_k > 1, 1.0 / log_k, torch.zeros_like(log_k))
         valid = torch.arange(k_max, device=top_k.device)[None, :] < top_k[:, None]  # [B, K]
         inv_beta1 = 1.0 / (beta.to(torch.float64) + 1.0)  # exact enough for float64 callers too
-        return cls(mode, beta, top_k, k_max, uniform_k, all_moi, inv_log_k, valid, inv_beta1, mode == MODE_DIRECT,
-                   inv_log_k.to(torch.float32), inv_beta1.to(torch.float32), switches)
+        return cls(
+            mode,
+            beta,
+            top_k,
+            k_max,
+            uniform_k,
+            all_moi,
+            inv_log_k,
+            valid,
+            inv_beta1,
+            mode == MODE_DIRECT,
+            inv_log_k.to(torch.float32),
+            inv_beta1.to(torch.float32),
+            switches,
+        )
 
     @classmethod
-    def from_configs(cls, configs: Sequence[MoIConfig], device: torch.device | str = "cpu",
-                     seeds: Sequence[int] | None = None) -> BatchConfig:
+    def from_configs(
+        cls, configs: Sequence[MoIConfig], device: torch.device | str = "cpu", seeds: Sequence[int] | None = None
+    ) -> BatchConfig:
         """`seeds`: each row's noise seed where its context has none (an engine draws them per request)."""
         ks = [c.top_k for c in configs]
         mode, beta, top_k = columns_to_device(
             [[MODE_CODES[c.mode] for c in configs], [max(c.beta, 0.0) for c in configs], ks],
-            (torch.long, torch.float32, torch.long), device)
+            (torch.long, torch.float32, torch.long),
+            device,
+        )
         return cls.from_tensors(
-            mode=mode, beta=beta, top_k=top_k, k_max=max(ks), uniform_k=len(set(ks)) == 1,
-            all_moi=all(c.mode == "moi" for c in configs), switches=Switches.from_configs(configs, device, seeds),
+            mode=mode,
+            beta=beta,
+            top_k=top_k,
+            k_max=max(ks),
+            uniform_k=len(set(ks)) == 1,
+            all_moi=all(c.mode == "moi" for c in configs),
+            switches=Switches.from_configs(configs, device, seeds),
         )
 
 
@@ -111,8 +138,9 @@ class Switches:
     any_noise: bool
 
     @classmethod
-    def from_configs(cls, configs: Sequence[MoIConfig], device: torch.device | str = "cpu",
-                     seeds: Sequence[int] | None = None) -> Switches | None:
+    def from_configs(
+        cls, configs: Sequence[MoIConfig], device: torch.device | str = "cpu", seeds: Sequence[int] | None = None
+    ) -> Switches | None:
         """None when no row is switched (the default path)."""
         if not any(c.switched for c in configs):
             return None
@@ -121,15 +149,19 @@ class Switches:
         greedy = [x.temperature < GREEDY_EPS for x in ctx]
         full, processed = [c.entropy == "full" for c in configs], [c.prior == "processed" for c in configs]
         columns = [  # one packed copy on a batch change (core/transfer.py: a pageable copy would sync)
-            full, processed, greedy,
+            full,
+            processed,
+            greedy,
             [1.0 if g else 1.0 / x.temperature for x, g in zip(ctx, greedy, strict=True)],  # inv_temp
-            [x.top_p for x in ctx], [c.noise for c in configs],
+            [x.top_p for x in ctx],
+            [c.noise for c in configs],
             [(x.seed if x.seed is not None else s) & 0xFFFFFFFF for x, s in zip(ctx, seeds, strict=True)],  # seed
         ]
         b, f = torch.bool, torch.float32
         tensors = columns_to_device(columns, (b, b, b, f, f, f, torch.long), device)
-        return cls(*tensors, any_full=any(full), any_processed=any(processed),
-                   any_noise=any(c.noise > 0 for c in configs))
+        return cls(
+            *tensors, any_full=any(full), any_processed=any(processed), any_noise=any(c.noise > 0 for c in configs)
+        )
 
 
 @dataclass(frozen=True)
@@ -181,7 +213,10 @@ def _topk_two_stage(x: torch.Tensor, k: int, chunk: int = TOPK_CHUNK) -> tuple[t
 
 
 def topk_logits(
-    logits: torch.Tensor, top_k: torch.Tensor, k_max: int | None = None, uniform_k: bool | None = None,
+    logits: torch.Tensor,
+    top_k: torch.Tensor,
+    k_max: int | None = None,
+    uniform_k: bool | None = None,
     rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of raw logits [B, V] with a per-row k [B] -> (ids [B, K], logits [B, K], -inf past k).
@@ -265,8 +300,9 @@ def full_entropy(logits: torch.Tensor) -> torch.Tensor:
     return (-(logp.exp() * logp).sum(dim=-1) / math.log(logits.shape[-1])).clamp_(0.0, 1.0)
 
 
-def prior_extras(logits: torch.Tensor, switches: Switches | None, positions: torch.Tensor | None,
-                 rows: torch.Tensor | None = None) -> PriorExtras:
+def prior_extras(
+    logits: torch.Tensor, switches: Switches | None, positions: torch.Tensor | None, rows: torch.Tensor | None = None
+) -> PriorExtras:
     """The extras of a switched step from its full logits [B, V] (each O(B * V): computed only when a row asks);
     NO_EXTRAS for a batch with no switched row. `rows` [M]: the switches are those of these rows of `logits`; the
     full entropy is taken over every row and [M] selected, the tempered log-partition over the [M, V] it needs."""
@@ -328,8 +364,12 @@ def prior_logits(ids: torch.Tensor, top_logits: torch.Tensor, switches: Switches
     return z
 
 
-def prior_share(entropy: torch.Tensor, inv_beta1: torch.Tensor, direct: torch.Tensor | None = None,
-                standard: torch.Tensor | None = None) -> torch.Tensor:
+def prior_share(
+    entropy: torch.Tensor,
+    inv_beta1: torch.Tensor,
+    direct: torch.Tensor | None = None,
+    standard: torch.Tensor | None = None,
+) -> torch.Tensor:
     """a [B], the prior's share of the mix, from H [B] and 1 / (beta + 1) [B]: the paper's posterior
 
         w = (H * p + (beta + 1 - H) * onehot(y)) / (beta + 1) = a * p + (1 - a) * onehot(y),   a = H / (beta + 1)
@@ -345,7 +385,11 @@ def prior_share(entropy: torch.Tensor, inv_beta1: torch.Tensor, direct: torch.Te
 
 
 def mix_weights(
-    p: torch.Tensor, entropy: torch.Tensor, onehot: torch.Tensor, beta: torch.Tensor, mode: torch.Tensor,
+    p: torch.Tensor,
+    entropy: torch.Tensor,
+    onehot: torch.Tensor,
+    beta: torch.Tensor,
+    mode: torch.Tensor,
     all_moi: bool = False,
 ) -> torch.Tensor:
     """Mix weights [B, C] = a * p + (1 - a) * onehot(y) (`prior_share`) from the prior p [B, K], H [B], onehot(y)
@@ -353,13 +397,17 @@ def mix_weights(
     dtype = _compute_dtype(p)
     p_c = torch.nn.functional.pad(p.to(dtype), (0, 1))  # [B, C]: no prior mass past a row's k (p = 0 there)
     inv_beta1 = 1.0 / (beta.to(dtype) + 1.0)
-    a = (prior_share(entropy.to(dtype), inv_beta1) if all_moi else
-         prior_share(entropy.to(dtype), inv_beta1, mode == MODE_DIRECT, mode == MODE_STANDARD))[:, None]  # [B, 1]
+    a = (
+        prior_share(entropy.to(dtype), inv_beta1)
+        if all_moi
+        else prior_share(entropy.to(dtype), inv_beta1, mode == MODE_DIRECT, mode == MODE_STANDARD)
+    )[:, None]  # [B, 1]
     return a * p_c + (1.0 - a) * onehot.to(dtype)
 
 
-def mix_step(logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig,
-             positions: torch.Tensor | None = None) -> MixStep:
+def mix_step(
+    logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig, positions: torch.Tensor | None = None
+) -> MixStep:
     """The whole step from raw logits [B, V] (temperature 1, before penalties) and sampled ids [B]; `positions`
     [B] (generated-token index) where a row is noised."""
     ids, top_logits = topk_logits(logits, config.top_k, config.k_max, config.uniform_k)
@@ -367,7 +415,10 @@ def mix_step(logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig,
 
 
 def mix_from_topk(
-    ids: torch.Tensor, top_logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig,
+    ids: torch.Tensor,
+    top_logits: torch.Tensor,
+    sampled: torch.Tensor,
+    config: BatchConfig,
     extras: PriorExtras = NO_EXTRAS,
 ) -> MixStep:
     """The step from the top-k of the raw logits (ids [B, K], logits [B, K]) and sampled ids [B]: for
@@ -392,7 +443,10 @@ class Fed(NamedTuple):
 
 
 def fed_weights(
-    ids: torch.Tensor, top_logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig,
+    ids: torch.Tensor,
+    top_logits: torch.Tensor,
+    sampled: torch.Tensor,
+    config: BatchConfig,
     extras: PriorExtras = NO_EXTRAS,
 ) -> Fed:
     """The weights an engine feeds, in the fewest ops (`sampled` [B], or an engine's [B, 1]): candidates [B, C]
@@ -428,8 +482,13 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]  # an all-reduce (sum) across ra
 
 
 def fed_step(
-    ids: torch.Tensor, top_logits: torch.Tensor, sampled: torch.Tensor, config: BatchConfig,
-    embed: Callable[[torch.Tensor], torch.Tensor], out: torch.Tensor, extras: PriorExtras = NO_EXTRAS,
+    ids: torch.Tensor,
+    top_logits: torch.Tensor,
+    sampled: torch.Tensor,
+    config: BatchConfig,
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    out: torch.Tensor,
+    extras: PriorExtras = NO_EXTRAS,
     reduce: Reduce | None = None,
 ) -> Fed:
     """A serving step in the fewest ops: `fed_weights`, then the mixed inputs sum_i w_i * embed(candidate_i) written
@@ -444,8 +503,12 @@ def fed_step(
     return fed
 
 
-def _mixed(weights: torch.Tensor, candidate_ids: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor],
-           reduce: Reduce | None) -> tuple[torch.Tensor, torch.dtype]:
+def _mixed(
+    weights: torch.Tensor,
+    candidate_ids: torch.Tensor,
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    reduce: Reduce | None,
+) -> tuple[torch.Tensor, torch.dtype]:
     """(sum_i w_i * embed(candidate_i) [B, D] in the promoted dtype (float32 at least), summed across ranks by
     `reduce` before any cast; the embedding's dtype)."""
     emb = embed(candidate_ids)  # [B, C, D]

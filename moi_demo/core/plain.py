@@ -23,8 +23,9 @@ from moi_demo.core.mixing import (
 _M32 = 0xFFFFFFFF
 
 
-def reference_prior(logits: torch.Tensor, ids: torch.Tensor, cfg: MoIConfig, seed: int,
-                    position: int) -> tuple[torch.Tensor, float]:
+def reference_prior(
+    logits: torch.Tensor, ids: torch.Tensor, cfg: MoIConfig, seed: int, position: int
+) -> tuple[torch.Tensor, float]:
     """The switched prior p [K] over `ids` [K] and its H, written plainly over the whole vocabulary from one row's
     raw logits [V] (float64): the oracle for `prior_logits` and `full_entropy` (reference.py decodes with it)."""
     x = logits.to(torch.float64)
@@ -54,8 +55,14 @@ def reference_prior(logits: torch.Tensor, ids: torch.Tensor, cfg: MoIConfig, see
     return p, min(max(h, 0.0), 1.0)
 
 
-def prior_from_weights(candidate_ids: Sequence[int], weights: Sequence[float], topk_ids: Sequence[int],
-                       sampled_id: int, entropy: float, config: MoIConfig) -> list[float] | None:
+def prior_from_weights(
+    candidate_ids: Sequence[int],
+    weights: Sequence[float],
+    topk_ids: Sequence[int],
+    sampled_id: int,
+    entropy: float,
+    config: MoIConfig,
+) -> list[float] | None:
     """The prior p over `topk_ids` that a step's weights were mixed from, given its H: the posterior's inverse.
     w_c = a * p_c (+ 1 - a on y), a = H / (beta + 1) for MoI and 1 for direct mixture; None when a ~ 0 (the weights
     are onehot(y) and hold no trace of p)."""

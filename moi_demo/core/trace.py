@@ -23,19 +23,25 @@ STANDARD_LABEL = "Standard"
 
 
 def lane_label(cfg: MoIConfig, full: bool = False) -> str:
-    """"Standard", "Direct mixture (w = p)", "MoI (beta = 1)" (`full`: "Mixture of Inputs (beta = 1)"), then the
+    """ "Standard", "Direct mixture (w = p)", "MoI (beta = 1)" (`full`: "Mixture of Inputs (beta = 1)"), then the
     switches away from the paper's MoI: "MoI (beta = 1) · H over V, processed prior, noise 0.5"."""
     if cfg.mode == "standard":
         return STANDARD_LABEL
-    base = "Direct mixture (w = p)" if cfg.mode == "direct" else (
-        f"{'Mixture of Inputs' if full else 'MoI'} (beta = {cfg.beta:g})")
+    base = (
+        "Direct mixture (w = p)"
+        if cfg.mode == "direct"
+        else (f"{'Mixture of Inputs' if full else 'MoI'} (beta = {cfg.beta:g})")
+    )
     return base + (f" · {switch_text}" if (switch_text := switches_label(cfg)) else "")
 
 
 def switches_label(cfg: MoIConfig) -> str:
     """The switches away from the paper's MoI, in words ("" when none)."""
-    parts = (["H over V"] if cfg.entropy == "full" else []) + (
-        ["processed prior"] if cfg.prior == "processed" else []) + ([f"noise {cfg.noise:g}"] if cfg.noise > 0 else [])
+    parts = (
+        (["H over V"] if cfg.entropy == "full" else [])
+        + (["processed prior"] if cfg.prior == "processed" else [])
+        + ([f"noise {cfg.noise:g}"] if cfg.noise > 0 else [])
+    )
     return ", ".join(parts)
 
 

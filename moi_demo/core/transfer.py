@@ -16,8 +16,9 @@ import torch
 _PACK = torch.float64
 
 
-def columns_to_device(columns: Sequence[Sequence[float]], dtypes: Sequence[torch.dtype],
-                      device: torch.device | str) -> list[torch.Tensor]:
+def columns_to_device(
+    columns: Sequence[Sequence[float]], dtypes: Sequence[torch.dtype], device: torch.device | str
+) -> list[torch.Tensor]:
     """Columns of host values (each [B], the same B) -> one device tensor [B] per column, in `dtypes`.
 
     Packed into one float64 host tensor [n, B]; where the device is not the CPU it is pinned and copied once with

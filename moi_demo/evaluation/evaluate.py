@@ -86,8 +86,9 @@ def mode_configs(modes: Sequence[str], betas: Sequence[float], top_k: int) -> li
     return out
 
 
-def with_switches(configs: list[tuple[str, MoIConfig]], entropy: str = "top_k", prior: str = "raw",
-                  noise: float = 0.0) -> list[tuple[str, MoIConfig]]:
+def with_switches(
+    configs: list[tuple[str, MoIConfig]], entropy: str = "top_k", prior: str = "raw", noise: float = 0.0
+) -> list[tuple[str, MoIConfig]]:
     """The mixing modes with MoI's switches (core/mixing.py), their labels naming them."""
     out = []
     for label, cfg in configs:
@@ -96,13 +97,22 @@ def with_switches(configs: list[tuple[str, MoIConfig]], entropy: str = "top_k", 
     return out
 
 
-def evaluate(engine: Any, examples: list[Example], checker: Any, configs: list[tuple[str, MoIConfig]],
-             settings: SamplingSettings, progress: Any = None, run_id: str | None = None
-             ) -> tuple[list[ModeResult], list[Sample]]:
+def evaluate(
+    engine: Any,
+    examples: list[Example],
+    checker: Any,
+    configs: list[tuple[str, MoIConfig]],
+    settings: SamplingSettings,
+    progress: Any = None,
+    run_id: str | None = None,
+) -> tuple[list[ModeResult], list[Sample]]:
     """Every example under every config, batched through the engine; sample i uses seed settings.seed + i in
     every mode, so the comparison is paired."""
-    jobs = [(ex.prompt, cfg, None if settings.seed is None else settings.seed + i)
-            for _, cfg in configs for i, ex in enumerate(examples)]
+    jobs = [
+        (ex.prompt, cfg, None if settings.seed is None else settings.seed + i)
+        for _, cfg in configs
+        for i, ex in enumerate(examples)
+    ]
     texts = engine.generate_many(jobs, settings, on_done=progress, run_id=run_id)
     samples: list[Sample] = []
     for (label, cfg), chunk in zip(configs, _chunks(texts, len(examples)), strict=True):
@@ -119,59 +129,86 @@ def evaluate(engine: Any, examples: list[Example], checker: Any, configs: list[t
         if base is not None and label != "standard":
             b = sum(x and not y for x, y in zip(hits, base, strict=True))
             c = sum(y and not x for x, y in zip(hits, base, strict=True))
-            result.vs_standard = (f"{(sum(hits) - sum(base)) / len(hits):+.1%} "
-                                  f"(+{b}/-{c}, McNemar p = {mcnemar_exact(b, c):.3g})")
+            result.vs_standard = (
+                f"{(sum(hits) - sum(base)) / len(hits):+.1%} (+{b}/-{c}, McNemar p = {mcnemar_exact(b, c):.3g})"
+            )
         results.append(result)
     return results, samples
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:
-    return [items[i: i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def table(results: list[ModeResult]) -> str:
     lines = ["| mode | accuracy | 95% Wilson CI | correct / n | vs standard (paired) |", "|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.label} | {r.accuracy:.1%} | {r.low:.1%} - {r.high:.1%} | {r.correct} / {r.n} | "
-                     f"{r.vs_standard or '-'} |")
+        lines.append(
+            f"| {r.label} | {r.accuracy:.1%} | {r.low:.1%} - {r.high:.1%} | {r.correct} / {r.n} | "
+            f"{r.vs_standard or '-'} |"
+        )
     return "\n".join(lines)
 
 
 def _wilson_bars(results: list[ModeResult]) -> dict[str, Any]:
     """Asymmetric plotly error bars from each result's 95% Wilson interval."""
-    return dict(type="data", symmetric=False, array=[r.high - r.accuracy for r in results],
-                arrayminus=[r.accuracy - r.low for r in results])
+    return dict(
+        type="data",
+        symmetric=False,
+        array=[r.high - r.accuracy for r in results],
+        arrayminus=[r.accuracy - r.low for r in results],
+    )
 
 
 def accuracy_chart(results: list[ModeResult], title: str) -> go.Figure:
-    fig = go.Figure(go.Bar(
-        x=[r.label for r in results], y=[r.accuracy for r in results],
-        error_y=_wilson_bars(results),
-        marker_color=["#64748b" if r.mode == "standard" else "#7c3aed" for r in results],
-        text=[f"{r.accuracy:.0%}" for r in results], textposition="outside",
-    ))
-    fig.update_layout(template="plotly_white", title=title, yaxis=dict(title="accuracy (95% Wilson CI)",
-                      range=[0, 1.05]), height=380)
+    fig = go.Figure(
+        go.Bar(
+            x=[r.label for r in results],
+            y=[r.accuracy for r in results],
+            error_y=_wilson_bars(results),
+            marker_color=["#64748b" if r.mode == "standard" else "#7c3aed" for r in results],
+            text=[f"{r.accuracy:.0%}" for r in results],
+            textposition="outside",
+        )
+    )
+    fig.update_layout(
+        template="plotly_white", title=title, yaxis=dict(title="accuracy (95% Wilson CI)", range=[0, 1.05]), height=380
+    )
     return fig
 
 
 def sweep_chart(results: list[ModeResult], title: str) -> go.Figure:
     moi = [r for r in results if r.mode == "moi"]
-    fig = go.Figure(go.Scatter(
-        x=[r.beta for r in moi], y=[r.accuracy for r in moi], mode="lines+markers", name="MoI",
-        error_y=_wilson_bars(moi), line=dict(color="#7c3aed"),
-    ))
+    fig = go.Figure(
+        go.Scatter(
+            x=[r.beta for r in moi],
+            y=[r.accuracy for r in moi],
+            mode="lines+markers",
+            name="MoI",
+            error_y=_wilson_bars(moi),
+            line=dict(color="#7c3aed"),
+        )
+    )
     for r in results:
         if r.mode != "moi":
-            fig.add_hline(y=r.accuracy, line=dict(dash="dash", color="#64748b" if r.mode == "standard" else "#f59e0b"),
-                          annotation_text=f"{r.label} {r.accuracy:.0%}")
-    fig.update_layout(template="plotly_white", title=title, xaxis_title="beta", yaxis=dict(title="accuracy",
-                      range=[0, 1.05]), height=380)
+            fig.add_hline(
+                y=r.accuracy,
+                line=dict(dash="dash", color="#64748b" if r.mode == "standard" else "#f59e0b"),
+                annotation_text=f"{r.label} {r.accuracy:.0%}",
+            )
+    fig.update_layout(
+        template="plotly_white",
+        title=title,
+        xaxis_title="beta",
+        yaxis=dict(title="accuracy", range=[0, 1.05]),
+        height=380,
+    )
     return fig
 
 
-def write_outputs(out_dir: Path, name: str, samples: list[Sample], fig: go.Figure,
-                  card: dict[str, Any] | None = None) -> list[Path]:
+def write_outputs(
+    out_dir: Path, name: str, samples: list[Sample], fig: go.Figure, card: dict[str, Any] | None = None
+) -> list[Path]:
     """NAME.jsonl (every sample), NAME.html (the chart; .png where kaleido is installed) and NAME.card.json (the run
     card of what produced them, with the eval's settings) where given."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,8 +240,12 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--out", default="out/eval")
     p.add_argument("--max-model-len", type=int, default=2048)
-    p.add_argument("--max-num-seqs", type=int, default=None,
-                   help="sequences at once (default: every job, up to 256 and to what memory holds)")
+    p.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=None,
+        help="sequences at once (default: every job, up to 256 and to what memory holds)",
+    )
     p.add_argument("--eager", action="store_true", help="never compile (default: compiled from 64 samples on)")
     add_switches(p)
     a = p.parse_args(argv)
@@ -222,27 +263,49 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
     except InputError as e:
         print(f"error: --{e.field}: {e.reason}", file=sys.stderr)  # noqa: T201
         return 2
-    configs = with_switches(mode_configs(a.modes.split(","), [float(b) for b in a.betas.split(",")], a.top_k),
-                            **switches)
+    configs = with_switches(
+        mode_configs(a.modes.split(","), [float(b) for b in a.betas.split(",")], a.top_k), **switches
+    )
     settings = SamplingSettings(a.temperature, a.top_p, a.max_tokens, a.seed)
     model = resolve_model(a.model)
-    options = batch_job_options(model, [ex.prompt for ex in examples], len(configs), a.max_tokens,
-                                a.max_model_len, a.max_num_seqs, **({"enforce_eager": True} if a.eager else {}))
+    options = batch_job_options(
+        model,
+        [ex.prompt for ex in examples],
+        len(configs),
+        a.max_tokens,
+        a.max_model_len,
+        a.max_num_seqs,
+        **({"enforce_eager": True} if a.eager else {}),
+    )
     with MoIEngine(model, options) as engine:
         bar = tqdm(total=len(examples) * len(configs), desc=f"{a.task}", unit="sample")
         start = time.perf_counter()
-        results, samples = evaluate(engine, examples, checker, configs, settings,
-                                    progress=lambda done: bar.update(done - bar.n))
+        results, samples = evaluate(
+            engine, examples, checker, configs, settings, progress=lambda done: bar.update(done - bar.n)
+        )
         seconds = time.perf_counter() - start
         bar.close()
-        card = {**run_card(engine), "eval": {"task": a.task, "n": len(examples), "modes": a.modes, "betas": a.betas,
-                                             "top_k": a.top_k, **switches, **asdict(settings)}}
-    title = (f"{a.task}, n = {len(examples)}, T = {a.temperature:g}, top-p = {a.top_p:g}, "
-             f"model {Path(engine.model).name}")
+        card = {
+            **run_card(engine),
+            "eval": {
+                "task": a.task,
+                "n": len(examples),
+                "modes": a.modes,
+                "betas": a.betas,
+                "top_k": a.top_k,
+                **switches,
+                **asdict(settings),
+            },
+        }
+    title = (
+        f"{a.task}, n = {len(examples)}, T = {a.temperature:g}, top-p = {a.top_p:g}, model {Path(engine.model).name}"
+    )
     fig = sweep_chart(results, title) if sweep else accuracy_chart(results, title)
     name = f"{'sweep' if sweep else 'eval'}-{Path(a.task).stem}-n{len(examples)}-seed{a.seed}"
     paths = write_outputs(Path(a.out), name, samples, fig, card)
-    speed = (f"{len(samples)} samples in {seconds:.1f} s: {len(samples) / seconds:.2f} samples/s "
-             f"({options.max_num_seqs} sequences at once)")
+    speed = (
+        f"{len(samples)} samples in {seconds:.1f} s: {len(samples) / seconds:.2f} samples/s "
+        f"({options.max_num_seqs} sequences at once)"
+    )
     print(f"{title}\n\n{table(results)}\n\n{speed}\nwritten: {', '.join(str(x) for x in paths)}")  # noqa: T201
     return 0

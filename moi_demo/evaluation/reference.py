@@ -54,7 +54,9 @@ class ReferenceDecoder:
         if chat and self.tokenizer.chat_template:
             return list(
                 self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True,
+                    [{"role": "user", "content": prompt}],
+                    add_generation_prompt=True,
+                    tokenize=True,
                     return_dict=False,
                 )
             )
@@ -76,8 +78,12 @@ class ReferenceDecoder:
         vocabulary, with the settings' temperature, top-p and seed (0 where None) as the request's."""
         moi.check_vocab(self.vocab_size)
         if moi.switched:
-            moi = dataclasses.replace(moi, context=SamplingContext(
-                settings.temperature, settings.top_p, settings.seed if settings.seed is not None else 0))
+            moi = dataclasses.replace(
+                moi,
+                context=SamplingContext(
+                    settings.temperature, settings.top_p, settings.seed if settings.seed is not None else 0
+                ),
+            )
         ids = self.prompt_ids(prompt, chat) if isinstance(prompt, str) else list(prompt)
         device = self.model.device
         cfg = BatchConfig.from_configs([moi], device=device)
@@ -85,10 +91,20 @@ class ReferenceDecoder:
         if settings.seed is not None:
             generator = torch.Generator(device=device).manual_seed(settings.seed)
         trace = Trace(
-            lane=lane or ("standard" if moi.mode == "standard" else "moi"), mode=moi.mode, beta=moi.beta,
-            top_k=moi.top_k, prompt=prompt if isinstance(prompt, str) else "", model=self.model_path,
-            engine="reference", temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed,
-            max_tokens=settings.max_tokens, entropy=moi.entropy, prior=moi.prior, noise=moi.noise,
+            lane=lane or ("standard" if moi.mode == "standard" else "moi"),
+            mode=moi.mode,
+            beta=moi.beta,
+            top_k=moi.top_k,
+            prompt=prompt if isinstance(prompt, str) else "",
+            model=self.model_path,
+            engine="reference",
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seed=settings.seed,
+            max_tokens=settings.max_tokens,
+            entropy=moi.entropy,
+            prior=moi.prior,
+            noise=moi.noise,
         )
         cache = DynamicCache(config=self.model.config)
         inputs = self.embed(torch.tensor([ids], device=device))  # [1, T, D]
@@ -97,13 +113,20 @@ class ReferenceDecoder:
             out = self.model(inputs_embeds=inputs, past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1, :].float()  # [1, V] raw, temperature 1
             token = sample_token(logits[0], settings, generator) if forced is None else forced[index]
-            step = (self._switched_step(logits, token, moi, cfg, index) if moi.switched else
-                    mixing.mix_step(logits, torch.tensor([token], device=device), cfg))
+            step = (
+                self._switched_step(logits, token, moi, cfg, index)
+                if moi.switched
+                else mixing.mix_step(logits, torch.tensor([token], device=device), cfg)
+            )
             logprobs = torch.log_softmax(logits, dim=-1)[0]  # [V]
             k = moi.top_k
             record = Step(
-                index=index, token_id=token, token="", logprob=float(logprobs[token]),
-                topk_ids=step.topk_ids[0, :k].tolist(), topk_logprobs=logprobs[step.topk_ids[0, :k]].tolist(),
+                index=index,
+                token_id=token,
+                token="",
+                logprob=float(logprobs[token]),
+                topk_ids=step.topk_ids[0, :k].tolist(),
+                topk_logprobs=logprobs[step.topk_ids[0, :k]].tolist(),
                 entropy=float(step.entropy[0]),
                 topk_tokens=[self.tokenizer.decode([t]) for t in step.topk_ids[0, :k].tolist()],
             )
@@ -129,8 +152,9 @@ class ReferenceDecoder:
         return trace
 
     @staticmethod
-    def _switched_step(logits: torch.Tensor, token: int, moi: MoIConfig, cfg: BatchConfig,
-                       index: int) -> mixing.MixStep:
+    def _switched_step(
+        logits: torch.Tensor, token: int, moi: MoIConfig, cfg: BatchConfig, index: int
+    ) -> mixing.MixStep:
         """A switched step: the top-k candidates as always, p and H from reference_prior, then the posterior."""
         ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)  # [1, K]
         p, h = reference_prior(logits[0], ids[0], moi, moi.context.seed, index)
@@ -145,4 +169,3 @@ class ReferenceDecoder:
         """The standard and the MoI lane on the same prompt, chat template and seed."""
         standard = self.generate(prompt, MoIConfig("standard", moi.beta, moi.top_k), settings, lane="standard")
         return standard, self.generate(prompt, moi, settings, lane="moi")
-

@@ -35,8 +35,10 @@ class LaneReplay:
     def line(self) -> str:
         if self.identical:
             return f"{self.label}: identical ({self.recorded} tokens)"
-        return (f"{self.label}: DIFFERS from step {self.first_difference} (recorded {self.recorded} tokens, "
-                f"replayed {self.replayed})")
+        return (
+            f"{self.label}: DIFFERS from step {self.first_difference} (recorded {self.recorded} tokens, "
+            f"replayed {self.replayed})"
+        )
 
 
 def load_export(path: str | Path) -> tuple[list[Trace], dict[str, Any] | None]:
@@ -63,8 +65,12 @@ def replay(engine: Any, traces: list[Trace]) -> list[LaneReplay]:
         recorded = [traces[i] for i in members]
         *_, last = engine.stream_lanes(recorded[0].prompt, [t.config for t in recorded], _settings(recorded[0]))
         replayed.update(zip(members, last, strict=True))
-    return [LaneReplay(lane_label(t.config, full=True), len(t.steps), len(replayed[i].steps),
-                       first_divergence(t, replayed[i])) for i, t in enumerate(traces)]
+    return [
+        LaneReplay(
+            lane_label(t.config, full=True), len(t.steps), len(replayed[i].steps), first_divergence(t, replayed[i])
+        )
+        for i, t in enumerate(traces)
+    ]
 
 
 def engine_options(card: dict[str, Any] | None) -> Any:
@@ -93,8 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no run card in this export: what produced it is unknown")  # noqa: T201
     else:
         diffs = differences(card, here)
-        print("differs from the run card: " + "; ".join(diffs) if diffs else  # noqa: T201
-              "same platform, device, versions and model as the run card")
+        print(
+            "differs from the run card: " + "; ".join(diffs)
+            if diffs
+            # noqa: T201
+            else "same platform, device, versions and model as the run card"
+        )
     with MoIEngine(model, engine_options(card)) as engine:
         if card is not None and card.get("dtype") and engine.dtype_name and card["dtype"] != engine.dtype_name:
             print(f"differs from the run card: dtype recorded {card['dtype']}, here {engine.dtype_name}")  # noqa: T201

@@ -35,20 +35,28 @@ from moi_demo.serving.supervisor import (
 
 logger = logging.getLogger(__name__)
 
+
 def steps_from_output(completion: Any, first_index: int, top_k: int) -> list[Step]:
     """Steps from a vLLM CompletionOutput delta: the sampled ids and their top-k raw log-probs."""
     steps = []
     for i, (token, logprobs) in enumerate(zip(completion.token_ids, completion.logprobs or [], strict=False)):
-        ranked = sorted(((lp.rank, tid, lp) for tid, lp in logprobs.items() if lp.rank is not None),
-                        key=lambda r: (r[0], r[1]))
+        ranked = sorted(
+            ((lp.rank, tid, lp) for tid, lp in logprobs.items() if lp.rank is not None), key=lambda r: (r[0], r[1])
+        )
         top = [(tid, lp) for rank, tid, lp in ranked if rank <= top_k][:top_k]
         sampled = logprobs[token]
-        steps.append(Step(
-            index=first_index + i, token_id=int(token), token=sampled.decoded_token or "",
-            logprob=float(sampled.logprob), topk_ids=[t for t, _ in top],
-            topk_logprobs=[float(lp.logprob) for _, lp in top], entropy=0.0,
-            topk_tokens=[lp.decoded_token or "" for _, lp in top],
-        ))
+        steps.append(
+            Step(
+                index=first_index + i,
+                token_id=int(token),
+                token=sampled.decoded_token or "",
+                logprob=float(sampled.logprob),
+                topk_ids=[t for t, _ in top],
+                topk_logprobs=[float(lp.logprob) for _, lp in top],
+                entropy=0.0,
+                topk_tokens=[lp.decoded_token or "" for _, lp in top],
+            )
+        )
     return steps
 
 
@@ -71,8 +79,9 @@ def fill_from_records(trace: Trace, records: dict[str, dict[str, list]]) -> bool
         logger.warning("moi-demo: no records of what lane %s fed (%d found)", trace.request_id, len(found))
         return False
     record, cfg = found[0], trace.config
-    for step, ids, weights, entropy in zip(trace.steps, record["candidates"], record["weights"], record["entropy"],
-                                           strict=False):
+    for step, ids, weights, entropy in zip(
+        trace.steps, record["candidates"], record["weights"], record["entropy"], strict=False
+    ):
         step.candidate_ids, step.weights, step.entropy = list(ids), list(weights), float(entropy)
         if cfg.prior != "raw" or cfg.noise > 0:
             step.mixed_prior = prior_from_weights(ids, weights, step.topk_ids, step.token_id, entropy, cfg)
@@ -93,8 +102,9 @@ class MoIEngine(EngineSupervisor):
                 "VLLM_PLUGINS?"
             ) from e
         for engine in self._engines:
-            for _ in self._stream(engine, [1, 2, 3], MoIConfig("moi", 0.5, 5), SamplingSettings(max_tokens=3),
-                                  ignore_eos=True):
+            for _ in self._stream(
+                engine, [1, 2, 3], MoIConfig("moi", 0.5, 5), SamplingSettings(max_tokens=3), ignore_eos=True
+            ):
                 pass
         after = self.stats()
         applied = after["applied_steps"] - before
@@ -120,21 +130,38 @@ class MoIEngine(EngineSupervisor):
         for t in shown:
             rows = [(s.candidate_ids, s.weights) if s.weights else ([s.token_id], [1.0]) for s in t.steps]
             width = max(len(ids) for ids, _ in rows)
-            lanes.append({"ids": [list(ids) + [0] * (width - len(ids)) for ids, _ in rows],
-                          "weights": [list(w) + [0.0] * (width - len(w)) for _, w in rows],
-                          "sampled": t.token_ids, "step": min(max(step, 0), len(t.steps) - 1)})
+            lanes.append(
+                {
+                    "ids": [list(ids) + [0] * (width - len(ids)) for ids, _ in rows],
+                    "weights": [list(w) + [0.0] * (width - len(w)) for _, w in rows],
+                    "sampled": t.token_ids,
+                    "step": min(max(step, 0), len(t.steps) - 1),
+                }
+            )
         start = time.perf_counter()
         ranks = self._call(self.engine_for("moi").collective_rpc("moi_inspect", args=(lanes,)), timeout=60)
         ms = (time.perf_counter() - start) * 1e3
         out = []
         for i, (t, lane) in enumerate(zip(shown, lanes, strict=True)):
-            merged = sorted((sim, tid) for rank in ranks for tid, sim in zip(rank[i]["nearest_ids"],
-                                                                                rank[i]["nearest_sims"], strict=True))
+            merged = sorted(
+                (sim, tid)
+                for rank in ranks
+                for tid, sim in zip(rank[i]["nearest_ids"], rank[i]["nearest_sims"], strict=True)
+            )
             near = [(self.tokenizer.decode([tid]), tid, sim) for sim, tid in reversed(merged[-NEAREST:])]
             cos = ranks[0][i]["cos"]
-            out.append({"lane": t.lane, "label": lane_label(t.config, full=True), "step": lane["step"],
-                        "sampled": t.steps[lane["step"]].token, "cos_at_step": cos[lane["step"]], "cos": cos,
-                        "nearest": [{"token": tok, "id": tid, "cos": sim} for tok, tid, sim in near], "ms": ms})
+            out.append(
+                {
+                    "lane": t.lane,
+                    "label": lane_label(t.config, full=True),
+                    "step": lane["step"],
+                    "sampled": t.steps[lane["step"]].token,
+                    "cos_at_step": cos[lane["step"]],
+                    "cos": cos,
+                    "nearest": [{"token": tok, "id": tid, "cos": sim} for tok, tid, sim in near],
+                    "ms": ms,
+                }
+            )
         return out
 
     # -- requests ---------------------------------------------------------------------------------------
@@ -144,8 +171,9 @@ class MoIEngine(EngineSupervisor):
         limit = self.options.max_model_len - max_tokens
         if len(ids) > limit:
             raise InputError(
-                "prompt", f"is {len(ids)} tokens; at most {limit} fit ({self.options.max_model_len}-token context "
-                f"minus {max_tokens} new tokens)"
+                "prompt",
+                f"is {len(ids)} tokens; at most {limit} fit ({self.options.max_model_len}-token context "
+                f"minus {max_tokens} new tokens)",
             )
         return list(ids)
 
@@ -158,8 +186,14 @@ class MoIEngine(EngineSupervisor):
         if settings.seed is not None:
             inputs.SEED.check(settings.seed)
 
-    def sampling_params(self, moi: MoIConfig, settings: SamplingSettings, ignore_eos: bool = False,
-                        logprobs: bool = True, stream: bool = True) -> Any:
+    def sampling_params(
+        self,
+        moi: MoIConfig,
+        settings: SamplingSettings,
+        ignore_eos: bool = False,
+        logprobs: bool = True,
+        stream: bool = True,
+    ) -> Any:
         """Streamed (delta) params, or with `stream=False` the final output only (a batch job: no per-step
         output objects for hundreds of sequences); `logprobs` returns the top-k raw log-probs the traces are
         built from."""
@@ -167,8 +201,11 @@ class MoIEngine(EngineSupervisor):
         from vllm.sampling_params import RequestOutputKind
 
         return SamplingParams(
-            temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens,
-            seed=settings.seed, logprobs=moi.top_k if logprobs else None,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_tokens=settings.max_tokens,
+            seed=settings.seed,
+            logprobs=moi.top_k if logprobs else None,
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
             ignore_eos=ignore_eos,
             # a streamed switched lane keeps its record for the page (its weights cannot be rebuilt from log-probs)
@@ -191,7 +228,11 @@ class MoIEngine(EngineSupervisor):
         yield from self.stream_lanes(prompt, [standard, moi], settings, chat, run_id)  # type: ignore[misc]
 
     def stream_lanes(
-        self, prompt: str, configs: list[MoIConfig], settings: SamplingSettings, chat: bool = True,
+        self,
+        prompt: str,
+        configs: list[MoIConfig],
+        settings: SamplingSettings,
+        chat: bool = True,
         run_id: str | None = None,
     ) -> Iterator[tuple[Trace, ...]]:
         """Any lanes of one prompt (a standard lane is `MoIConfig("standard", ...)`), submitted together so vLLM
@@ -203,8 +244,10 @@ class MoIEngine(EngineSupervisor):
             self.validate(cfg, settings)
         self._check_available()
         ids = self.prompt_ids(prompt, settings.max_tokens, chat)
-        lanes = [("moi" if cfg.mixes else "standard", self.engine_for("moi" if cfg.mixes else "standard"), cfg)
-                 for cfg in configs]
+        lanes = [
+            ("moi" if cfg.mixes else "standard", self.engine_for("moi" if cfg.mixes else "standard"), cfg)
+            for cfg in configs
+        ]
         yield from self._stream_lanes(lanes, ids, settings, prompt, run_id=run_id)
 
     def cancel(self, run_id: str) -> int:
@@ -219,8 +262,11 @@ class MoIEngine(EngineSupervisor):
         return len(requests)
 
     def generate_many(
-        self, jobs: list[tuple[str, MoIConfig, int | None]], settings: SamplingSettings,
-        on_done: Any = None, run_id: str | None = None,
+        self,
+        jobs: list[tuple[str, MoIConfig, int | None]],
+        settings: SamplingSettings,
+        on_done: Any = None,
+        run_id: str | None = None,
     ) -> list[str]:
         """Complete many (prompt, config, seed) jobs concurrently (vLLM batches them); texts in job order.
         `on_done(count)` is called as requests finish (progress bars). `cancel(run_id)` aborts them all:
@@ -237,9 +283,12 @@ class MoIEngine(EngineSupervisor):
         async def one(i: int) -> None:
             nonlocal done
             _, cfg, seed = jobs[i]
-            params = self.sampling_params(cfg, SamplingSettings(settings.temperature, settings.top_p,
-                                                                settings.max_tokens, seed), logprobs=False,
-                                          stream=False)
+            params = self.sampling_params(
+                cfg,
+                SamplingSettings(settings.temperature, settings.top_p, settings.max_tokens, seed),
+                logprobs=False,
+                stream=False,
+            )
             async for out in engine.generate({"prompt_token_ids": prompts[i]}, params, f"eval-{tag}-{i}"):
                 texts[i] = out.outputs[0].text
             done += 1
@@ -269,15 +318,33 @@ class MoIEngine(EngineSupervisor):
         return last
 
     def _stream_lanes(
-        self, lanes: list[tuple[str, Any, MoIConfig]], ids: list[int], settings: SamplingSettings, prompt: str,
-        ignore_eos: bool = False, run_id: str | None = None,
+        self,
+        lanes: list[tuple[str, Any, MoIConfig]],
+        ids: list[int],
+        settings: SamplingSettings,
+        prompt: str,
+        ignore_eos: bool = False,
+        run_id: str | None = None,
     ) -> Iterator[tuple[Trace, ...]]:
         updates: queue.Queue = queue.Queue()
         tag = uuid.uuid4().hex[:12]
         traces = [
-            Trace(lane=lane, mode=cfg.mode, beta=cfg.beta, top_k=cfg.top_k, prompt=prompt, model=self.model,
-                  engine="vllm", temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed,
-                  max_tokens=settings.max_tokens, entropy=cfg.entropy, prior=cfg.prior, noise=cfg.noise)
+            Trace(
+                lane=lane,
+                mode=cfg.mode,
+                beta=cfg.beta,
+                top_k=cfg.top_k,
+                prompt=prompt,
+                model=self.model,
+                engine="vllm",
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                seed=settings.seed,
+                max_tokens=settings.max_tokens,
+                entropy=cfg.entropy,
+                prior=cfg.prior,
+                noise=cfg.noise,
+            )
             for lane, _, cfg in lanes
         ]
         request_ids = [f"{lane}-{i}-{tag}" for i, (lane, _, _) in enumerate(lanes)]
@@ -326,8 +393,12 @@ class MoIEngine(EngineSupervisor):
                         trace.finish_reason = completion.finish_reason
                         finished[i] = True
                         if trace.config.switched and trace.config.mixes:  # what it fed: only the plugin knows
-                            fill_from_records(trace, self._call(lanes[i][1].collective_rpc(
-                                "moi_records", args=([request_ids[i]],)), timeout=60)[0])
+                            fill_from_records(
+                                trace,
+                                self._call(
+                                    lanes[i][1].collective_rpc("moi_records", args=([request_ids[i]],)), timeout=60
+                                )[0],
+                            )
                 yield tuple(traces)
         finally:
             self._runs.end(run_id)

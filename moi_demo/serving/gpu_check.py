@@ -31,8 +31,10 @@ def nvidia_gpus(root: str = "/proc/driver/nvidia") -> list[str]:
     """The NVIDIA GPUs the kernel driver reports (their model names), else device nodes /dev/nvidia0.. ."""
     names = []
     for info in sorted(glob.glob(f"{root}/gpus/*/information")):
-        model = next((ln.split(":", 1)[1].strip() for ln in Path(info).read_text().splitlines()
-                      if ln.startswith("Model:")), "NVIDIA GPU")
+        model = next(
+            (ln.split(":", 1)[1].strip() for ln in Path(info).read_text().splitlines() if ln.startswith("Model:")),
+            "NVIDIA GPU",
+        )
         names.append(model)
     return names or [f"NVIDIA GPU ({d})" for d in sorted(glob.glob("/dev/nvidia[0-9]*"))]
 
@@ -48,9 +50,13 @@ def driver_version(root: str = "/proc/driver/nvidia") -> str | None:
     return None
 
 
-def check_gpu(torch_module: Any = None, gpus: list[str] | None = None, driver: str | None = None,
-              env: dict[str, str] | None = None) -> str:
-    """"cuda" when torch can use the GPU, "cpu" when there is none (or MOI_DEMO_DEVICE=cpu); raises
+def check_gpu(
+    torch_module: Any = None,
+    gpus: list[str] | None = None,
+    driver: str | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
+    """ "cuda" when torch can use the GPU, "cpu" when there is none (or MOI_DEMO_DEVICE=cpu); raises
     GPUUnusableError, saying why and what to do, when a GPU is present and torch cannot use it."""
     env = os.environ if env is None else env
     if env.get(ENV_DEVICE, "").lower() == "cpu":
@@ -64,11 +70,15 @@ def check_gpu(torch_module: Any = None, gpus: list[str] | None = None, driver: s
         return "cpu"
     driver = driver if driver is not None else driver_version()
     build = getattr(torch_module.version, "cuda", None)
-    why = (f"torch {torch_module.__version__} is a CPU build" if not build else
-           f"torch {torch_module.__version__} (CUDA {build}) cannot use it: driver "
-           f"{driver or 'unknown'}; CUDA {CUDA_RUNTIME} needs a driver >= {MIN_DRIVER} and a GPU of compute "
-           f"capability >= {MIN_COMPUTE_CAPABILITY}")
+    why = (
+        f"torch {torch_module.__version__} is a CPU build"
+        if not build
+        else f"torch {torch_module.__version__} (CUDA {build}) cannot use it: driver "
+        f"{driver or 'unknown'}; CUDA {CUDA_RUNTIME} needs a driver >= {MIN_DRIVER} and a GPU of compute "
+        f"capability >= {MIN_COMPUTE_CAPABILITY}"
+    )
     raise GPUUnusableError(
         f"moi-demo: found {', '.join(gpus)}, but {why}. Install the GPU requirements (pip install -r "
         f"requirements.txt: vllm==0.32.0 with torch 2.13.0 for CUDA {CUDA_RUNTIME}) on a driver >= {MIN_DRIVER}, "
-        f"or set {ENV_DEVICE}=cpu to run on the CPU anyway.")
+        f"or set {ENV_DEVICE}=cpu to run on the CPU anyway."
+    )

@@ -132,8 +132,9 @@ def resolve_model(name: str | None = None) -> str:
     return name
 
 
-def tiny_random_llama(out: Path, hidden: int = 64, layers: int = 2, heads: int = 2, dtype: str = "float32",
-                      embed_std: float = 0.15) -> str:
+def tiny_random_llama(
+    out: Path, hidden: int = 64, layers: int = 2, heads: int = 2, dtype: str = "float32", embed_std: float = 0.15
+) -> str:
     """A random llama with the default model's tokenizer and vocabulary (49k), built on the spot: a model
     whose forward is cheap, the CPU stand-in for a GPU when measuring the plugin's own cost (its top-k
     over the vocabulary and its mixing are then what shows). Reused when `out` already holds one."""
@@ -145,9 +146,18 @@ def tiny_random_llama(out: Path, hidden: int = 64, layers: int = 2, heads: int =
         return str(path)
     tokenizer = AutoTokenizer.from_pretrained(materialize_default_model())
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=heads, head_dim=hidden // heads,
-        max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
         initializer_range=0.05,
     )
     config.dtype = dtype

@@ -40,8 +40,13 @@ def git_commit() -> str | None:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return commit.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -90,10 +95,18 @@ def model_revision(model: str) -> str:
 
 @functools.cache
 def _environment() -> tuple[tuple[str, Any], ...]:
-    return tuple({"moi_demo": _version("moi-demo"), "git_commit": git_commit(), "vllm": _version("vllm"),
-                  "torch": _version("torch"), "transformers": _version("transformers"),
-                  "python": platform.python_version(), "platform": f"{platform.system()} {platform.machine()}",
-                  "device": device_name()}.items())
+    return tuple(
+        {
+            "moi_demo": _version("moi-demo"),
+            "git_commit": git_commit(),
+            "vllm": _version("vllm"),
+            "torch": _version("torch"),
+            "transformers": _version("transformers"),
+            "python": platform.python_version(),
+            "platform": f"{platform.system()} {platform.machine()}",
+            "device": device_name(),
+        }.items()
+    )
 
 
 def environment() -> dict[str, Any]:
@@ -106,16 +119,25 @@ def run_card(engine: Any) -> dict[str, Any]:
     """The card of a MoIEngine's results: its environment, model, dtype, runner and engine options."""
     kwargs = engine.options.engine_kwargs(engine.model)
     runner = getattr(engine, "runner_name", None)
-    return {**environment(), "model": engine.model, "model_revision": model_revision(engine.model),
-            "dtype": getattr(engine, "dtype_name", None) or str(kwargs.get("dtype")), "runner": runner,
-            "layout": engine.layout, "engine_options": _plain(asdict(engine.options)),
-            "engine_kwargs": _plain(kwargs)}
+    return {
+        **environment(),
+        "model": engine.model,
+        "model_revision": model_revision(engine.model),
+        "dtype": getattr(engine, "dtype_name", None) or str(kwargs.get("dtype")),
+        "runner": runner,
+        "layout": engine.layout,
+        "engine_options": _plain(asdict(engine.options)),
+        "engine_kwargs": _plain(kwargs),
+    }
 
 
 def differences(card: dict[str, Any], here: dict[str, Any]) -> list[str]:
     """What differs between a recorded card and this machine's, of what a token-identical replay needs."""
-    return [f"{key}: recorded {card.get(key)!r}, here {here.get(key)!r}" for key in REPLAY_KEYS
-            if key in card and key in here and card.get(key) != here.get(key)]
+    return [
+        f"{key}: recorded {card.get(key)!r}, here {here.get(key)!r}"
+        for key in REPLAY_KEYS
+        if key in card and key in here and card.get(key) != here.get(key)
+    ]
 
 
 def _plain(value: Any) -> Any:

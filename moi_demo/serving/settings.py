@@ -47,11 +47,21 @@ def host_kwargs(cpu: bool | None = None, kv_cache_memory_bytes: int | None = CPU
     return out
 
 
-def engine_kwargs(model: str, moi: bool = True, cpu: bool | None = None,
-                  kv_cache_memory_bytes: int | None = CPU_KV_BYTES, **overrides: Any) -> dict[str, Any]:
+def engine_kwargs(
+    model: str,
+    moi: bool = True,
+    cpu: bool | None = None,
+    kv_cache_memory_bytes: int | None = CPU_KV_BYTES,
+    **overrides: Any,
+) -> dict[str, Any]:
     """vLLM engine arguments for `model` on this host (seed 0), MoI enabled unless `moi=False`; `overrides` win."""
-    return {"model": model, "seed": 0, **host_kwargs(cpu, kv_cache_memory_bytes),
-            **(enable_kwargs() if moi else {}), **overrides}
+    return {
+        "model": model,
+        "seed": 0,
+        **host_kwargs(cpu, kv_cache_memory_bytes),
+        **(enable_kwargs() if moi else {}),
+        **overrides,
+    }
 
 
 @dataclass
@@ -77,10 +87,17 @@ class EngineOptions:
 
     def engine_kwargs(self, model: str) -> dict[str, Any]:
         cpu = is_cpu()
-        kwargs = engine_kwargs(model, cpu=cpu, kv_cache_memory_bytes=self.kv_cache_memory_bytes,
-                               enforce_eager=self.enforce_eager, max_model_len=self.max_model_len,
-                               max_num_seqs=self.max_num_seqs, seed=self.seed, max_logprobs=MAX_TOP_K,
-                               tensor_parallel_size=self.tensor_parallel_size)
+        kwargs = engine_kwargs(
+            model,
+            cpu=cpu,
+            kv_cache_memory_bytes=self.kv_cache_memory_bytes,
+            enforce_eager=self.enforce_eager,
+            max_model_len=self.max_model_len,
+            max_num_seqs=self.max_num_seqs,
+            seed=self.seed,
+            max_logprobs=MAX_TOP_K,
+            tensor_parallel_size=self.tensor_parallel_size,
+        )
         if self.dtype is not None or not cpu:
             kwargs["dtype"] = self.dtype or "auto"
         if not cpu and self.kv_cache_memory_bytes is not None:  # a GPU engine told its KV cache (vLLM's own: None)
@@ -98,8 +115,11 @@ class EngineOptions:
 def chat_ids(tokenizer: Any, prompt: str, chat: bool = True) -> list[int]:
     """A prompt's token ids as the engine sends them: through the chat template where the model has one."""
     if chat and getattr(tokenizer, "chat_template", None):
-        return list(tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False))
+        return list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
     return list(tokenizer(prompt)["input_ids"])
 
 
@@ -112,13 +132,22 @@ def kv_bytes_per_token(model_config: Any, dtype_bytes: int) -> int:
     return 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
 
 
-def throughput_options(jobs: int, seq_tokens: int, kv_per_token: int, on_cpu: bool, memory_available: int,
-                       max_model_len: int = 2048, max_seqs: int = MAX_BATCH_SEQS, **kwargs: Any) -> EngineOptions:
+def throughput_options(
+    jobs: int,
+    seq_tokens: int,
+    kv_per_token: int,
+    on_cpu: bool,
+    memory_available: int,
+    max_model_len: int = 2048,
+    max_seqs: int = MAX_BATCH_SEQS,
+    **kwargs: Any,
+) -> EngineOptions:
     """An engine sized for a batch job (eval, sweep) rather than the app's interactive lanes: as many
     sequences at once as there are jobs, up to MAX_BATCH_SEQS and, on a CPU, up to what a KV cache of at most
     CPU_KV_SHARE of the available memory holds (each sequence: `seq_tokens` = longest prompt + max new tokens,
     rounded up to whole blocks); compiled (CUDA graphs on a GPU) from COMPILE_MIN_JOBS jobs. On a GPU vLLM sizes
     the KV cache itself (gpu_memory_utilization) and queues what does not fit."""
+
     def kv_bytes(tokens: int) -> int:  # whole blocks, + 1: a partly filled block at each end
         return (-(-tokens // KV_BLOCK_TOKENS) + 1) * KV_BLOCK_TOKENS * kv_per_token
 
@@ -134,12 +163,20 @@ def throughput_options(jobs: int, seq_tokens: int, kv_per_token: int, on_cpu: bo
     # scheduling shares them).
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)  # macOS
     cores = ",".join(str(c) for c in sorted(cpus))
-    return EngineOptions(max_num_seqs=seqs, kv_cache_memory_bytes=kv, max_model_len=max_model_len,
-                         cpu_threads_bind=cores, **kwargs)
+    return EngineOptions(
+        max_num_seqs=seqs, kv_cache_memory_bytes=kv, max_model_len=max_model_len, cpu_threads_bind=cores, **kwargs
+    )
 
 
-def batch_job_options(model: str, prompts: list[str], runs_per_prompt: int, max_tokens: int,
-                      max_model_len: int = 2048, max_num_seqs: int | None = None, **kwargs: Any) -> EngineOptions:
+def batch_job_options(
+    model: str,
+    prompts: list[str],
+    runs_per_prompt: int,
+    max_tokens: int,
+    max_model_len: int = 2048,
+    max_num_seqs: int | None = None,
+    **kwargs: Any,
+) -> EngineOptions:
     """throughput_options for a job of `runs_per_prompt` runs (modes, betas) of each prompt on this machine: the
     longest prompt (chat template applied) plus `max_tokens` per sequence, the model's KV bytes per token, the
     memory available now; `max_model_len` at most the model's positions. `max_num_seqs` caps the sequences."""
@@ -155,14 +192,21 @@ def batch_job_options(model: str, prompts: list[str], runs_per_prompt: int, max_
     on_cpu = is_cpu()
     dtype = torch.float32 if on_cpu else (getattr(config.get_text_config(), "dtype", None) or torch.bfloat16)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    options = throughput_options(len(prompts) * runs_per_prompt, longest + max_tokens,
-                                 kv_bytes_per_token(config, dtype.itemsize), on_cpu,
-                                 psutil.virtual_memory().available, max_model_len, max_num_seqs or MAX_BATCH_SEQS,
-                                 **kwargs)
-    logger.info("moi-demo: batch engine: %d sequences at once, KV cache %s, longest prompt %d tokens, %s",
-                options.max_num_seqs, "vLLM's own" if options.kv_cache_memory_bytes is None
-                else f"{options.kv_cache_memory_bytes / 2**30:.2f} GiB", longest,
-                "eager" if options.enforce_eager else "compiled")
+    options = throughput_options(
+        len(prompts) * runs_per_prompt,
+        longest + max_tokens,
+        kv_bytes_per_token(config, dtype.itemsize),
+        on_cpu,
+        psutil.virtual_memory().available,
+        max_model_len,
+        max_num_seqs or MAX_BATCH_SEQS,
+        **kwargs,
+    )
+    logger.info(
+        "moi-demo: batch engine: %d sequences at once, KV cache %s, longest prompt %d tokens, %s",
+        options.max_num_seqs,
+        "vLLM's own" if options.kv_cache_memory_bytes is None else f"{options.kv_cache_memory_bytes / 2**30:.2f} GiB",
+        longest,
+        "eager" if options.enforce_eager else "compiled",
+    )
     return options
-
-

@@ -48,8 +48,12 @@ class StockEngine:
         if self.runner == "moi":
             env.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")  # the runner a MoI-enabled engine keeps
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moi_demo.serving.stock", json.dumps(self.args)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
+            [sys.executable, "-m", "moi_demo.serving.stock", json.dumps(self.args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
         )
         self._reply()  # "ready"
         return self
@@ -78,7 +82,7 @@ class StockEngine:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.startswith("STOCK "):
-                reply = json.loads(line[len("STOCK "):])
+                reply = json.loads(line[len("STOCK ") :])
                 if "error" in reply:
                     raise RuntimeError(f"stock vLLM engine: {reply['error']}")
                 return reply["result"]
@@ -109,13 +113,17 @@ def _serve(args: dict[str, Any]) -> None:
         cmd = json.loads(line)
         try:
             if cmd["op"] == "generate":
-                outs = llm.generate([{"prompt_token_ids": p} for p in cmd["prompts"]],
-                                    params(cmd["max_tokens"], **cmd["sampling"]), use_tqdm=False)
+                outs = llm.generate(
+                    [{"prompt_token_ids": p} for p in cmd["prompts"]],
+                    params(cmd["max_tokens"], **cmd["sampling"]),
+                    use_tqdm=False,
+                )
                 reply(result=[list(o.outputs[0].token_ids) for o in outs])
             elif cmd["op"] == "tps":
                 start = time.perf_counter()
-                outs = llm.generate([{"prompt_token_ids": cmd["prompt"]}] * cmd["batch"], params(cmd["tokens"]),
-                                    use_tqdm=False)
+                outs = llm.generate(
+                    [{"prompt_token_ids": cmd["prompt"]}] * cmd["batch"], params(cmd["tokens"]), use_tqdm=False
+                )
                 elapsed = time.perf_counter() - start
                 reply(result=sum(len(o.outputs[0].token_ids) for o in outs) / elapsed)
             else:

@@ -120,8 +120,9 @@ class EngineSupervisor:
         config = getattr(self._engines[0], "vllm_config", None)  # for run cards: the dtype vLLM chose
         self.dtype_name = str(config.model_config.dtype).removeprefix("torch.") if config is not None else None
         self.start_seconds = time.perf_counter() - t0
-        logger.info("moi-demo: %d vLLM engine(s) on %s ready in %.1f s", len(self._engines), self.model,
-                    self.start_seconds)
+        logger.info(
+            "moi-demo: %d vLLM engine(s) on %s ready in %.1f s", len(self._engines), self.model, self.start_seconds
+        )
         if self_check:
             self.self_check()
         self.state = EngineState.READY
@@ -134,10 +135,13 @@ class EngineSupervisor:
     def unavailable(self) -> EngineUnavailableError:
         eta = max(5, round(self.start_seconds) + 5)
         if self.state == EngineState.FAILED:
-            return EngineUnavailableError(f"engine: stopped ({self.last_error}); restarting failed "
-                                          f"{MAX_RESTART_ATTEMPTS} times, the app needs attention")
-        return EngineUnavailableError(f"engine: stopped ({self.last_error or self.state}); restarting, "
-                                      f"try again in ~{eta} s")
+            return EngineUnavailableError(
+                f"engine: stopped ({self.last_error}); restarting failed "
+                f"{MAX_RESTART_ATTEMPTS} times, the app needs attention"
+            )
+        return EngineUnavailableError(
+            f"engine: stopped ({self.last_error or self.state}); restarting, try again in ~{eta} s"
+        )
 
     def _watch(self) -> None:
         """Notices an engine that died while idle (a killed process, an out-of-memory kill)."""
@@ -168,8 +172,12 @@ class EngineSupervisor:
                 self.self_check()
                 self.restarts += 1
                 self.state = EngineState.READY
-                logger.warning("moi-demo: engine restarted (attempt %d, %.1f s; %d restart(s) so far)", attempt,
-                               time.perf_counter() - t0, self.restarts)
+                logger.warning(
+                    "moi-demo: engine restarted (attempt %d, %.1f s; %d restart(s) so far)",
+                    attempt,
+                    time.perf_counter() - t0,
+                    self.restarts,
+                )
                 return
             except Exception as e:  # logged, retried with backoff
                 logger.error("moi-demo: engine restart attempt %d of %d failed: %r", attempt, MAX_RESTART_ATTEMPTS, e)
@@ -178,7 +186,7 @@ class EngineSupervisor:
                         engine.shutdown()
                 self._engines = []
                 if attempt < MAX_RESTART_ATTEMPTS:
-                    time.sleep(2 ** attempt)
+                    time.sleep(2**attempt)
         self.state = EngineState.FAILED
         logger.critical("moi-demo: the engine could not be restarted (%s)", self.last_error)
 
@@ -194,9 +202,14 @@ class EngineSupervisor:
 
     def health(self) -> dict[str, Any]:
         """Engine state, runs in flight, model, uptime and restarts so far: for /health and the status line."""
-        return {"engine": self.state.value, "model": self.model, "uptime_s": round(time.time() - self.created_at, 1),
-                "restarts": self.restarts, "runs_in_flight": len(self._runs),
-                "max_concurrent_runs": self.max_concurrent_runs}
+        return {
+            "engine": self.state.value,
+            "model": self.model,
+            "uptime_s": round(time.time() - self.created_at, 1),
+            "restarts": self.restarts,
+            "runs_in_flight": len(self._runs),
+            "max_concurrent_runs": self.max_concurrent_runs,
+        }
 
     def _create_engines(self, timeout: float | None = None) -> None:
         """One engine (shared layout) or one per lane (split; on a CPU, each bound to its own core)."""
@@ -245,8 +258,13 @@ class EngineSupervisor:
     def stats(self, records: bool = False) -> dict[str, Any]:
         """The plugin's counters summed over every engine (first worker of each: ranks agree). With
         `records`, also the weights fed per request (only kept when MOI_DEMO_RECORD=1 at engine start)."""
-        total: dict[str, Any] = {"hooked": True, "applied_steps": 0, "recomputed_steps": 0, "requests": {},
-                                 "records": {}}
+        total: dict[str, Any] = {
+            "hooked": True,
+            "applied_steps": 0,
+            "recomputed_steps": 0,
+            "requests": {},
+            "records": {},
+        }
         for engine in self._engines:
             worker = self._call(engine.collective_rpc("moi_stats", args=(records,)), timeout=60)[0]
             total["hooked"] &= worker["hooked"]

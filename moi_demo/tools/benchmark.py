@@ -40,17 +40,25 @@ class Row:
 
     def cells(self) -> list[str]:
         med = statistics.median(self.ratios)
-        return [self.name, f"{statistics.median(self.a_values):.4g} {self.unit}",
-                f"{statistics.median(self.b_values):.4g} {self.unit}", f"{med:.3f}",
-                f"{min(self.ratios):.3f}-{max(self.ratios):.3f}", self.target]
+        return [
+            self.name,
+            f"{statistics.median(self.a_values):.4g} {self.unit}",
+            f"{statistics.median(self.b_values):.4g} {self.unit}",
+            f"{med:.3f}",
+            f"{min(self.ratios):.3f}-{max(self.ratios):.3f}",
+            self.target,
+        ]
 
 
 def render(rows: Sequence[Row], header: str) -> str:
     head = ["comparison (ratio = A / B)", "A (median)", "B (median)", "ratio", "min-max", "target"]
     table = [head] + [r.cells() for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    lines = [header, "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        header,
+        "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in table[1:]]
     return "\n".join(lines)
 
@@ -197,8 +205,14 @@ def plugin_cost(s: BenchSettings) -> str:
     from moi_demo.serving.stock import StockEngine
 
     model = tiny_random_llama(cache_dir() / "tiny-llama-h64")
-    kwargs = engine_kwargs(model, moi=False, enforce_eager=True, max_model_len=512, kv_cache_memory_bytes=512 << 20,
-                           max_num_seqs=max(s.plugin_batches))
+    kwargs = engine_kwargs(
+        model,
+        moi=False,
+        enforce_eager=True,
+        max_model_len=512,
+        kv_cache_memory_bytes=512 << 20,
+        max_num_seqs=max(s.plugin_batches),
+    )
     ids = list(range(100, 116))
     rows: list[Row] = []
     llm = LLM(**kwargs, **enable_kwargs())
@@ -207,11 +221,20 @@ def plugin_cost(s: BenchSettings) -> str:
         hook_ms: dict[int, float] = {}
         for batch in s.plugin_batches:
             before = llm.collective_rpc("moi_stats")[0]["hook_seconds"]
-            rows.append(paired(
-                Row(f"g. plugin's own cost: MoI vs standard tok/s, tiny model, batch {batch}", "MoI", "standard",
-                    unit="tok/s", target=PLUGIN_TARGETS.get(batch, "")), s.repeats,
-                lambda b=batch: offline_tps(llm, ids, b, s.tokens, MOI),
-                lambda b=batch: offline_tps(llm, ids, b, s.tokens, None)))
+            rows.append(
+                paired(
+                    Row(
+                        f"g. plugin's own cost: MoI vs standard tok/s, tiny model, batch {batch}",
+                        "MoI",
+                        "standard",
+                        unit="tok/s",
+                        target=PLUGIN_TARGETS.get(batch, ""),
+                    ),
+                    s.repeats,
+                    lambda b=batch: offline_tps(llm, ids, b, s.tokens, MOI),
+                    lambda b=batch: offline_tps(llm, ids, b, s.tokens, None),
+                )
+            )
             # The hooks' own wall time per decode step (moi_stats), over the MoI and the standard runs of the row:
             # a standard step costs the hooks ~nothing, so this is the MoI steps' cost.
             spent = llm.collective_rpc("moi_stats")[0]["hook_seconds"] - before
@@ -226,17 +249,29 @@ def plugin_cost(s: BenchSettings) -> str:
                 return fn()
 
             for batch in [b for b in s.plugin_batches if b <= 8]:
-                rows.append(paired(
-                    Row(f"h. standard tok/s, MoI-enabled engine vs stock vLLM (same runner), tiny model, batch {batch}",
-                        "MoI-enabled", "stock", unit="tok/s", target=">= 0.99"), s.repeats,
-                    lambda b=batch: settled(lambda: offline_tps(llm, ids, b, s.tokens, None)),
-                    lambda b=batch: settled(lambda: stock.tokens_per_second(ids, b, s.tokens))))
+                rows.append(
+                    paired(
+                        Row(
+                            "h. standard tok/s, MoI-enabled engine vs stock vLLM (same runner), tiny model, "
+                            f"batch {batch}",
+                            "MoI-enabled",
+                            "stock",
+                            unit="tok/s",
+                            target=">= 0.99",
+                        ),
+                        s.repeats,
+                        lambda b=batch: settled(lambda: offline_tps(llm, ids, b, s.tokens, None)),
+                        lambda b=batch: settled(lambda: stock.tokens_per_second(ids, b, s.tokens)),
+                    )
+                )
     finally:
         llm.llm_engine.engine_core.shutdown()
     hooks = ", ".join(f"batch {b}: {ms:.3f} ms" for b, ms in hook_ms.items())
-    return render(rows, "### The plugin's own cost (tiny model: 2 layers, hidden 64, 49k vocabulary; "
-                        f"greedy, {s.tokens} new tokens per request, one engine, interleaved)") + (
-        f"\n\nhook_seconds per MoI decode step (moi_stats): {hooks}")
+    return render(
+        rows,
+        "### The plugin's own cost (tiny model: 2 layers, hidden 64, 49k vocabulary; "
+        f"greedy, {s.tokens} new tokens per request, one engine, interleaved)",
+    ) + (f"\n\nhook_seconds per MoI decode step (moi_stats): {hooks}")
 
 
 def run(s: BenchSettings) -> str:
@@ -259,10 +294,14 @@ def run(s: BenchSettings) -> str:
     offline_tps(llm, ids, 2, 8, MOI)  # warm-up
     eager_moi: dict[int, list[float]] = {}
     for batch in s.batches:
-        row = paired(Row(f"a. decode tokens/s, MoI vs standard, batch {batch}", "MoI", "standard", unit="tok/s",
-                         target=">= 0.97"), s.repeats,
-                     lambda b=batch: offline_tps(llm, ids, b, s.tokens, MOI),
-                     lambda b=batch: offline_tps(llm, ids, b, s.tokens, None))
+        row = paired(
+            Row(
+                f"a. decode tokens/s, MoI vs standard, batch {batch}", "MoI", "standard", unit="tok/s", target=">= 0.97"
+            ),
+            s.repeats,
+            lambda b=batch: offline_tps(llm, ids, b, s.tokens, MOI),
+            lambda b=batch: offline_tps(llm, ids, b, s.tokens, None),
+        )
         eager_moi[batch] = row.a_values
         rows_a.append(row)
     llm.llm_engine.engine_core.shutdown()
@@ -272,8 +311,13 @@ def run(s: BenchSettings) -> str:
         decoder = ReferenceDecoder(model)
         for batch in s.batches:
             ref = [reference_tps(decoder, ids, batch, s.tokens) for _ in range(max(1, s.repeats // 2))]
-            row = Row(f"c. tokens/s, vLLM (MoI) vs reference decoder, batch {batch}", "vLLM", "reference",
-                      unit="tok/s", target=">= 3 at batch 8" if batch == 8 else "")
+            row = Row(
+                f"c. tokens/s, vLLM (MoI) vs reference decoder, batch {batch}",
+                "vLLM",
+                "reference",
+                unit="tok/s",
+                target=">= 3 at batch 8" if batch == 8 else "",
+            )
             row.a_values = eager_moi[batch]
             row.b_values = ref
             row.ratios = [a / statistics.median(ref) for a in eager_moi[batch]]
@@ -291,8 +335,7 @@ def run(s: BenchSettings) -> str:
             rows_a.append(row)
         compiled.llm_engine.engine_core.shutdown()
         out.append(f"compiled engine start: {compile_start:.1f} s")
-    out.insert(0, render(rows_a, "### Engine throughput (offline vLLM, greedy, "
-                                 f"{s.tokens} new tokens per request)"))
+    out.insert(0, render(rows_a, f"### Engine throughput (offline vLLM, greedy, {s.tokens} new tokens per request)"))
 
     # b, e, f: side by side, shared engine vs two engines; app overhead
     rows_b: list[Row] = []
@@ -301,33 +344,64 @@ def run(s: BenchSettings) -> str:
     for layout in layouts:
         with PeakRSS() as mem:
             start = time.perf_counter()
-            engine = MoIEngine(model, EngineOptions(max_model_len=s.max_model_len, kv_cache_memory_bytes=kv),
-                               layout=layout).start()
+            engine = MoIEngine(
+                model, EngineOptions(max_model_len=s.max_model_len, kv_cache_memory_bytes=kv), layout=layout
+            ).start()
             started = time.perf_counter() - start
             lanes_time(engine, PROMPT, 4, [STANDARD, MOI])
-            rows_b.append(paired(
-                Row(f"b. side-by-side wall time, both lanes vs one lane, {layout} engine", "both", "one", unit="s",
-                    target="<= 1.15"), s.repeats,
-                lambda e=engine: lanes_time(e, PROMPT, s.tokens, [STANDARD, MOI]),
-                lambda e=engine: lanes_time(e, PROMPT, s.tokens, [STANDARD])))
+            rows_b.append(
+                paired(
+                    Row(
+                        f"b. side-by-side wall time, both lanes vs one lane, {layout} engine",
+                        "both",
+                        "one",
+                        unit="s",
+                        target="<= 1.15",
+                    ),
+                    s.repeats,
+                    lambda e=engine: lanes_time(e, PROMPT, s.tokens, [STANDARD, MOI]),
+                    lambda e=engine: lanes_time(e, PROMPT, s.tokens, [STANDARD]),
+                )
+            )
             if layout == "shared":
-                rows_b.append(paired(
-                    Row("i. beta sweep to completion, standard + 7 MoI lanes vs one lane", "sweep", "one", unit="s",
-                        target="<= 2.0"), s.repeats,
-                    lambda e=engine: lanes_time(e, PROMPT, s.tokens, [STANDARD, *SWEEP]),
-                    lambda e=engine: lanes_time(e, PROMPT, s.tokens, [MOI])))
+                rows_b.append(
+                    paired(
+                        Row(
+                            "i. beta sweep to completion, standard + 7 MoI lanes vs one lane",
+                            "sweep",
+                            "one",
+                            unit="s",
+                            target="<= 2.0",
+                        ),
+                        s.repeats,
+                        lambda e=engine: lanes_time(e, PROMPT, s.tokens, [STANDARD, *SWEEP]),
+                        lambda e=engine: lanes_time(e, PROMPT, s.tokens, [MOI]),
+                    )
+                )
             if layout == "shared" and s.app:
                 rows_b.append(app_overhead(engine, s.repeats))
             engine.shutdown()
-        out.append(f"{layout} layout: engine start {started:.1f} s (with self-check), "
-                   f"peak RSS of all processes {mem.peak / 2**30:.2f} GiB")
+        out.append(
+            f"{layout} layout: engine start {started:.1f} s (with self-check), "
+            f"peak RSS of all processes {mem.peak / 2**30:.2f} GiB"
+        )
         peaks[layout] = mem.peak / 2**30
     if "split" in peaks:
-        rows_b.append(Row("e. peak RSS of all engine processes, two engines vs shared", "two", "shared",
-                          [peaks["split"] / peaks["shared"]], [peaks["split"]], [peaks["shared"]], unit="GiB"))
+        rows_b.append(
+            Row(
+                "e. peak RSS of all engine processes, two engines vs shared",
+                "two",
+                "shared",
+                [peaks["split"] / peaks["shared"]],
+                [peaks["split"]],
+                [peaks["shared"]],
+                unit="GiB",
+            )
+        )
     else:
-        rows_b.append(Row("e. peak RSS, shared", "shared", "-", [1.0], [peaks["shared"]], [peaks["shared"]],
-                          unit="GiB"))
+        rows_b.append(
+            Row("e. peak RSS, shared", "shared", "-", [1.0], [peaks["shared"]], [peaks["shared"]], unit="GiB")
+        )
     out.append(render(rows_b, "### Side by side and the app"))
     if s.plugin:
         out.append(plugin_cost(s))
@@ -369,9 +443,15 @@ def eval_throughput(s: EvalBenchSettings) -> str:
             _, samples = evaluate(engine, examples, checker, configs, settings)
             return len(samples) / (time.perf_counter() - start), [x.correct for x in samples]
 
-    row = Row(f"j. eval samples/s, {s.task} n = {s.n} x 3 modes, {s.max_tokens} tokens: engine sized for the job "
-              f"({sized.max_num_seqs} sequences{', every core' if sized.cpu_threads_bind else ''}) vs the app's "
-              f"({s.app_seqs} sequences)", "sized", "app", unit="samples/s", target=">= 2.0")
+    row = Row(
+        f"j. eval samples/s, {s.task} n = {s.n} x 3 modes, {s.max_tokens} tokens: engine sized for the job "
+        f"({sized.max_num_seqs} sequences{', every core' if sized.cpu_threads_bind else ''}) vs the app's "
+        f"({s.app_seqs} sequences)",
+        "sized",
+        "app",
+        unit="samples/s",
+        target=">= 2.0",
+    )
     agree = True
     for _ in range(s.repeats):
         a, hits_a = rate(sized)
@@ -380,8 +460,10 @@ def eval_throughput(s: EvalBenchSettings) -> str:
         row.a_values.append(a)
         row.b_values.append(b)
         row.ratios.append(a / b)
-    return (render([row], "### Evaluation throughput (`moi-demo eval`)")
-            + f"\nanswers identical, sample for sample, in both engines: {agree}")
+    return (
+        render([row], "### Evaluation throughput (`moi-demo eval`)")
+        + f"\nanswers identical, sample for sample, in both engines: {agree}"
+    )
 
 
 def app_overhead(engine: Any, repeats: int) -> Row:
@@ -394,13 +476,20 @@ def app_overhead(engine: Any, repeats: int) -> Row:
     try:
         client = Client(demo.local_url, verbose=False)
         app_first_token_time(client, PROMPT)  # warm-up
-        row = Row("f. time to first token, through the app vs engine alone", "app", "engine", unit="s",
-                  target="app - engine <= 0.05 s")
+        row = Row(
+            "f. time to first token, through the app vs engine alone",
+            "app",
+            "engine",
+            unit="s",
+            target="app - engine <= 0.05 s",
+        )
         paired(row, repeats, lambda: app_first_token_time(client, PROMPT), lambda: first_token_time(engine, PROMPT))
         overhead = [a - b for a, b in zip(row.a_values, row.b_values, strict=True)]
         floor = gradio_floor(repeats)
-        row.target += (f" (measured {statistics.median(overhead) * 1000:.0f} ms; a trivial Gradio generator "
-                       f"alone: {floor * 1000:.0f} ms)")
+        row.target += (
+            f" (measured {statistics.median(overhead) * 1000:.0f} ms; a trivial Gradio generator "
+            f"alone: {floor * 1000:.0f} ms)"
+        )
         return row
     finally:
         demo.close()
@@ -457,20 +546,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--page", action="store_true", help="only the page in Chromium (long tasks, time to first token)")
     p.add_argument("--page-runs", type=int, default=5)
     p.add_argument("--screenshot", default=None, help="with --page: save the page after the sweep here")
-    p.add_argument("--page-cores", choices=["own", "shared"], default="own",
-                   help="with --page: the browser on a core of its own (default) or sharing every core with the engine")
+    p.add_argument(
+        "--page-cores",
+        choices=["own", "shared"],
+        default="own",
+        help="with --page: the browser on a core of its own (default) or sharing every core with the engine",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if a.page:
         from moi_demo.tools.pagebench import PageSettings
         from moi_demo.tools.pagebench import main as page_main
 
-        print(page_main(a.model, PageSettings(runs=a.page_runs, screenshot=a.screenshot,
-                                                      cores=a.page_cores)))  # noqa: T201
+        print(page_main(a.model, PageSettings(runs=a.page_runs, screenshot=a.screenshot, cores=a.page_cores)))  # noqa: T201
         return 0
     if a.eval:
-        print(eval_throughput(EvalBenchSettings(a.model, n=a.eval_n, max_tokens=a.eval_tokens,
-                                                repeats=a.eval_repeats)))  # noqa: T201
+        print(eval_throughput(EvalBenchSettings(a.model, n=a.eval_n, max_tokens=a.eval_tokens, repeats=a.eval_repeats)))  # noqa: T201
         return 0
     if a.load:
         from moi_demo.tools.loadtest import LoadSettings
@@ -478,9 +569,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(load_main(a.model, LoadSettings(a.clients, a.requests, a.load_tokens)))  # noqa: T201
         return 0
-    settings = BenchSettings(a.model, a.repeats, a.tokens, tuple(int(b) for b in a.batches.split(",")),
-                             not a.no_compiled, not a.no_app, not a.no_split, not a.no_reference,
-                             plugin=not a.no_plugin, plugin_batches=tuple(int(b) for b in a.plugin_batches.split(",")),
-                             plugin_only=a.plugin_only)
+    settings = BenchSettings(
+        a.model,
+        a.repeats,
+        a.tokens,
+        tuple(int(b) for b in a.batches.split(",")),
+        not a.no_compiled,
+        not a.no_app,
+        not a.no_split,
+        not a.no_reference,
+        plugin=not a.no_plugin,
+        plugin_batches=tuple(int(b) for b in a.plugin_batches.split(",")),
+        plugin_only=a.plugin_only,
+    )
     print(run(settings))  # noqa: T201 - the table is the command's output
     return 0

@@ -37,8 +37,9 @@ PREEMPT_STEPS = 48
 PASS, FAIL, NA = "pass", "FAIL", "n/a here"
 
 
-def run_staggered(llm: Any, jobs: Sequence[tuple[str, list[int], Any, int]], reorder: bool = False,
-                  max_steps: int = 2000) -> dict[str, list[int]]:
+def run_staggered(
+    llm: Any, jobs: Sequence[tuple[str, list[int], Any, int]], reorder: bool = False, max_steps: int = 2000
+) -> dict[str, list[int]]:
     """Requests arriving at different steps: (request id, prompt ids, SamplingParams, the step it arrives at), each
     added to the engine at its step, so that prefills and decodes share steps. With `reorder`, the runner reorders
     its batch before every step (`moi_force_reorder`, decodes first, as FlashInfer and MLA make it on a GPU), so
@@ -71,8 +72,9 @@ class Check:
 
 
 class Doctor:
-    def __init__(self, model: str, tokens: int = 32, long_rounds: int = 6, speed_batch: int = 64,
-                 compiled: bool = True):
+    def __init__(
+        self, model: str, tokens: int = 32, long_rounds: int = 6, speed_batch: int = 64, compiled: bool = True
+    ):
         from vllm.platforms import current_platform
 
         self.model, self.tokens, self.long_rounds, self.speed_batch = model, tokens, long_rounds, speed_batch
@@ -86,8 +88,9 @@ class Doctor:
     def kwargs(self, **over: Any) -> dict[str, Any]:
         from moi_demo.serving.settings import engine_kwargs
 
-        base = engine_kwargs(self.model, cpu=self.cpu, max_model_len=1024, max_num_seqs=max(self.speed_batch, 8),
-                             max_logprobs=20)
+        base = engine_kwargs(
+            self.model, cpu=self.cpu, max_model_len=1024, max_num_seqs=max(self.speed_batch, 8), max_logprobs=20
+        )
         if not self.cpu:
             base.update(gpu_memory_utilization=0.5)
         return {**base, **over}
@@ -129,13 +132,18 @@ class Doctor:
     def params(self, extra: dict[str, Any] | None = None, tokens: int | None = None, **kw: Any):
         from vllm import SamplingParams
 
-        return SamplingParams(temperature=kw.pop("temperature", 0.0), max_tokens=tokens or self.tokens,
-                              ignore_eos=True, extra_args=extra or None, **kw)
+        return SamplingParams(
+            temperature=kw.pop("temperature", 0.0),
+            max_tokens=tokens or self.tokens,
+            ignore_eos=True,
+            extra_args=extra or None,
+            **kw,
+        )
 
-    def generate(self, llm: Any, prompts: list[list[int]], extras: Sequence[dict | None], **kw: Any
-                 ) -> list[list[int]]:
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], [self.params(x, **kw) for x in extras],
-                            use_tqdm=False)
+    def generate(self, llm: Any, prompts: list[list[int]], extras: Sequence[dict | None], **kw: Any) -> list[list[int]]:
+        outs = llm.generate(
+            [{"prompt_token_ids": p} for p in prompts], [self.params(x, **kw) for x in extras], use_tqdm=False
+        )
         return [list(o.outputs[0].token_ids) for o in outs]
 
     @staticmethod
@@ -147,8 +155,9 @@ class Doctor:
     def run(self) -> list[Check]:
         from moi_demo.serving.stock import StockEngine
 
-        stock_kwargs = {k: v for k, v in self.kwargs(enforce_eager=True, async_scheduling=False).items()
-                        if k != "model"}
+        stock_kwargs = {
+            k: v for k, v in self.kwargs(enforce_eager=True, async_scheduling=False).items() if k != "model"
+        }
         with StockEngine(self.model, **stock_kwargs) as stock:  # first: one engine at a time on a GPU
             tok = _tokenizer(self.model)
             self.prompts = [tok(p)["input_ids"] for p in PROMPTS]
@@ -159,8 +168,10 @@ class Doctor:
             env["VLLM_GPU_SYNC_CHECK"] = "error"  # vLLM's own: a device sync in a checked step raises
         with self.engine(env=env, enforce_eager=True, async_scheduling=False) as llm:
             self.run_check("plugin hooked on every rank", lambda: self.check_hooked(llm))
-            self.run_check("standard requests token-identical to stock vLLM (no plugin)",
-                           lambda: self.check_stock(llm, stock_tokens))
+            self.run_check(
+                "standard requests token-identical to stock vLLM (no plugin)",
+                lambda: self.check_stock(llm, stock_tokens),
+            )
             self.run_check("mixed batch: MoI and direct differ from standard", lambda: self.check_differs(llm))
             self.run_check("prefix caching never shares MoI blocks", lambda: self.check_prefix_cache(llm))
             self.run_check("batch reordered (rows swap): same tokens, no sync", lambda: self.check_reorder(llm))
@@ -173,18 +184,22 @@ class Doctor:
         if self.compiled:
             with self.engine(enforce_eager=False) as llm:  # compiled; CUDA graphs and async scheduling on CUDA
                 self.run_check(compiled_name, lambda: self.check_compiled(llm))
-                self.run_check(f"speed: MoI / standard tok/s at batch {self.speed_batch} (>= 0.90)",
-                               lambda: self.check_speed(llm))
+                self.run_check(
+                    f"speed: MoI / standard tok/s at batch {self.speed_batch} (>= 0.90)", lambda: self.check_speed(llm)
+                )
                 if self.cuda:
                     self.enabled_tps = [self.standard_tps(llm) for _ in range(3)]
         else:
             self.add(compiled_name, None, "skipped (--no-compiled)")
             with self.engine(enforce_eager=True) as llm:
-                self.run_check(f"speed: MoI / standard tok/s at batch {self.speed_batch} (>= 0.90)",
-                               lambda: self.check_speed(llm))
+                self.run_check(
+                    f"speed: MoI / standard tok/s at batch {self.speed_batch} (>= 0.90)", lambda: self.check_speed(llm)
+                )
         self.run_check("MoI tokens: async scheduling on vs off", self.check_async)
-        self.run_check(f"speed: standard tok/s, MoI-enabled engine vs stock vLLM's default runner, batch "
-                       f"{self.speed_batch}", self.check_enable_cost)
+        self.run_check(
+            f"speed: standard tok/s, MoI-enabled engine vs stock vLLM's default runner, batch {self.speed_batch}",
+            self.check_enable_cost,
+        )
         return self.checks
 
     def standard_tps(self, llm: Any) -> float:
@@ -206,8 +221,10 @@ class Doctor:
             stock.tokens_per_second(self.prompts[1], 4, 8)  # warm-up
             stock_tps = [stock.tokens_per_second(self.prompts[1], self.speed_batch, self.tokens) for _ in range(3)]
         ratio = statistics.median(self.enabled_tps) / statistics.median(stock_tps)
-        return True, (f"{ratio:.3f} (MoI-enabled {statistics.median(self.enabled_tps):.0f} tok/s, stock default runner "
-                      f"{statistics.median(stock_tps):.0f} tok/s; medians of 3)")
+        return True, (
+            f"{ratio:.3f} (MoI-enabled {statistics.median(self.enabled_tps):.0f} tok/s, stock default runner "
+            f"{statistics.median(stock_tps):.0f} tok/s; medians of 3)"
+        )
 
     def check_hooked(self, llm: Any) -> tuple[bool, str]:
         stats = self.stats(llm)
@@ -220,16 +237,20 @@ class Doctor:
         std, moi, low, direct, std2 = self.generate(llm, [p] * 5, [None, MOI, LOW_BETA, DIRECT, None])
         applied = self.stats(llm)[0]["applied_steps"] - before
         ok = std == std2 and low != std and direct != std and applied == 3 * (self.tokens - 1)
-        return ok, (f"standard twice identical: {std == std2}; beta 0 differs: {low != std}; direct differs: "
-                    f"{direct != std}; beta 1 differs: {moi != std}; mixed inputs fed: {applied}")
+        return ok, (
+            f"standard twice identical: {std == std2}; beta 0 differs: {low != std}; direct differs: "
+            f"{direct != std}; beta 1 differs: {moi != std}; mixed inputs fed: {applied}"
+        )
 
     def check_reorder(self, llm: Any) -> tuple[bool, str]:
         extras = [MOI, DIRECT, None, LOW_BETA, MOI, None, DIRECT, LOW_BETA]
         arrive = [0, 0, 1, 3, 4, 6, 9, 13]
 
         def jobs(tag: str) -> list[tuple[str, list[int], Any, int]]:
-            return [(f"{tag}{i}", self.prompts[i % 4], self.params(x, tokens=6 + (5 * i) % 17), at)
-                    for i, (x, at) in enumerate(zip(extras, arrive, strict=True))]
+            return [
+                (f"{tag}{i}", self.prompts[i % 4], self.params(x, tokens=6 + (5 * i) % 17), at)
+                for i, (x, at) in enumerate(zip(extras, arrive, strict=True))
+            ]
 
         plain = run_staggered(llm, jobs("plain-"))
         before = self.stats(llm)
@@ -240,8 +261,10 @@ class Doctor:
         same = sum(plain[f"plain-{i}"] == reordered[f"swap-{i}"] for i in range(len(extras)))
         ok = same == len(extras) and swaps > 0 and all(r == {} for r in reads)
         sync = "; under VLLM_GPU_SYNC_CHECK=error" if self.cuda else ""
-        return ok, (f"{same}/{len(extras)} staggered requests identical with and without reordering; rows swapped "
-                    f"{swaps} times; host reads {reads}{sync}")
+        return ok, (
+            f"{same}/{len(extras)} staggered requests identical with and without reordering; rows swapped "
+            f"{swaps} times; host reads {reads}{sync}"
+        )
 
     def check_prefix_cache(self, llm: Any) -> tuple[bool, str]:
         block = llm.llm_engine.vllm_config.cache_config.block_size
@@ -254,8 +277,10 @@ class Doctor:
             reuse[mode] = follow.num_cached_tokens
         prompt_blocks = len(prompt) // block * block
         ok = reuse["moi"] == prompt_blocks and reuse["standard"] > prompt_blocks
-        return ok, (f"cached tokens reused after MoI: {reuse['moi']} (its prompt blocks: {prompt_blocks}); "
-                    f"after standard (control): {reuse['standard']}")
+        return ok, (
+            f"cached tokens reused after MoI: {reuse['moi']} (its prompt blocks: {prompt_blocks}); "
+            f"after standard (control): {reuse['standard']}"
+        )
 
     def check_memory(self, llm: Any) -> tuple[bool, str]:
         prompts = [self.prompts[i % 4] for i in range(16)]
@@ -271,11 +296,16 @@ class Doctor:
         dev_flat = dev[-1] <= dev[1] * 1.01 if self.cuda else None
         per_token = self.stats(llm)[0]["memory"]["bytes_per_token"]
         ok = moi_flat and dev_flat is not False
-        detail = (f"{self.long_rounds} rounds x 16 requests x {4 * self.tokens} tokens: MoI holds "
-                  f"{readings[-1][0] / 2**20:.2f} MiB after each round from the 2nd (pool + next-input buffer), "
-                  f"history {per_token:.0f} B/token, freed at finish")
-        detail += (f"; device allocated {dev[1] / 2**20:.1f} -> {dev[-1] / 2**20:.1f} MiB" if self.cuda
-                   else "; device memory: n/a here (CPU)")
+        detail = (
+            f"{self.long_rounds} rounds x 16 requests x {4 * self.tokens} tokens: MoI holds "
+            f"{readings[-1][0] / 2**20:.2f} MiB after each round from the 2nd (pool + next-input buffer), "
+            f"history {per_token:.0f} B/token, freed at finish"
+        )
+        detail += (
+            f"; device allocated {dev[1] / 2**20:.1f} -> {dev[-1] / 2**20:.1f} MiB"
+            if self.cuda
+            else "; device memory: n/a here (CPU)"
+        )
         return ok, detail
 
     def check_host_reads(self, llm: Any) -> tuple[bool, str]:
@@ -286,8 +316,11 @@ class Doctor:
         ok = all(r == {} for r in reads)
         extra = "; VLLM_GPU_SYNC_CHECK=error was on" if self.cuda else "; VLLM_GPU_SYNC_CHECK: n/a here (CPU)"
         graphs = stats[0].get("graphs") or {}
-        extra += (f"; the step's CUDA graphs: {graphs.get('captures', 0)} captured, {graphs.get('replays', 0)} "
-                  "replayed" if graphs.get("on") else "; the step's graphs: off (eager)")
+        extra += (
+            f"; the step's CUDA graphs: {graphs.get('captures', 0)} captured, {graphs.get('replays', 0)} replayed"
+            if graphs.get("on")
+            else "; the step's graphs: off (eager)"
+        )
         return ok, f"syncs counted in the hooks during every step above: {reads}{extra}"
 
     def check_stock(self, llm: Any, stock_tokens: list[list[int]]) -> tuple[bool, str]:
@@ -298,14 +331,22 @@ class Doctor:
     def check_preemption(self) -> tuple[bool, str]:
         block = 32 if self.cpu else 16
         per_req = -(-(40 + PREEMPT_STEPS) // block)
-        with self.engine(enforce_eager=True, async_scheduling=False, num_gpu_blocks_override=2 * per_req,
-                         max_num_seqs=4, max_num_batched_tokens=max(block, 32), enable_prefix_caching=False,
-                         max_model_len=128, block_size=block) as llm:
+        with self.engine(
+            enforce_eager=True,
+            async_scheduling=False,
+            num_gpu_blocks_override=2 * per_req,
+            max_num_seqs=4,
+            max_num_batched_tokens=max(block, 32),
+            enable_prefix_caching=False,
+            max_model_len=128,
+            block_size=block,
+        ) as llm:
             got = self.generate(llm, self.preempt_prompts, PREEMPT_EXTRAS, tokens=PREEMPT_STEPS)
             recomputed = self.stats(llm)[0]["recomputed_steps"]
         same = sum(a == b for a, b in zip(self.preempt_expected, got, strict=True))
-        return recomputed > 0 and same == 4, (f"recomputed_steps {recomputed}; {same}/4 requests identical to an "
-                                              "engine with room for all")
+        return recomputed > 0 and same == 4, (
+            f"recomputed_steps {recomputed}; {same}/4 requests identical to an engine with room for all"
+        )
 
     def check_compiled(self, llm: Any) -> tuple[bool, str]:
         compiled = self.generate(llm, self.prompts, [MOI, DIRECT, LOW_BETA, None])
@@ -344,12 +385,18 @@ def _tokenizer(model: str) -> Any:
 
 def render(checks: Sequence[Check], model: str, seconds: float) -> str:
     w = max(len(c.name) for c in checks)
-    lines = [f"moi-demo doctor: {model}", "", f"| {'check'.ljust(w)} | result   | detail |",
-             f"|{'-' * (w + 2)}|----------|--------|"]
+    lines = [
+        f"moi-demo doctor: {model}",
+        "",
+        f"| {'check'.ljust(w)} | result   | detail |",
+        f"|{'-' * (w + 2)}|----------|--------|",
+    ]
     lines += [f"| {c.name.ljust(w)} | {c.status.ljust(8)} | {c.detail} |" for c in checks]
     failed = [c for c in checks if c.status == FAIL]
-    lines += ["", f"{len(checks) - len(failed)} of {len(checks)} checks passed or n/a, {len(failed)} failed, "
-                  f"in {seconds:.0f} s"]
+    lines += [
+        "",
+        f"{len(checks) - len(failed)} of {len(checks)} checks passed or n/a, {len(failed)} failed, in {seconds:.0f} s",
+    ]
     return "\n".join(lines)
 
 

@@ -15,9 +15,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-PROMPTS = ["What is the capital of France?", "Name three colours.", "Count from one to five.",
-           "What is two plus two?", "Say hello in Spanish.", "Name a large animal.", "What is water made of?",
-           "Give me a synonym for happy."]
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three colours.",
+    "Count from one to five.",
+    "What is two plus two?",
+    "Say hello in Spanish.",
+    "Name a large animal.",
+    "What is water made of?",
+    "Give me a synonym for happy.",
+]
 
 
 @dataclass
@@ -155,7 +162,8 @@ def run_load(url: str, engine: Any, s: LoadSettings) -> str:
         f"### Load: {s.clients} concurrent gradio_client sessions, {s.requests} requests of {s.tokens} tokens "
         f"per lane (greedy; every {s.stop_every}th stopped after its first token, every {s.bad_every}th a bad "
         "input)",
-        "| measure | value |", "|---|---|",
+        "| measure | value |",
+        "|---|---|",
         f"| runs/s through the app (runs and stopped runs) | {runs / wall:.2f} |",
         f"| runs/s of the engine alone, same runs, as concurrent | {runs_engine:.2f} |",
         f"| app / engine | {runs / wall / runs_engine:.2f} |",

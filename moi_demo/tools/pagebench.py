@@ -28,14 +28,24 @@ from typing import Any
 
 logger = logging.getLogger("moi_demo.bench")
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-quic"]
-PROMPTS = ["Write a long story about a dragon who learns to bake bread.",
-           "Write a long story about a lighthouse keeper and a storm.",
-           "Write a long story about a robot who wants to paint.",
-           "Write a long story about two friends crossing a desert.",
-           "Write a long story about a city under the sea.",
-           "Write a long story about a clockmaker's apprentice."]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
+PROMPTS = [
+    "Write a long story about a dragon who learns to bake bread.",
+    "Write a long story about a lighthouse keeper and a storm.",
+    "Write a long story about a robot who wants to paint.",
+    "Write a long story about two friends crossing a desert.",
+    "Write a long story about a city under the sea.",
+    "Write a long story about a clockmaker's apprentice.",
+]
 # Recorded in the page from its first script: long tasks, and when the MoI box first shows new text after the
 # user's action.
 INIT_SCRIPT = """
@@ -125,8 +135,9 @@ class PageProbe:
     def _on_data(self, event: dict) -> None:
         self.bytes += int(event.get("encodedDataLength") or event.get("dataLength") or 0)
 
-    def _window(self, action: Any, trigger: str, watch: str, status: str, word: str,
-                timeout_ms: int = 300_000) -> Window:
+    def _window(
+        self, action: Any, trigger: str, watch: str, status: str, word: str, timeout_ms: int = 300_000
+    ) -> Window:
         """Do `action` (which fires a `trigger` event: the user's action); wait for the first new text in `watch`,
         for `status` to change to a text with `word`, and for the page to be quiet (no bytes received for a second,
         then settled): the window's measures."""
@@ -143,11 +154,19 @@ class PageProbe:
         if mark is None:
             raise RuntimeError(f"the page saw no {trigger!r} event: nothing to time the first token from")
         tasks = page.evaluate("t0 => window.__long.filter(e => e[0] + e[1] >= t0)", t0)
-        window = Window(first / 1000, [d for _, d in tasks], self.bytes - start_bytes,
-                        after_ms=sum(d for start, d in tasks if start >= done))
-        logger.info("page: first token %.0f ms, long tasks %s ms (%.0f ms after the run), %d bytes",
-                    window.first_token_s * 1000, [round(d) for d in window.long_tasks], window.after_ms,
-                    window.bytes_received)
+        window = Window(
+            first / 1000,
+            [d for _, d in tasks],
+            self.bytes - start_bytes,
+            after_ms=sum(d for start, d in tasks if start >= done),
+        )
+        logger.info(
+            "page: first token %.0f ms, long tasks %s ms (%.0f ms after the run), %d bytes",
+            window.first_token_s * 1000,
+            [round(d) for d in window.long_tasks],
+            window.after_ms,
+            window.bytes_received,
+        )
         return window
 
     def quiet(self, idle_s: float = 1.0, settle_ms: int = 500) -> None:
@@ -171,8 +190,9 @@ class PageProbe:
 
     def generate(self, prompt: str) -> Window:
         self.page.locator("#prompt textarea").fill(prompt)
-        return self._window(lambda: self.page.locator("#generate").click(), "click", "#moi-text textarea", "#status",
-                            "Done")
+        return self._window(
+            lambda: self.page.locator("#generate").click(), "click", "#moi-text textarea", "#status", "Done"
+        )
 
     def set_beta(self, beta: float) -> Window:
         """Type a beta in the slider's number box and leave it: the box's input event runs the live re-run (the
@@ -187,8 +207,9 @@ class PageProbe:
 
     def sweep(self, betas: str) -> Window:
         self.page.locator("#betas textarea").fill(betas)
-        return self._window(lambda: self.page.locator("#sweep").click(), "click", "#sweep-lane-0 textarea",
-                            "#sweep-status", "Swept")
+        return self._window(
+            lambda: self.page.locator("#sweep").click(), "click", "#sweep-lane-0 textarea", "#sweep-status", "Swept"
+        )
 
 
 @dataclass
@@ -221,16 +242,25 @@ def measure_page(page: Any, url: str, s: PageSettings) -> dict[str, list[Window]
         page.mouse.move(0, 0)  # no hover label or mode bar in the picture
         page.wait_for_timeout(300)
         page.screenshot(path=s.screenshot, full_page=True)
-    return {f"Generate ({s.tokens} + {s.tokens} tokens)": runs, "beta change (number box)": live,
-            f"beta sweep (standard + {len(s.sweep.split(','))} lanes)": [sweep]}
+    return {
+        f"Generate ({s.tokens} + {s.tokens} tokens)": runs,
+        "beta change (number box)": live,
+        f"beta sweep (standard + {len(s.sweep.split(','))} lanes)": [sweep],
+    }
 
 
 def page_table(results: dict[str, list[Window]], s: PageSettings) -> str:
-    where = ("the browser on a core of its own, engine and server on the others" if s.cores == "own" else
-             "browser, engine and server sharing every core")
-    lines = [f"### The page in Chromium ({where}; one tab, repeated runs; long tasks = main-thread tasks > 50 ms)",
-             "| action | n | click or input to first token p50 / p95 | long tasks: total per action p50 (max) "
-             "| after the run p50 | longest task | bytes received per action p50 |", "|---|---|---|---|---|---|---|"]
+    where = (
+        "the browser on a core of its own, engine and server on the others"
+        if s.cores == "own"
+        else "browser, engine and server sharing every core"
+    )
+    lines = [
+        f"### The page in Chromium ({where}; one tab, repeated runs; long tasks = main-thread tasks > 50 ms)",
+        "| action | n | click or input to first token p50 / p95 | long tasks: total per action p50 (max) "
+        "| after the run p50 | longest task | bytes received per action p50 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, windows in results.items():
         first = [w.first_token_s for w in windows if w.first_token_s is not None]
         lines.append(
@@ -239,9 +269,9 @@ def page_table(results: dict[str, list[Window]], s: PageSettings) -> str:
             f"({max(w.long_total_ms for w in windows):.0f} ms) | "
             f"{statistics.median(w.after_ms for w in windows):.0f} ms | "
             f"{max(w.long_max_ms for w in windows):.0f} ms | "
-            f"{statistics.median(w.bytes_received for w in windows) / 1024:.0f} KiB |")
-    lines.append("targets: longest task <= 200 ms, total <= 500 ms per action; first token p50 <= 300 ms, "
-                 "p95 <= 1 s")
+            f"{statistics.median(w.bytes_received for w in windows) / 1024:.0f} KiB |"
+        )
+    lines.append("targets: longest task <= 200 ms, total <= 500 ms per action; first token p50 <= 300 ms, p95 <= 1 s")
     return "\n".join(lines)
 
 
@@ -252,14 +282,17 @@ def figure_bytes(engine: Any, tokens: int) -> str:
     from moi_demo.core.config import MoIConfig
     from moi_demo.core.trace import SamplingSettings
 
-    standard, moi = engine.generate_pair_sync(PROMPTS[0], MoIConfig("moi", 1.0, 20),
-                                              SamplingSettings(max_tokens=tokens))
+    standard, moi = engine.generate_pair_sync(
+        PROMPTS[0], MoIConfig("moi", 1.0, 20), SamplingSettings(max_tokens=tokens)
+    )
     names = ["token map", "inside a step", "mix weights", "entropy", "what the model reads"]
     figs = {name: view() for name, view in zip(names, plots.pair_views(standard, moi), strict=True)}
     sizes = {name: len(fig if isinstance(fig, str) else fig.to_json()) for name, fig in figs.items()}
-    return (f"figure JSON per run ({len(standard.steps)} + {len(moi.steps)} tokens): "
-            + ", ".join(f"{k} {v / 1024:.1f} KiB" for k, v in sizes.items())
-            + f"; total {sum(sizes.values()) / 1024:.1f} KiB")
+    return (
+        f"figure JSON per run ({len(standard.steps)} + {len(moi.steps)} tokens): "
+        + ", ".join(f"{k} {v / 1024:.1f} KiB" for k, v in sizes.items())
+        + f"; total {sum(sizes.values()) / 1024:.1f} KiB"
+    )
 
 
 def _measure_apart(url: str, s: PageSettings, cpus: list[int] | None) -> dict[str, list[Window]]:

@@ -150,9 +150,13 @@ class BatchState:
 
     # -- batch changes (vLLM's BatchUpdate: removed, then added, then moved) ------------------------------
 
-    def apply_update(self, removed: Sequence[int], added: Sequence[tuple[int, MoIConfig | None]],
-                     moved: Sequence[tuple[int, int, Any]],
-                     identify: Callable[[int], tuple[str, int, Any]]) -> None:
+    def apply_update(
+        self,
+        removed: Sequence[int],
+        added: Sequence[tuple[int, MoIConfig | None]],
+        moved: Sequence[tuple[int, int, Any]],
+        identify: Callable[[int], tuple[str, int, Any]],
+    ) -> None:
         """Apply one batch change, in vLLM's order: removed rows, added (row, MoI config or None for a
         standard request), moved (a, b, direction). Once rows have settled, `identify(row)` gives an added
         MoI request's (req_id, prompt_len, owner)."""
@@ -188,8 +192,7 @@ class BatchState:
 
     def _history(self, req_id: str, config: MoIConfig, prompt_len: int, owner: Any) -> RequestHistory:
         hist = self.requests.get(req_id)
-        if hist is not None and (hist.owner is not owner or hist.prompt_len != prompt_len
-                                 or hist.config != config):
+        if hist is not None and (hist.owner is not owner or hist.prompt_len != prompt_len or hist.config != config):
             # Same id, another request (abort + resubmit) or a resumed session (the prompt grew to hold
             # the earlier output): nothing of the old history stands.
             self._release(hist)
@@ -271,8 +274,11 @@ class BatchState:
         if hist.config.keep_record and not hist.read:
             self.kept_records[req_id] = self._held(hist)
         self._release(hist)
-        for store, most in ((self.finished, self.max_finished), (self.finished_records, self.max_finished),
-                            (self.kept_records, MAX_KEPT_RECORDS)):
+        for store, most in (
+            (self.finished, self.max_finished),
+            (self.finished_records, self.max_finished),
+            (self.kept_records, MAX_KEPT_RECORDS),
+        ):
             while len(store) > most:
                 store.pop(next(iter(store)))
 
@@ -300,10 +306,11 @@ class BatchState:
             pinned = torch.from_numpy(flat.copy()).pin_memory()
             return list(torch.split(pinned.to(self.device, non_blocking=True), sizes))
         if self._pinned is None or self._pinned.numel() < self._stage_off + total:
-            self._pinned = torch.empty(max(2 * (self._stage_off + total), 8 * self.max_rows), dtype=torch.int64,
-                                       pin_memory=True)
+            self._pinned = torch.empty(
+                max(2 * (self._stage_off + total), 8 * self.max_rows), dtype=torch.int64, pin_memory=True
+            )
             self._stage_off = 0
-        host = self._pinned[self._stage_off: self._stage_off + total]
+        host = self._pinned[self._stage_off : self._stage_off + total]
         self._stage_off += total
         host.numpy()[:] = flat
         return list(torch.split(host.to(self.device, non_blocking=True), sizes))
@@ -319,8 +326,7 @@ class BatchState:
             self._config_key = None
         return self._dev
 
-    def plan(self, num_reqs: int, num_computed: np.ndarray, num_scheduled: np.ndarray,
-             samples: np.ndarray) -> FeedPlan:
+    def plan(self, num_reqs: int, num_computed: np.ndarray, num_scheduled: np.ndarray, samples: np.ndarray) -> FeedPlan:
         """Step 1: plan the step of a batch of `num_reqs` rows, each computing positions [num_computed,
         num_computed + num_scheduled) and, where `samples`, sampling its next token."""
         self._expect(IDLE, "plan")
@@ -337,12 +343,13 @@ class BatchState:
 
     def _expect(self, phase: str, call: str) -> None:
         if self.phase != phase:
-            raise HookOrderError(f"moi-demo: BatchState.{call}() in phase {self.phase!r} (expected {phase!r}): "
-                                 "the hooks ran out of order (plan -> take_plan -> record, batch changes between "
-                                 "steps)")
+            raise HookOrderError(
+                f"moi-demo: BatchState.{call}() in phase {self.phase!r} (expected {phase!r}): "
+                "the hooks ran out of order (plan -> take_plan -> record, batch changes between "
+                "steps)"
+            )
 
-    def _plan_steady(self, num_computed: np.ndarray, num_scheduled: np.ndarray, samples: np.ndarray
-                     ) -> FeedPlan | None:
+    def _plan_steady(self, num_computed: np.ndarray, num_scheduled: np.ndarray, samples: np.ndarray) -> FeedPlan | None:
         """The common step: the same MoI rows as last step, each decoding its next token (one scheduled
         position: its last sample, whose mixed input the buffer holds). A handful of numpy ops."""
         num_reqs, rows, zeros = self._steady
@@ -357,8 +364,9 @@ class BatchState:
         self._pending = self._finish_plan(rows, num_reqs, flat)
         return FeedPlan(rows, zeros, [])
 
-    def _plan_general(self, num_reqs: int, num_computed: np.ndarray, num_scheduled: np.ndarray,
-                      samples: np.ndarray) -> FeedPlan:
+    def _plan_general(
+        self, num_reqs: int, num_computed: np.ndarray, num_scheduled: np.ndarray, samples: np.ndarray
+    ) -> FeedPlan:
         """Any step: the input rows to overwrite, and the sampling plan kept for `take_plan`."""
         mix = self.mixes[:num_reqs]
         rows = np.flatnonzero(mix)
@@ -376,8 +384,10 @@ class BatchState:
         missing = (j_hi >= length) & (j_hi >= j_lo)
         if missing.any():
             row = int(rows[np.flatnonzero(missing)[0]])
-            raise RuntimeError(f"moi-demo: request {self.req[row].req_id} has no mixed input for "
-                               f"generated token {int(self.length[row])}")
+            raise RuntimeError(
+                f"moi-demo: request {self.req[row].req_id} has no mixed input for "
+                f"generated token {int(self.length[row])}"
+            )
         fast = (j_hi == j_lo) & (j_hi == length - 1) & self.buffer_valid[rows]
         fast_rows = rows[fast]
         fast_offsets = (n - 1)[fast]
@@ -406,8 +416,9 @@ class BatchState:
         hist = self.req[row]
         assert hist is not None
         self.rewound_tokens += int(self.length[row]) - keep
-        logger.debug("moi-demo: request %s rewound from %d to %d generated tokens", hist.req_id,
-                     int(self.length[row]), keep)
+        logger.debug(
+            "moi-demo: request %s rewound from %d to %d generated tokens", hist.req_id, int(self.length[row]), keep
+        )
         n_pages = -(-keep // PAGE)
         self.pools[hist.width].release(hist.pages[n_pages:])
         del hist.pages[n_pages:]
@@ -448,10 +459,18 @@ class BatchState:
             switches = None
             if self.switched[rows].any():  # built on batch changes only; a request without a seed: one from its id
                 hists = [self.req[r] for r in rows]
-                switches = mixing.Switches.from_configs([h.config for h in hists], self.device,
-                                                        [zlib.crc32(h.req_id.encode()) for h in hists])
-            config = BatchConfig.from_tensors(mode, beta, top_k, k_max=int(k.max()), uniform_k=len(widths) == 1,
-                                              all_moi=bool((self.mode[rows] == MODE_MOI).all()), switches=switches)
+                switches = mixing.Switches.from_configs(
+                    [h.config for h in hists], self.device, [zlib.crc32(h.req_id.encode()) for h in hists]
+                )
+            config = BatchConfig.from_tensors(
+                mode,
+                beta,
+                top_k,
+                k_max=int(k.max()),
+                uniform_k=len(widths) == 1,
+                all_moi=bool((self.mode[rows] == MODE_MOI).all()),
+                switches=switches,
+            )
             self._config_key, self._cached = key, (config, span, rows_t, groups, sels_t)
         config, span, rows_t, groups, sels_t = self._cached
         noised = config.switches is not None and config.switches.any_noise
@@ -483,8 +502,14 @@ class BatchState:
             self.buffer = torch.zeros(self.max_rows, hidden, dtype=dtype, device=device)
             self.buffer_valid[:] = False
 
-    def record(self, plan: StepPlan, candidate_ids: torch.Tensor, weights: torch.Tensor,
-               mixed: torch.Tensor, entropy: torch.Tensor | None = None) -> None:
+    def record(
+        self,
+        plan: StepPlan,
+        candidate_ids: torch.Tensor,
+        weights: torch.Tensor,
+        mixed: torch.Tensor,
+        entropy: torch.Tensor | None = None,
+    ) -> None:
         """Step 3, after sampling: candidates [M, C] and weights [M, C] of the planned rows, their mixed inputs
         [M, D] (the next step's inputs; already in place when written into `mix_target`), and the H [M] they were
         mixed with: `write_record` on the device, then `recorded` on the host."""
@@ -498,8 +523,14 @@ class BatchState:
         if plan is not self._pending:
             raise HookOrderError("moi-demo: BatchState.record() with a plan other than the one taken this step")
 
-    def write_record(self, plan: StepPlan, candidate_ids: torch.Tensor, weights: torch.Tensor,
-                     mixed: torch.Tensor, entropy: torch.Tensor | None = None) -> None:
+    def write_record(
+        self,
+        plan: StepPlan,
+        candidate_ids: torch.Tensor,
+        weights: torch.Tensor,
+        mixed: torch.Tensor,
+        entropy: torch.Tensor | None = None,
+    ) -> None:
         """The device side of `record`: the mixed inputs into the next-input buffer and the step into the history
         pages (device ops only; what a CUDA graph of the step replays, vllm/step.py)."""
         if plan.span is not None:
@@ -547,8 +578,15 @@ class BatchState:
         """Tokens per chunk of a recompute: the most whose temporaries fit RECOMPUTE_BYTES (at least one)."""
         return max(1, RECOMPUTE_BYTES // recompute_bytes_per_token(width, hidden, dtype))
 
-    def write_from_history(self, row: int, js: np.ndarray, embed: Callable[[torch.Tensor], torch.Tensor],
-                           out: torch.Tensor, targets: np.ndarray, reduce: mixing.Reduce | None = None) -> None:
+    def write_from_history(
+        self,
+        row: int,
+        js: np.ndarray,
+        embed: Callable[[torch.Tensor], torch.Tensor],
+        out: torch.Tensor,
+        targets: np.ndarray,
+        reduce: mixing.Reduce | None = None,
+    ) -> None:
         """Rebuild the mixed inputs of generated tokens js [n] of the request in `row` from its history, through
         the model's own embedding, into rows `targets` [n] of `out` [N, D] (recompute after preemption, chunked
         prefill over outputs). In chunks: the temporaries never exceed max(RECOMPUTE_BYTES, one token's), whatever
@@ -558,13 +596,14 @@ class BatchState:
         assert hist is not None
         step = self.recompute_chunk(hist.width, out.shape[1], out.dtype)
         for lo in range(0, js.size, step):
-            ids, w, _ = self._read(hist, js[lo: lo + step])  # [c, C] int32, [c, C] float32
+            ids, w, _ = self._read(hist, js[lo : lo + step])  # [c, C] int32, [c, C] float32
             mixed = mixing.mix_embeddings(w, ids.long(), embed, out_dtype=out.dtype, reduce=reduce)  # [c, D]
-            (targets_t,) = self._to_device(targets[lo: lo + step])
+            (targets_t,) = self._to_device(targets[lo : lo + step])
             out.index_copy_(0, targets_t, mixed)
 
-    def mixed_from_history(self, row: int, js: np.ndarray, embed: Callable[[torch.Tensor], torch.Tensor],
-                           out_dtype: torch.dtype) -> torch.Tensor:
+    def mixed_from_history(
+        self, row: int, js: np.ndarray, embed: Callable[[torch.Tensor], torch.Tensor], out_dtype: torch.dtype
+    ) -> torch.Tensor:
         """Mixed inputs [len(js), D] of generated tokens js of the request in `row` (tests, introspection: the
         engine writes them in bounded chunks with `write_from_history`)."""
         hist = self.req[row]
@@ -576,8 +615,11 @@ class BatchState:
         """(ids [n, C] int32, weights [n, C], H [n]) of generated tokens js [n]."""
         pool = self.pools[hist.width]
         (flat,) = self._to_device(pool.flat(hist.pages, js), staged=staged)
-        return (pool.ids_flat.index_select(0, flat), pool.weights_flat.index_select(0, flat),
-                pool.entropy_flat.index_select(0, flat))
+        return (
+            pool.ids_flat.index_select(0, flat),
+            pool.weights_flat.index_select(0, flat),
+            pool.entropy_flat.index_select(0, flat),
+        )
 
     # -- introspection -------------------------------------------------------------------------------------
 
@@ -601,6 +643,7 @@ class BatchState:
         finished and kept: `moi_record`). A record is handed out once: a live request read is not kept at its finish
         (the engine reads a lane when its last token is out): {req_id: {"candidates": [n][..],
         "weights": [n][..], "entropy": [n]}}, one weight per distinct id. A device read: on request only."""
+
         def asked(req_id: str) -> bool:  # vLLM's internal id: the request's own, then "-" and a random suffix
             return any(req_id == p or req_id.startswith(p + "-") for p in prefixes)
 
@@ -618,13 +661,16 @@ class BatchState:
         out, at = {}, 0
         for req_id, (ids, _, _) in found.items():
             n, width = ids.shape
-            ids_h = [[int(x) for x in flat[at + i * width: at + (i + 1) * width]] for i in range(n)]
+            ids_h = [[int(x) for x in flat[at + i * width : at + (i + 1) * width]] for i in range(n)]
             at += n * width
-            weights_h = [flat[at + i * width: at + (i + 1) * width] for i in range(n)]
+            weights_h = [flat[at + i * width : at + (i + 1) * width] for i in range(n)]
             at += n * width
             rows = merged(ids_h, weights_h)
-            out[req_id] = {"candidates": [c for c, _ in rows], "weights": [w for _, w in rows],
-                           "entropy": flat[at: at + n]}
+            out[req_id] = {
+                "candidates": [c for c, _ in rows],
+                "weights": [w for _, w in rows],
+                "entropy": flat[at : at + n],
+            }
             at += n
         return out
 
@@ -642,17 +688,23 @@ class BatchState:
             "applied_steps": int(self.applied_steps),  # plain ints: the stats cross process boundaries
             "recomputed_steps": int(self.recomputed_steps),
             "rewound_tokens": int(self.rewound_tokens),
-            "moves": int(self.moves), "swaps": int(self.swaps),
+            "moves": int(self.moves),
+            "swaps": int(self.swaps),
             "requests": {**self.finished, **{r: int(h.fed) for r, h in self.requests.items()}},
             "memory": {  # live: what MoI holds now; bytes_per_token: over every request so far
-                "history_tokens": tokens, "history_bytes": history_bytes, "pool_bytes": pool_bytes,
-                "buffer_bytes": buffer_bytes, "total_bytes": pool_bytes + buffer_bytes,
+                "history_tokens": tokens,
+                "history_bytes": history_bytes,
+                "pool_bytes": pool_bytes,
+                "buffer_bytes": buffer_bytes,
+                "total_bytes": pool_bytes + buffer_bytes,
                 "bytes_per_token": all_bytes / all_tokens if all_tokens else 0.0,
             },
             "host_reads": None if self.host_reads is None else dict(self.host_reads.counts),
             "hook_seconds": self.hook_seconds,
         }
         if records:
-            out["records"] = {**{r: merged(*held[:2]) for r, held in self.finished_records.items()},
-                              **{r: self.history(h) for r, h in self.requests.items()}}
+            out["records"] = {
+                **{r: merged(*held[:2]) for r, held in self.finished_records.items()},
+                **{r: self.history(h) for r, h in self.requests.items()},
+            }
         return out

@@ -21,8 +21,10 @@ UPDATES = "_moi_updates"  # on BatchUpdateBuilder, only where MoI is enabled: th
 
 
 SWITCH = "moi"  # the key in additional_config that enables MoI for one engine
-HOW_TO_ENABLE = ("start the engine with additional_config={\"moi\": true} (vllm serve: --additional-config "
-                 "'{\"moi\": true}') or set MIXINPUTS_BETA")
+HOW_TO_ENABLE = (
+    'start the engine with additional_config={"moi": true} (vllm serve: --additional-config '
+    "'{\"moi\": true}') or set MIXINPUTS_BETA"
+)
 
 
 def enable_kwargs() -> dict[str, Any]:

@@ -25,6 +25,7 @@ def recompute_bytes_per_token(width: int, hidden: int, dtype: torch.dtype) -> in
     e = torch.empty(0, dtype=dtype).element_size()
     return width * (16 + hidden * (e + (4 if e < 4 else 0))) + hidden * (4 + e)
 
+
 SWAP = "swap"  # a two-way move (vLLM's MoveDirectionality.SWAP); anything else is one-way a -> b
 
 
@@ -36,9 +37,11 @@ class PagePool:
     def __init__(self, width: int, device: torch.device):
         self.width, self.device = width, device
         self.free: list[int] = []
-        self._set(torch.zeros(0, PAGE, width, dtype=torch.int32, device=device),
-                  torch.zeros(0, PAGE, width, dtype=torch.float32, device=device),
-                  torch.zeros(0, PAGE, dtype=torch.float32, device=device))
+        self._set(
+            torch.zeros(0, PAGE, width, dtype=torch.int32, device=device),
+            torch.zeros(0, PAGE, width, dtype=torch.float32, device=device),
+            torch.zeros(0, PAGE, dtype=torch.float32, device=device),
+        )
 
     def _set(self, ids: torch.Tensor, weights: torch.Tensor, entropy: torch.Tensor) -> None:
         self.ids, self.weights, self.entropy = ids, weights, entropy  # [P, PAGE, C] x 2, [P, PAGE]
@@ -92,8 +95,9 @@ class RequestHistory:
         return self.config.top_k + 1
 
 
-def merged(ids: torch.Tensor | list[list[int]], weights: torch.Tensor | list[list[float]]
-           ) -> list[tuple[list[int], list[float]]]:
+def merged(
+    ids: torch.Tensor | list[list[int]], weights: torch.Tensor | list[list[float]]
+) -> list[tuple[list[int], list[float]]]:
     """Per token: the distinct candidate ids and their summed weights (the sampled id may appear twice). Tensors
     [n, C] are read to the host; lists are taken as they are."""
     ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids

@@ -47,8 +47,9 @@ def _state(runner: Any) -> BatchState | None:
         if not enabled(runner.vllm_config.additional_config):
             runner._moi_state = False
             return None
-        state = runner._moi_state = BatchState(runner.input_batch.max_num_reqs, runner.device,
-                                               record=os.environ.get(ENV_RECORD) == "1")
+        state = runner._moi_state = BatchState(
+            runner.input_batch.max_num_reqs, runner.device, record=os.environ.get(ENV_RECORD) == "1"
+        )
         if os.environ.get(ENV_HOST_READS) == "1":
             state.host_reads = HostReadCounter(runner.device)
         # Graphs of the step only where the embedding is one local lookup (under tensor parallelism it all-reduces).
@@ -90,8 +91,9 @@ def _params_config(params: Any) -> MoIConfig | None:
         except InputError:  # refused at validation; never reached
             cached = None
         if cached is not None and cached.needs_context:
-            cached = dataclasses.replace(cached, context=SamplingContext(
-                float(params.temperature), float(params.top_p), params.seed))
+            cached = dataclasses.replace(
+                cached, context=SamplingContext(float(params.temperature), float(params.top_p), params.seed)
+            )
         with contextlib.suppress(AttributeError, TypeError):
             params._moi_config = cached
     return cached
@@ -171,7 +173,9 @@ def _feed(runner: Any, state: BatchState, inputs_embeds: torch.Tensor | None) ->
     num_reqs = batch.num_reqs
     query_start = runner.query_start_loc.np[: num_reqs + 1]  # [R + 1] flat offset of each row's tokens
     feed = state.plan(
-        num_reqs, batch.num_computed_tokens_cpu[:num_reqs], np.diff(query_start),
+        num_reqs,
+        batch.num_computed_tokens_cpu[:num_reqs],
+        np.diff(query_start),
         ~runner.discard_request_mask.np[:num_reqs],  # rows that sample this step (not mid-prefill)
     )
     if feed.empty:
@@ -213,8 +217,10 @@ class _PriorTap:
         tapped = self.tapped
         self.tapped, self.plan, self.steps = None, None, None
         if tapped is None:  # never taken: take() clears the runner it ran for
-            raise RuntimeError("moi-demo: the sampler never reached apply_penalties in a MoI step (vLLM's sampler "
-                               "changed?): no prior to mix")
+            raise RuntimeError(
+                "moi-demo: the sampler never reached apply_penalties in a MoI step (vLLM's sampler "
+                "changed?): no prior to mix"
+            )
         return tapped
 
 
@@ -247,8 +253,7 @@ def _wrap_sample(orig):
         with _checked(state):
             # [B, 1] sampled ids; the runner's persistent input buffer [N, D] gives the inputs' dtype and device
             embedding = _embedding(self)
-            steps.mix(plan, tapped, output.sampled_token_ids, embedding.embed, self.inputs_embeds.gpu,
-                      embedding.reduce)
+            steps.mix(plan, tapped, output.sampled_token_ids, embedding.embed, self.inputs_embeds.gpu, embedding.reduce)
         return output
 
     return _sample
@@ -282,11 +287,16 @@ def _worker_stats(worker: Any, records: bool = False) -> dict[str, Any]:
     state = getattr(runner, "_moi_state", None)
     on = enabled(runner.vllm_config.additional_config) if runner is not None else False
     device = torch.cuda.memory_allocated() if torch.cuda.is_available() else None  # what the process holds there
-    return {"hooked": bool(getattr(type(runner), PATCHED, False)), "enabled": on,
-            "runner": type(runner).__name__ if runner is not None else None,
-            "state": isinstance(state, BatchState), "device_allocated": device,
-            **(state or BatchState(1)).stats(records), "graphs": _graph_stats(runner),
-            "mix_all_reduce_numel": _reduced_numel(runner)}
+    return {
+        "hooked": bool(getattr(type(runner), PATCHED, False)),
+        "enabled": on,
+        "runner": type(runner).__name__ if runner is not None else None,
+        "state": isinstance(state, BatchState),
+        "device_allocated": device,
+        **(state or BatchState(1)).stats(records),
+        "graphs": _graph_stats(runner),
+        "mix_all_reduce_numel": _reduced_numel(runner),
+    }
 
 
 def _reduced_numel(runner: Any) -> int | None:

@@ -110,5 +110,9 @@ def _to_host(args: tuple, kwargs: dict) -> bool:
     """`t.to("cpu")` / `t.to(device=cpu)` of a tensor that is not on the CPU."""
     target = kwargs.get("device", args[1] if len(args) > 1 else None)
     src = args[0] if args else None
-    return (isinstance(src, torch.Tensor) and src.device.type != "cpu"
-            and isinstance(target, str | torch.device) and torch.device(target).type == "cpu")
+    return (
+        isinstance(src, torch.Tensor)
+        and src.device.type != "cpu"
+        and isinstance(target, str | torch.device)
+        and torch.device(target).type == "cpu"
+    )

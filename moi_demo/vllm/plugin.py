@@ -72,21 +72,31 @@ def _wrap_create_engine_config(orig):
         self.additional_config = additional_config(self.additional_config)
         if not enabled(self.additional_config):
             return orig(self, *args, **kwargs)  # exactly stock
-        why = (f"additional_config {SWITCH}=true" if isinstance(self.additional_config, dict)
-               and self.additional_config.get(SWITCH) else f"{ENV_BETA}={os.environ.get(ENV_BETA)}")
+        why = (
+            f"additional_config {SWITCH}=true"
+            if isinstance(self.additional_config, dict) and self.additional_config.get(SWITCH)
+            else f"{ENV_BETA}={os.environ.get(ENV_BETA)}"
+        )
         logger.info("moi-demo: MoI enabled for this engine (%s); without it the engine is stock vLLM", why)
         if not self.enable_prompt_embeds:
-            logger.info("moi-demo: turned on enable_prompt_embeds (the model takes the mixed input embeddings); "
-                        "undo: do not enable MoI for this engine")
+            logger.info(
+                "moi-demo: turned on enable_prompt_embeds (the model takes the mixed input embeddings); "
+                "undo: do not enable MoI for this engine"
+            )
             self.enable_prompt_embeds = True
         config = orig(self, *args, **kwargs)
         v2 = os.environ.get("VLLM_USE_V2_MODEL_RUNNER")
         if v2 is None:
-            logger.info("moi-demo: kept the V1 model runner (MoI hooks it; vLLM's CUDA default is V2); "
-                        "undo: do not enable MoI for this engine")
+            logger.info(
+                "moi-demo: kept the V1 model runner (MoI hooks it; vLLM's CUDA default is V2); "
+                "undo: do not enable MoI for this engine"
+            )
         elif config.use_v2_model_runner:
-            logger.warning("moi-demo: VLLM_USE_V2_MODEL_RUNNER=%s: MoI requests will be refused (MoI needs the V1 "
-                           "runner: unset it or set it to 0)", v2)
+            logger.warning(
+                "moi-demo: VLLM_USE_V2_MODEL_RUNNER=%s: MoI requests will be refused (MoI needs the V1 "
+                "runner: unset it or set it to 0)",
+                v2,
+            )
         return config
 
     return create_engine_config
@@ -133,8 +143,9 @@ def validate_request(params: Any, vllm_config: Any) -> None:
     asked = [k for k in EXTRA_ARGS_KEYS if k in extra]
     if not enabled(vllm_config.additional_config):
         if asked:
-            raise VLLMValidationError(f"{asked[0]}: MoI is not enabled on this engine: {HOW_TO_ENABLE}",
-                                      parameter=asked[0])
+            raise VLLMValidationError(
+                f"{asked[0]}: MoI is not enabled on this engine: {HOW_TO_ENABLE}", parameter=asked[0]
+            )
         return
     try:
         cfg = request_config(extra)
@@ -216,8 +227,9 @@ def register() -> None:
     default = env_default()
     logger.info(
         "moi-demo: Mixture of Inputs installed; %s",
-        f"enabled for every engine by {ENV_BETA} ({default.mode}, beta={default.beta:g})" if default else
-        f"an engine is changed only where MoI is enabled ({HOW_TO_ENABLE[len('start the engine with '):]}); "
+        f"enabled for every engine by {ENV_BETA} ({default.mode}, beta={default.beta:g})"
+        if default
+        else f"an engine is changed only where MoI is enabled ({HOW_TO_ENABLE[len('start the engine with ') :]}); "
         f"then per request in extra_args {'/'.join(EXTRA_ARGS_KEYS)}",
     )
 
@@ -242,8 +254,9 @@ def vllm_cli(argv: list[str]) -> int:
             raise
 
     md.version = version
-    if argv[:1] == ["serve"] and not any(a.split("=")[0] in ("--additional-config", "--additional_config")
-                                         for a in argv):
+    if argv[:1] == ["serve"] and not any(
+        a.split("=")[0] in ("--additional-config", "--additional_config") for a in argv
+    ):
         argv = [*argv, "--additional-config", json.dumps({SWITCH: True})]  # moi-demo's commands enable MoI
         logger.info("moi-demo: vllm serve with --additional-config '{\"moi\": true}' (MoI enabled)")
     sys.argv = ["vllm", *argv]

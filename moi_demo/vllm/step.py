@@ -161,9 +161,15 @@ class StepRunner:
             return cap.tapped
         return tap_eager(plan, logits)
 
-    def mix(self, plan: StepPlan, tapped: Tapped, sampled: torch.Tensor,
-            embed: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor,
-            reduce: mixing.Reduce | None = None) -> mixing.Fed:
+    def mix(
+        self,
+        plan: StepPlan,
+        tapped: Tapped,
+        sampled: torch.Tensor,
+        embed: Callable[[torch.Tensor], torch.Tensor],
+        like: torch.Tensor,
+        reduce: mixing.Reduce | None = None,
+    ) -> mixing.Fed:
         """After sampling (`sampled` [B] or [B, 1], the batch's): the weights, the mixed inputs (in `like`'s hidden
         size, dtype and device) into the next-input buffer, the step into the history; then the host's record.
         `reduce`: under tensor parallelism, the all-reduce of the mixed inputs (mixing.fed_step); never graphed."""
@@ -186,8 +192,9 @@ class StepRunner:
                 state.recorded(plan)
                 return cap.fed
         mixed = state.mix_target(plan, like.shape[-1], like.dtype, like.device)  # [M, D]
-        fed = mixing.fed_step(tapped.ids, tapped.top_logits, _rows(sampled, plan), plan.config, embed, mixed,
-                              tapped.extras, reduce)
+        fed = mixing.fed_step(
+            tapped.ids, tapped.top_logits, _rows(sampled, plan), plan.config, embed, mixed, tapped.extras, reduce
+        )
         state.record(plan, fed.candidate_ids, fed.weights, mixed, fed.entropy)
         return fed
 
@@ -217,9 +224,15 @@ class StepRunner:
         positions = None if plan.positions is None else torch.zeros(m, dtype=torch.long, device=dev)
         static_flat = torch.zeros(m, dtype=flat.dtype, device=dev)
         captured_plan = dataclasses.replace(plan, write_t={width: (None, static_flat)}, positions=positions)
-        return _Captured(plan.config, key, captured_plan,
-                         torch.empty(m, *logits.shape[1:], dtype=logits.dtype, device=dev),
-                         torch.zeros(m, 1, dtype=torch.long, device=dev), static_flat, positions)
+        return _Captured(
+            plan.config,
+            key,
+            captured_plan,
+            torch.empty(m, *logits.shape[1:], dtype=logits.dtype, device=dev),
+            torch.zeros(m, 1, dtype=torch.long, device=dev),
+            static_flat,
+            positions,
+        )
 
     def _capture(self, cap: _Captured, part: str, fn: Callable[[], Any]) -> bool:
         """Capture one part's graph (its outputs kept on `cap`) and run it for this step; on failure, one log line
@@ -229,8 +242,12 @@ class StepRunner:
             out = graph.capture(fn)
             graph.replay()
         except Exception as e:  # never fail a request
-            logger.warning("moi-demo: no graph of the MoI step's %s (%s: %s); the step runs eager from now on",
-                           part, type(e).__name__, str(e)[:200])
+            logger.warning(
+                "moi-demo: no graph of the MoI step's %s (%s: %s); the step runs eager from now on",
+                part,
+                type(e).__name__,
+                str(e)[:200],
+            )
             self.graphs, self.captured, self._graphed = False, None, None
             return False
         if part == "tap":
@@ -252,8 +269,12 @@ class StepRunner:
         """The addresses a mix graph writes into: the next-input buffer and the history pool of the plan's width."""
         ((width,),) = (tuple(plan.write_t),)
         pool = self.state.pools[width]
-        return (self.state.buffer.data_ptr(), pool.ids_flat.data_ptr(), pool.weights_flat.data_ptr(),
-                pool.entropy_flat.data_ptr())
+        return (
+            self.state.buffer.data_ptr(),
+            pool.ids_flat.data_ptr(),
+            pool.weights_flat.data_ptr(),
+            pool.entropy_flat.data_ptr(),
+        )
 
     def _load(self, cap: _Captured, plan: StepPlan, sampled: torch.Tensor) -> None:
         """This step's inputs into the graph's static tensors: its sampled ids, history rows and noise counters."""

@@ -114,8 +114,10 @@ def countdown(n: int, seed: int = 0, level: int = 4) -> list[Example]:
         if value is None or value.denominator != 1 or not 1 <= value <= 1000:
             continue
         shown = sorted(nums)
-        prompt = (f"Using the numbers {shown}, each exactly once, and the operations + - * /, write an expression "
-                  f"that equals {value.numerator}. Give the expression as \\boxed{{expression}}.")
+        prompt = (
+            f"Using the numbers {shown}, each exactly once, and the operations + - * /, write an expression "
+            f"that equals {value.numerator}. Give the expression as \\boxed{{expression}}."
+        )
         out.append(Example(f"countdown-{level}", prompt, str(value.numerator), {"numbers": shown, "solution": expr}))
     return out
 

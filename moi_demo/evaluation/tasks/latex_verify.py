@@ -77,8 +77,7 @@ class LatexVerifier:
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, self.memory_bytes), daemon=True,
-                                 name="moi-latex-verify")
+        self._proc = ctx.Process(target=_serve, args=(child, self.memory_bytes), daemon=True, name="moi-latex-verify")
         self._proc.start()
         child.close()
         self._conn = parent
@@ -111,8 +110,11 @@ class LatexVerifier:
                     return result is True
             except (EOFError, OSError, BrokenPipeError):
                 pass  # the worker died (its memory cap): a new one for the next check
-            logger.warning("math-verify: check of %d characters stopped (over %.0f s or out of memory)",
-                           len(answer), self.timeout_s)
+            logger.warning(
+                "math-verify: check of %d characters stopped (over %.0f s or out of memory)",
+                len(answer),
+                self.timeout_s,
+            )
             self.killed += 1
             self._stop()
             return False
