@@ -9,6 +9,7 @@ FAST=()
 if [[ "${1:-}" == "--fast" ]]; then shift; FAST=(-m "not engine and not browser and not network"); fi
 bash scripts/setup.sh --dev
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 # The torch tier first (torch, numpy and pytest alone; the CPU here, CUDA too where there is one), then the rest.
 .venv/bin/python scripts/torch_tier.py -q
 read -r -a TIER_FILES <<< "$(.venv/bin/python scripts/torch_tier.py --ignore-args)"
