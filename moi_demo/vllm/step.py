@@ -56,8 +56,12 @@ class Graph(Protocol):
 
 
 class CudaGraph:
-    """A torch.cuda.CUDAGraph. The capture itself syncs the device once (torch.cuda.graph does); the sync checks
-    (`set_sync_debug_mode`, vLLM's VLLM_GPU_SYNC_CHECK) are set aside around it and restored."""
+    """A torch.cuda.CUDAGraph, captured on a side stream with `capture_begin` / `capture_end` (not the
+    `torch.cuda.graph` context manager, which synchronizes the device, runs the garbage collector and empties the
+    allocator's cache: costs a serving engine should not pay mid-run). The work runs once on that stream before the
+    capture (warm-up: lazy initialisations happen outside it). Capture errors are thread-local (other threads may use
+    CUDA meanwhile). The sync checks (`set_sync_debug_mode`, vLLM's VLLM_GPU_SYNC_CHECK) are set aside around the
+    capture and restored."""
 
     def __init__(self) -> None:
         self.graph = torch.cuda.CUDAGraph()
@@ -65,20 +69,23 @@ class CudaGraph:
     def capture(self, fn: Callable[[], Any]) -> Any:
         mode = torch.cuda.get_sync_debug_mode()
         torch.cuda.set_sync_debug_mode(0)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())  # after whatever the step queued before
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up off the main stream, as torch.cuda.graph's docs ask
-                fn()
-            torch.cuda.current_stream().wait_stream(side)
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):  # other threads may use CUDA
-                out = fn()
+            with torch.cuda.stream(side):
+                fn()  # warm-up
+                self.graph.capture_begin(capture_error_mode="thread_local")
+                try:
+                    out = fn()
+                finally:
+                    self.graph.capture_end()
         finally:
+            torch.cuda.current_stream().wait_stream(side)
             torch.cuda.set_sync_debug_mode(mode)
         return out
 
     def replay(self) -> None:
-        self.graph.replay()
+        self.graph.replay()  # on the current stream
 
 
 class EagerGraph:
