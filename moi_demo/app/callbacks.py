@@ -405,7 +405,13 @@ class Callbacks:
             p.standard_text: gr.update(value=std.text),
             p.lanes: lanes,
             p.sweep_status: status,
-            **{box: gr.update(value=t.text) for box, t in zip(boxes, mixed, strict=True)},
+            # the lanes shown again with their labels: the end state stands on its own, whatever earlier update the
+            # page applied or missed
+            **{
+                box: gr.update(visible=True, value=t.text, label=lane_label(t.config, full=True))
+                for box, t in zip(boxes, mixed, strict=True)
+            },
+            **{box: gr.update(visible=False, value="") for box in hidden},
         }
 
     def sweep_figures(self, lanes: Lanes | None) -> Iterator[Updates]:
