@@ -11,11 +11,21 @@ from contextlib import AbstractContextManager
 import numpy as np
 import torch
 
-from moi_demo.core.config import MoIConfig
+from moi_demo.core.config import MoIConfig, SamplingContext
 from moi_demo.vllm.batch_state import BatchState
 from moi_demo.vllm.step import StepRunner
 
 VOCAB, HIDDEN, PROMPT = 600, 16, 5
+# Every switch on (the full entropy, the processed prior under the request's temperature and top-p, seeded noise).
+SWITCHED = MoIConfig(
+    "moi",
+    1.0,
+    8,
+    entropy="full",
+    prior="processed",
+    noise=0.5,
+    context=SamplingContext(temperature=0.7, top_p=0.8, seed=5),
+)
 
 
 class Driver:

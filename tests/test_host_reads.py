@@ -14,17 +14,7 @@ from moi_demo.core.config import GREEDY_EPS, MoIConfig, SamplingContext
 from moi_demo.core.mixing import Switches
 from moi_demo.core.transfer import columns_to_device
 from moi_demo.vllm.host_reads import HostReadCounter
-from tests.step_driver import Driver
-
-SWITCHED = MoIConfig(
-    "moi",
-    1.0,
-    8,
-    entropy="full",
-    prior="processed",
-    noise=0.5,
-    context=SamplingContext(temperature=0.8, top_p=0.9, seed=7),
-)
+from tests.step_driver import SWITCHED, Driver
 
 
 def test_counter_sees_host_reads():

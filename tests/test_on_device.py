@@ -16,22 +16,13 @@ import pytest
 import torch
 
 from moi_demo.core import mixing
-from moi_demo.core.config import MoIConfig, SamplingContext
+from moi_demo.core.config import MoIConfig
 from moi_demo.core.mixing import BatchConfig
 from moi_demo.vllm import step as step_mod
-from tests.step_driver import Driver
+from tests.step_driver import SWITCHED, Driver
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 GOLDEN = Path(__file__).resolve().parent / "data" / "moi_weights.json"
-SWITCHED = MoIConfig(
-    "moi",
-    1.0,
-    8,
-    entropy="full",
-    prior="processed",
-    noise=0.5,
-    context=SamplingContext(temperature=0.7, top_p=0.8, seed=5),
-)
 
 
 @contextlib.contextmanager

@@ -12,17 +12,7 @@ import torch
 from moi_demo.core.config import MoIConfig, SamplingContext
 from moi_demo.vllm import step as step_mod
 from moi_demo.vllm.history import PAGE
-from tests.step_driver import VOCAB, Driver
-
-SWITCHED = MoIConfig(
-    "moi",
-    1.0,
-    8,
-    entropy="full",
-    prior="processed",
-    noise=0.5,
-    context=SamplingContext(temperature=0.7, top_p=0.8, seed=5),
-)
+from tests.step_driver import SWITCHED, VOCAB, Driver
 
 
 def run(graphs: bool, cfgs: list[MoIConfig | None], steps: int, graph_type: type | None = None) -> Driver:
