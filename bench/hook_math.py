@@ -231,9 +231,7 @@ def bench_batch(
     dtype = table.dtype
     cfg = dataclasses.replace(base, top_k=a.k)
 
-    def embed(ids: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.embedding(ids, table)
-
+    embed = embedder(table)
     state = BatchState(b + 1, device)
     rig = Rig(state, embed, a.vocab, a.hidden, dtype, cfg, graphs=graphs)
     gen = torch.Generator(device=device).manual_seed(b)
@@ -309,6 +307,50 @@ def bench_batch(
     }
 
 
+def embedder(table: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's input embedding, as the plugin calls it: ids [...] -> rows of `table` [..., D]."""
+
+    def embed(ids: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.embedding(ids, table)
+
+    return embed
+
+
+def steady(
+    b: int,
+    a: argparse.Namespace,
+    device: torch.device,
+    table: torch.Tensor,
+    graphs: bool,
+    graph_type: type | None = None,
+) -> tuple[Rig, Callable[[], float]]:
+    """A rig of b paper's-MoI rows past its prompt step and up to a graph capture, and a function that runs its next
+    steady decode step (the same logits each step) and returns the step's host ms."""
+    rig = Rig(
+        BatchState(b + 1, device), embedder(table), a.vocab, a.hidden, table.dtype,
+        dataclasses.replace(PAPER, top_k=a.k), graphs=graphs,
+    )  # fmt: skip
+    if graph_type is not None:
+        rig.steps.graph_type = graph_type
+    rig.add(b)
+    logits = (torch.randn(b, a.vocab, device=device) * 3).float()
+    sampled = logits.argmax(dim=-1)
+    inputs = torch.zeros(b * (PROMPT + 1), a.hidden, dtype=table.dtype, device=device)
+
+    def one() -> float:
+        n, _, computed, scheduled = rig.schedule()
+        t0 = time.perf_counter()
+        rig.step(n, computed, scheduled, logits, sampled, inputs)
+        ms = (time.perf_counter() - t0) * 1e3
+        for r in range(n):
+            rig.computed[rig.rows[r]] = int(computed[r] + scheduled[r])
+        return ms
+
+    for _ in range(CAPTURE_AFTER + 2):  # the prompt step, then steady steps up to a capture
+        one()
+    return rig, one
+
+
 def profile(
     b: int, a: argparse.Namespace, device: torch.device, table: torch.Tensor, graphs: bool, steps: int = 10
 ) -> tuple[float, list[str]]:
@@ -317,24 +359,7 @@ def profile(
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    def embed(ids: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.embedding(ids, table)
-
-    state = BatchState(b + 1, device)
-    rig = Rig(state, embed, a.vocab, a.hidden, table.dtype, dataclasses.replace(PAPER, top_k=a.k), graphs=graphs)
-    rig.add(b)
-    logits = (torch.randn(b, a.vocab, device=device) * 3).float()
-    sampled = logits.argmax(dim=-1)
-    inputs = torch.zeros(b * (PROMPT + 1), a.hidden, dtype=table.dtype, device=device)
-
-    def one() -> None:
-        n, _, computed, scheduled = rig.schedule()
-        rig.step(n, computed, scheduled, logits, sampled, inputs)
-        for r in range(n):
-            rig.computed[rig.rows[r]] = int(computed[r] + scheduled[r])
-
-    for _ in range(CAPTURE_AFTER + 2):  # the prompt step, then steady steps up to a capture
-        one()
+    _, one = steady(b, a, device, table, graphs)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
         for _ in range(steps):
@@ -361,33 +386,8 @@ def host_around_graphs(
     b: int, a: argparse.Namespace, device: torch.device, table: torch.Tensor, steps: int = 20
 ) -> float:
     """Median host ms of a steady step of batch b with its graphs' replays stubbed (NullGraph)."""
-
-    def embed(ids: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.embedding(ids, table)
-
-    rig = Rig(
-        BatchState(b + 1, device),
-        embed,
-        a.vocab,
-        a.hidden,
-        table.dtype,
-        dataclasses.replace(PAPER, top_k=a.k),
-        graphs=True,
-    )
-    rig.steps.graph_type = NullGraph
-    rig.add(b)
-    logits = (torch.randn(b, a.vocab, device=device) * 3).float()
-    sampled = logits.argmax(dim=-1)
-    inputs = torch.zeros(b * (PROMPT + 1), a.hidden, dtype=table.dtype, device=device)
-    times = []
-    for t in range(CAPTURE_AFTER + 2 + steps):
-        n, _, computed, scheduled = rig.schedule()
-        t0 = time.perf_counter()
-        rig.step(n, computed, scheduled, logits, sampled, inputs)
-        if t >= CAPTURE_AFTER + 2:
-            times.append((time.perf_counter() - t0) * 1e3)
-        for r in range(n):
-            rig.computed[rig.rows[r]] = int(computed[r] + scheduled[r])
+    rig, one = steady(b, a, device, table, graphs=True, graph_type=NullGraph)
+    times = [one() for _ in range(steps)]
     if not rig.steps.replays:
         raise AssertionError(f"batch {b}: the stubbed graphs never replayed")
     return statistics.median(times)

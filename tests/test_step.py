@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,7 +50,7 @@ def test_graphed_steps_feed_and_record_exactly_what_eager_steps_do(cfg):
 def test_a_batch_change_drops_the_graph_and_a_steady_stretch_captures_again():
     drv = run(True, [MoIConfig("moi", 1.0, 8)] * 2, steps=2 * step_mod.CAPTURE_AFTER + 6)
     assert drv.steps.captures == 4  # tap and mix, before and after the change
-    assert drv.steps.captured is not None and drv.steps.captured.config is drv.state._cached[0]
+    assert drv.steps.captured is not None and drv.steps.captured.plan.config is drv.state._cached[0]
 
 
 def test_steps_that_allow_no_graph_stay_eager():
@@ -102,8 +103,6 @@ def test_a_partial_batch_copies_no_logits_rows():
     drv.add("std", 1, None)
     drv.add("b", 2, MoIConfig("moi", 1.0, 5))
     drv.step()
-    import numpy as np
-
     logits = torch.randn(3, VOCAB)
     drv.state.plan(3, np.array([5, 5, 5]), np.array([1, 1, 1]), np.ones(3, dtype=bool))
     plan = drv.state.take_plan()

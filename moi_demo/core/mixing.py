@@ -155,7 +155,7 @@ class Switches:
             [1.0 if g else 1.0 / x.temperature for x, g in zip(ctx, greedy, strict=True)],  # inv_temp
             [x.top_p for x in ctx],
             [c.noise for c in configs],
-            [(x.seed if x.seed is not None else s) & 0xFFFFFFFF for x, s in zip(ctx, seeds, strict=True)],  # seed
+            [(x.seed if x.seed is not None else s) & MASK32 for x, s in zip(ctx, seeds, strict=True)],  # seed
         ]
         b, f = torch.bool, torch.float32
         tensors = columns_to_device(columns, (b, b, b, f, f, f, torch.long), device)
@@ -319,14 +319,14 @@ def prior_extras(
     return PriorExtras(h_full, log_z, positions if switches.any_noise else None)
 
 
-_M32 = 0xFFFFFFFF
+MASK32 = 0xFFFFFFFF  # seeds and the noise hash are 32-bit
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer hash (x in [0, 2^32), int64 tensor): two multiply-xorshift rounds. Each product stays
     below 2^59, so int64 never overflows on any device."""
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
-    x = (((x >> 16) ^ x) * 0x45D9F3B) & _M32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & MASK32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & MASK32
     return (x >> 16) ^ x
 
 
@@ -334,9 +334,9 @@ def gumbel(seed: torch.Tensor, position: torch.Tensor, ids: torch.Tensor) -> tor
     """Gumbel(0, 1) noise [B, K] for token ids [B, K] at each row's position [B] under its seed [B]: a pure
     function of (seed, position, id), so a seeded request draws the same noise on any device, in any batch, at
     any replay. u = (hash + 1/2) / 2^32 in (0, 1), G = -log(-log u)."""
-    x = _hash32((ids.long() + 0x9E3779B9) & _M32)
-    x = _hash32(((x ^ position.long()[:, None]) + 0x7F4A7C15) & _M32)
-    x = _hash32(((x ^ seed.long()[:, None]) + 0x2545F491) & _M32)
+    x = _hash32((ids.long() + 0x9E3779B9) & MASK32)
+    x = _hash32(((x ^ position.long()[:, None]) + 0x7F4A7C15) & MASK32)
+    x = _hash32(((x ^ seed.long()[:, None]) + 0x2545F491) & MASK32)
     u = (x.to(torch.float64) + 0.5) / 2.0**32
     return -torch.log(-torch.log(u))
 

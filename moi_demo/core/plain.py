@@ -12,6 +12,7 @@ import torch
 
 from moi_demo.core.config import GREEDY_EPS, MoIConfig, SamplingContext
 from moi_demo.core.mixing import (
+    MASK32,
     BatchConfig,
     candidates,
     gumbel,
@@ -19,8 +20,6 @@ from moi_demo.core.mixing import (
     normalized_entropy,
     renormalized_probs,
 )
-
-_M32 = 0xFFFFFFFF
 
 
 def reference_prior(
@@ -46,7 +45,7 @@ def reference_prior(
             keep[order[kept]] = True
             z = torch.where(keep[ids], x[ids] / ctx.temperature, torch.tensor(float("-inf"), dtype=torch.float64))
     if cfg.noise > 0:
-        z = z + cfg.noise * gumbel(torch.tensor([seed & _M32]), torch.tensor([position]), ids[None, :])[0]
+        z = z + cfg.noise * gumbel(torch.tensor([seed & MASK32]), torch.tensor([position]), ids[None, :])[0]
     p = torch.softmax(z, dim=-1)
     if cfg.entropy == "full":
         h = float(torch.special.entr(torch.softmax(x, dim=-1)).sum() / math.log(x.numel()))

@@ -3,7 +3,7 @@
 A Step holds what the engine returned for one generated token: the sampled id, its log-probability,
 the top-k ids and log-probabilities of the raw (temperature-1) distribution, H, and the mix weights
 that were fed back as the next input (none for a standard lane). `recompute` rebuilds the weights
-from the returned top-k log-probabilities with mixing.py, the single home of the formula.
+from the returned top-k log-probabilities (core/plain.py; a switched lane shows the plugin's records instead).
 """
 
 from __future__ import annotations
@@ -132,6 +132,17 @@ class Trace:
     @property
     def config(self) -> MoIConfig:
         return MoIConfig(self.mode, self.beta, self.top_k, self.entropy, self.prior, self.noise)
+
+    @classmethod
+    def start(
+        cls, lane: str, moi: MoIConfig, settings: SamplingSettings, prompt: str, model: str, engine: str
+    ) -> Trace:
+        """An empty lane decoded with `moi` and `settings` (`config` reads the settings back)."""
+        return cls(
+            lane=lane, mode=moi.mode, beta=moi.beta, top_k=moi.top_k, prompt=prompt, model=model, engine=engine,
+            temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed,
+            max_tokens=settings.max_tokens, entropy=moi.entropy, prior=moi.prior, noise=moi.noise,
+        )  # fmt: skip
 
     def recompute(self, step: Step) -> tuple[list[int], list[float], float]:
         """(candidates, weights, H) of a step from its top-k log-probs, with this lane's settings (the paper's MoI:

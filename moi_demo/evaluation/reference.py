@@ -90,21 +90,9 @@ class ReferenceDecoder:
         generator = None
         if settings.seed is not None:
             generator = torch.Generator(device=device).manual_seed(settings.seed)
-        trace = Trace(
-            lane=lane or ("standard" if moi.mode == "standard" else "moi"),
-            mode=moi.mode,
-            beta=moi.beta,
-            top_k=moi.top_k,
-            prompt=prompt if isinstance(prompt, str) else "",
-            model=self.model_path,
-            engine="reference",
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            seed=settings.seed,
-            max_tokens=settings.max_tokens,
-            entropy=moi.entropy,
-            prior=moi.prior,
-            noise=moi.noise,
+        lane = lane or ("standard" if moi.mode == "standard" else "moi")
+        trace = Trace.start(
+            lane, moi, settings, prompt if isinstance(prompt, str) else "", self.model_path, "reference"
         )
         cache = DynamicCache(config=self.model.config)
         inputs = self.embed(torch.tensor([ids], device=device))  # [1, T, D]

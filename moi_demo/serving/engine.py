@@ -328,25 +328,7 @@ class MoIEngine(EngineSupervisor):
     ) -> Iterator[tuple[Trace, ...]]:
         updates: queue.Queue = queue.Queue()
         tag = uuid.uuid4().hex[:12]
-        traces = [
-            Trace(
-                lane=lane,
-                mode=cfg.mode,
-                beta=cfg.beta,
-                top_k=cfg.top_k,
-                prompt=prompt,
-                model=self.model,
-                engine="vllm",
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                seed=settings.seed,
-                max_tokens=settings.max_tokens,
-                entropy=cfg.entropy,
-                prior=cfg.prior,
-                noise=cfg.noise,
-            )
-            for lane, _, cfg in lanes
-        ]
+        traces = [Trace.start(lane, cfg, settings, prompt, self.model, "vllm") for lane, _, cfg in lanes]
         request_ids = [f"{lane}-{i}-{tag}" for i, (lane, _, _) in enumerate(lanes)]
         for trace, rid in zip(traces, request_ids, strict=True):
             trace.request_id = rid

@@ -516,7 +516,7 @@ class BatchState:
         self.check_plan(plan)
         self.ensure_buffer(mixed.shape[1], mixed.dtype, mixed.device)
         self.write_record(plan, candidate_ids, weights, mixed, entropy)
-        self.recorded(plan)
+        self._advance(plan)
 
     def check_plan(self, plan: StepPlan) -> None:
         self._expect(SAMPLING, "record")
@@ -556,6 +556,10 @@ class BatchState:
         """The host side of `record` (its device side written, by `write_record` or a graph replay of it): the
         planned rows hold one more token, buffered; the phase returns to idle."""
         self.check_plan(plan)
+        self._advance(plan)
+
+    def _advance(self, plan: StepPlan) -> None:
+        """The planned rows hold one more token, buffered; the phase returns to idle (the plan checked)."""
         self.phase, self._pending = IDLE, None
         rows = plan.rows
         if plan.span is not None:

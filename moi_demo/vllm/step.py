@@ -119,8 +119,7 @@ class _Captured:
     """One batch's graphs and their static tensors. `plan` is the captured plan: its config's tensors are the graph's
     settings, its write_t points at `flat`, its positions at `positions`."""
 
-    config: mixing.BatchConfig  # held: the key's id() stays this object's while the graph lives
-    key: tuple
+    key: tuple  # holds id(plan.config): `plan` keeps that config alive, so the id stays its own while the graph lives
     plan: StepPlan
     logits: torch.Tensor  # [M, V] static input of the tap
     sampled: torch.Tensor  # [M, 1] static input of the mix
@@ -159,14 +158,13 @@ class StepRunner:
         if cap is None:
             return tap_eager(plan, logits)
         cap.logits.copy_(logits[plan.span])
-        if cap.tap is None and not self._capture(cap, "tap", lambda: tap_eager(_whole(cap.plan), cap.logits)):
-            return tap_eager(plan, logits)
-        if cap.tap is not None and cap.tapped is not None:
-            if self._graphed is None:  # not captured this step: replay
-                cap.tap.replay()
-            self._graphed = cap
-            return cap.tapped
-        return tap_eager(plan, logits)
+        if cap.tap is None:
+            if not self._capture(cap, "tap", lambda: tap_eager(_whole(cap.plan), cap.logits)):
+                return tap_eager(plan, logits)
+        else:
+            cap.tap.replay()
+        self._graphed = cap
+        return cap.tapped
 
     def mix(
         self,
@@ -232,7 +230,6 @@ class StepRunner:
         static_flat = torch.zeros(m, dtype=flat.dtype, device=dev)
         captured_plan = dataclasses.replace(plan, write_t={width: (None, static_flat)}, positions=positions)
         return _Captured(
-            plan.config,
             key,
             captured_plan,
             torch.empty(m, *logits.shape[1:], dtype=logits.dtype, device=dev),
@@ -258,7 +255,7 @@ class StepRunner:
             self.graphs, self.captured, self._graphed = False, None, None
             return False
         if part == "tap":
-            cap.tap, cap.tapped, self._graphed = graph, out, cap
+            cap.tap, cap.tapped = graph, out
         else:
             cap.mix, cap.fed = graph, out
         self.captures += 1
@@ -274,7 +271,7 @@ class StepRunner:
 
     def _guard(self, plan: StepPlan) -> tuple:
         """The addresses a mix graph writes into: the next-input buffer and the history pool of the plan's width."""
-        ((width,),) = (tuple(plan.write_t),)
+        (width,) = plan.write_t
         pool = self.state.pools[width]
         return (
             self.state.buffer.data_ptr(),
