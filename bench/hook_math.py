@@ -144,7 +144,7 @@ class Rig:
         n = max(self.rows) + 1
         ids = [self.rows.get(r) for r in range(n)]
         computed = np.array([self.computed.get(i, 0) if i else 0 for i in ids], dtype=np.int64)
-        held = np.where([i is not None for i in ids], self.state.length[:n], 0)  # generated tokens held, per row
+        held = np.where([i is not None for i in ids], self.state.rows.length[:n], 0)  # generated tokens held, per row
         total = PROMPT + held  # the positions a request has: its prompt and its generated tokens
         scheduled = np.where(computed == 0, total, 1).astype(np.int64)
         return n, ids, computed, scheduled
@@ -278,16 +278,16 @@ def bench_batch(
                     worst = max(worst, float((fed - expected[req][pos - PROMPT].float()).abs().max()))
                     checked += 1
             start += s
-        positions = torch.from_numpy(np.maximum(state.length[:n] - 1, 0)).to(device)  # each row's token index
+        positions = torch.from_numpy(np.maximum(state.rows.length[:n] - 1, 0)).to(device)  # each row's token index
         fresh = expected_inputs(logits, sampled, cfg, embed, dtype, positions)
         for r in range(n):
             if ids[r] is not None:
-                held = int(state.length[r])
+                held = int(state.rows.length[r])
                 expected.setdefault(ids[r], [])[held - 1 :] = [fresh[r]]
                 rig.computed[ids[r]] = int(computed[r] + scheduled[r])
     if worst > tol:
         raise AssertionError(f"batch {b}: fed inputs differ from the formula by {worst:.3g} (tolerance {tol:g})")
-    if state.recomputed_steps == 0 or (b >= 2 and not (state.swaps and state.moves)):
+    if state.counts.recomputed_steps == 0 or (b >= 2 and not (state.counts.swaps and state.counts.moves)):
         raise AssertionError(f"batch {b}: the run missed a recompute, a swap or a move")
     if graphs and not rig.steps.replays:
         raise AssertionError(f"batch {b}: graphs were asked for and never replayed ({a.steps} steps)")

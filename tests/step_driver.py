@@ -106,7 +106,7 @@ class Driver:
                 self.steps.mix(plan, tapped, sampled, self.embed, self.like)
         if plan is not None:
             for row in plan.rows:
-                self.fed.setdefault(ids[row], []).append(self.state.buffer[row].clone())
+                self.fed.setdefault(ids[row], []).append(self.state.rows.buffer[row].clone())
         for row, rid in enumerate(ids):
             if rid is not None:
                 self.computed[rid] += int(scheduled[row])

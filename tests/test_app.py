@@ -14,8 +14,8 @@ from moi_demo.core.trace import Trace
 
 pytestmark = pytest.mark.engine
 PROMPT = "What is the capital of France?"
-# prompt, mode, beta, top_k, temperature, top_p, max_new_tokens, seed, color_by
-ARGS = (PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 48, 0, "p")
+# prompt, mode, beta, top_k, temperature, top_p, max_tokens, seed (then entropy, prior, noise: RunRequest)
+ARGS = (PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 48, 0)
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_health_reports_engine_state_queue_and_uptime(client, app):
     assert health["engine"] == "ready" and health["model"] == app[1].model
     assert health["runs_in_flight"] == 0 and health["runs_queued"] == 0 and health["restarts"] == 0
     assert health["max_concurrent_runs"] == app[1].options.max_num_seqs // 2 and health["uptime_s"] > 0
-    job = client.submit(*ARGS[:6], 200, 0, "p", api_name="/generate")
+    job = client.submit(*ARGS[:6], 200, 0, api_name="/generate")
     while not job.outputs():
         time.sleep(0.05)
     assert client.predict(api_name="/health")["runs_in_flight"] == 1
@@ -71,9 +71,9 @@ def test_generate_streams_both_lanes_with_consistent_weights(client):
 def test_new_beta_applies_on_next_generate_without_restart(client, app):
     engine = app[1]
     started = engine.start_seconds
-    client.predict(PROMPT, "MoI", 0.0, 20, 0.0, 1.0, 24, 0, "p", api_name="/generate")
+    client.predict(PROMPT, "MoI", 0.0, 20, 0.0, 1.0, 24, 0, api_name="/generate")
     _, zero = export(client)
-    result = client.predict(PROMPT, "Direct mixture", 2.5, 5, 0.0, 1.0, 24, 0, "entropy", api_name="/generate")
+    result = client.predict(PROMPT, "Direct mixture", 2.5, 5, 0.0, 1.0, 24, 0, api_name="/generate")
     _, direct = export(client)
     assert (zero.mode, zero.beta, zero.top_k) == ("moi", 0.0, 20)
     assert (direct.mode, direct.top_k) == ("direct", 5) and len(direct.steps[1].topk_ids) == 5
@@ -114,7 +114,6 @@ def test_stop_aborts_both_requests(client, app):
         1.0,
         400,
         1,
-        "p",
         api_name="/generate",
     )
     deadline = time.time() + 60
@@ -152,6 +151,7 @@ def test_stop_aborts_both_requests(client, app):
         (ARGS[:7] + ("abc",) + ARGS[8:], "seed: must be "),
         (ARGS[:7] + (1.5,) + ARGS[8:], "seed: must be "),
         (ARGS + ("vocab",), "entropy: must be one of top_k, full; got 'vocab'"),
+        (ARGS + ("p",), "color_by: this endpoint no longer takes color_by"),  # the old arity: color_by 9th
         (ARGS + ("top_k", "tempered"), "prior: must be one of raw, processed; got 'tempered'"),
         (ARGS + ("top_k", "raw", 2.5), "noise: must be from 0 to 2; got 2.5"),
     ],
@@ -161,7 +161,7 @@ def test_bad_input_names_the_field_and_app_keeps_serving(client, args, message):
 
     with pytest.raises(AppError, match=message.replace("(", r"\(")):
         client.predict(*args, api_name="/generate")
-    ok = client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 4, 0, "p", api_name="/generate")
+    ok = client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 4, 0, api_name="/generate")
     assert ok[-1].startswith("Done: 4 + 4 tokens")
 
 
@@ -180,8 +180,8 @@ def test_raw_api_inputs_name_the_field(app, data, message):
     import httpx
 
     url = app[0]
-    # every input, as a raw call must send them: ..., colour by, then the switches and the page's event number
-    body = ('{"data": [' + data + ', 20, 0.0, 1.0, 8, 0, "p", "top_k", "raw", 0.0, 0]}').encode()
+    # every input, as a raw call must send them: ..., the seed, then the switches and the page's event number
+    body = ('{"data": [' + data + ', 20, 0.0, 1.0, 8, 0, "top_k", "raw", 0.0, 0]}').encode()
     with httpx.Client(timeout=60) as http:
         event = http.post(
             f"{url}gradio_api/call/generate", content=body, headers={"Content-Type": "application/json"}
@@ -219,9 +219,7 @@ def test_stop_drops_a_queued_run_and_the_app_keeps_serving(app, client):
     url, engine = app
     others = [Client(url, verbose=False) for _ in range(engine.max_concurrent_runs)]
     busy = [
-        c.submit(
-            "Write a very long story about a lighthouse.", "MoI", 1.0, 20, 1.0, 1.0, 300, i, "p", api_name="/generate"
-        )
+        c.submit("Write a very long story about a lighthouse.", "MoI", 1.0, 20, 1.0, 1.0, 300, i, api_name="/generate")
         for i, c in enumerate(others)
     ]
     try:
@@ -230,7 +228,7 @@ def test_stop_drops_a_queued_run_and_the_app_keeps_serving(app, client):
             120,
             "the run slots did not fill",
         )
-        job = client.submit(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 300, 0, "p", api_name="/generate")
+        job = client.submit(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 300, 0, api_name="/generate")
         _wait(lambda: client.predict(api_name="/health")["runs_queued"] >= 1, 30, "the run was not queued")
         assert client.predict(api_name="/stop") == "Stopped (0 requests aborted, 1 queued run dropped)."
         _wait(job.done, 10, "the dropped job did not end")
@@ -242,7 +240,7 @@ def test_stop_drops_a_queued_run_and_the_app_keeps_serving(app, client):
         j.result(timeout=60)
     _wait(lambda: engine.num_unfinished_requests() == 0, 30, "requests left on the engine")
     assert not any(o and o[0].get("value") for o in job.outputs() if isinstance(o, tuple | list))  # never ran
-    ok = client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 4, 0, "p", api_name="/generate")
+    ok = client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 4, 0, api_name="/generate")
     assert ok[-1].startswith("Done: 4 + 4 tokens")
 
 
@@ -290,7 +288,7 @@ def test_sweep_lanes_match_the_same_betas_run_one_by_one(client, app):
     alone = Client(app[0], verbose=False)  # a fresh session: nothing to reuse
     for trace in swept:
         mode = "Direct mixture" if trace.mode == "direct" else "MoI"
-        alone.predict(PROMPT, mode, trace.beta, 20, 0.0, 1.0, 24, 0, "p", api_name="/generate")
+        alone.predict(PROMPT, mode, trace.beta, 20, 0.0, 1.0, 24, 0, api_name="/generate")
         single_standard, single = export(alone)
         assert single.token_ids == trace.token_ids, (trace.mode, trace.beta)
         assert single_standard.token_ids == standard.token_ids
@@ -298,10 +296,10 @@ def test_sweep_lanes_match_the_same_betas_run_one_by_one(client, app):
 
 def test_live_beta_change_reruns_only_the_moi_lane_then_reuses_kept_lanes(client, app):
     engine = app[1]
-    first = client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 16, 0, "p", api_name="/generate")
+    first = client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 16, 0, api_name="/generate")
     assert "reused" not in first[-1]
     applied = engine.stats()["applied_steps"]
-    changed = client.predict(PROMPT, "MoI", 0.0, 20, 0.0, 1.0, 16, 0, "p", api_name="/live")
+    changed = client.predict(PROMPT, "MoI", 0.0, 20, 0.0, 1.0, 16, 0, api_name="/live")
     assert changed[0]["label"] == "Standard (reused: same inputs)" and changed[0]["value"] == first[0]["value"]
     assert "standard lane reused" in changed[-1] and changed[1]["label"] == "Mixture of Inputs (beta = 0)"
     standard, moi = export(client)
@@ -309,16 +307,16 @@ def test_live_beta_change_reruns_only_the_moi_lane_then_reuses_kept_lanes(client
     # Back to beta 1, then a smaller top-k: beta 1 is shown from the session's lanes with no engine call; the
     # standard lane is reused (trimmed) for top-k 5, whose MoI lane runs.
     applied = engine.stats()["applied_steps"]
-    back = client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 16, 0, "p", api_name="/live")
+    back = client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 16, 0, api_name="/live")
     assert "no engine call" in back[-1] and back[1]["value"] == first[1]["value"]
     assert engine.stats()["applied_steps"] == applied
-    smaller = client.predict(PROMPT, "MoI", 1.0, 5, 0.0, 1.0, 16, 0, "p", api_name="/live")
+    smaller = client.predict(PROMPT, "MoI", 1.0, 5, 0.0, 1.0, 16, 0, api_name="/live")
     assert "standard lane reused" in smaller[-1]
     standard5, moi5 = export(client)
     assert standard5.top_k == 5 and all(len(s.topk_ids) == 5 for s in standard5.steps)
     assert standard5.token_ids == standard.token_ids and moi5.top_k == 5
     # A new prompt: nothing is reused.
-    job = client.submit("Name three colours.", "MoI", 1.0, 20, 0.0, 1.0, 8, 0, "p", api_name="/live")
+    job = client.submit("Name three colours.", "MoI", 1.0, 20, 0.0, 1.0, 8, 0, api_name="/live")
     other = job.result(timeout=120)
     assert "reused" not in other[-1] and other[0]["label"] == "Standard"
     assert job.outputs()[0][0]["label"] == "Standard"  # from the first streamed text on, not only at the end
@@ -329,7 +327,7 @@ def test_live_before_any_run_does_nothing(app):
 
     fresh = Client(app[0], verbose=False)
     applied = app[1].stats()["applied_steps"]
-    result = fresh.predict(PROMPT, "MoI", 0.5, 20, 0.0, 1.0, 8, 0, "p", api_name="/live")
+    result = fresh.predict(PROMPT, "MoI", 0.5, 20, 0.0, 1.0, 8, 0, api_name="/live")
     # every output left as it was (an HTML output says so in its props)
     assert all(
         o.get("__type__") == "update" and "value" not in o and "value" not in o.get("props", {}) for o in result
@@ -339,11 +337,11 @@ def test_live_before_any_run_does_nothing(app):
 
 def test_a_newer_live_change_supersedes_the_older_run(client, app):
     engine = app[1]
-    client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 8, 0, "p", api_name="/generate")
-    long_prompt_args = (PROMPT, "MoI", 0.0, 20, 1.0, 1.0, 8, 0, "p")  # temperature 1: a new standard key
-    old = client.submit(*long_prompt_args[:6], 300, 0, "p", api_name="/live")
+    client.predict(PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 8, 0, api_name="/generate")
+    long_prompt_args = (PROMPT, "MoI", 0.0, 20, 1.0, 1.0, 8, 0)  # temperature 1: a new standard key
+    old = client.submit(*long_prompt_args[:6], 300, 0, api_name="/live")
     _wait(lambda: engine.num_unfinished_requests() >= 1, 60, "the older run did not start")
-    new = client.predict(PROMPT, "MoI", 0.25, 20, 0.0, 1.0, 8, 0, "p", api_name="/live")
+    new = client.predict(PROMPT, "MoI", 0.25, 20, 0.0, 1.0, 8, 0, api_name="/live")
     assert new[-1].startswith(("Done", "Shown"))
     old.result(timeout=60)
     _wait(lambda: engine.num_unfinished_requests() == 0, 30, "the older run was not aborted")
@@ -376,7 +374,7 @@ def test_an_export_carries_its_run_card_and_replays_lane_for_lane(client, app, t
     from moi_demo.evaluation.replay import load_export, replay
     from tests.vllm_util import ROOT
 
-    seeded = (PROMPT, "MoI", 1.0, 20, 0.8, 0.9, 24, 7, "p")  # sampled, seeded: replay must reproduce the draws
+    seeded = (PROMPT, "MoI", 1.0, 20, 0.8, 0.9, 24, 7)  # sampled, seeded: replay must reproduce the draws
     client.predict(*seeded, api_name="/generate")
     client.predict(*seeded[:2], 0.25, *seeded[3:], api_name="/live")
     path = client.predict(api_name="/export")
@@ -405,7 +403,7 @@ def test_switches_through_the_api_show_what_the_plugin_fed_and_replay(client, ap
     the MoI lane alone; the export replays lane for lane."""
     from moi_demo.evaluation.replay import load_export, replay
 
-    args = (PROMPT, "MoI", 1.0, 10, 0.8, 0.7, 16, 5, "p", "full", "processed", 0.5)
+    args = (PROMPT, "MoI", 1.0, 10, 0.8, 0.7, 16, 5, "full", "processed", 0.5)
     final = client.predict(*args, api_name="/generate")
     assert final[1]["label"] == "Mixture of Inputs (beta = 1) · H over V, processed prior, noise 0.5"
     standard, moi = export(client)

@@ -76,9 +76,9 @@ def test_engine_death_is_named_and_the_app_restarts_it(default_model, tmp_path):
     app = App(default_model, tmp_path)
     try:
         client = app.client()
-        args = ("What is the capital of France?", "MoI", 1.0, 20, 0.0, 1.0, 24, 0, "p")
+        args = ("What is the capital of France?", "MoI", 1.0, 20, 0.0, 1.0, 24, 0)
         before = client.predict(*args, api_name="/generate")[:2]
-        job = client.submit(LONG_PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 400, 0, "p", api_name="/generate")
+        job = client.submit(LONG_PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 400, 0, api_name="/generate")
         while not job.outputs():
             time.sleep(0.05)
         (core,) = [p for p in psutil.Process(app.proc.pid).children(recursive=True) if "EngineCore" in p.name()]
@@ -130,7 +130,7 @@ def test_signal_mid_run_leaves_no_process_behind(default_model, tmp_path, sig):
                 time.sleep(1)
         assert client is not None, (tmp_path / "app.log").read_text()[-3000:]
         assert len(session_processes(app.pid)) >= 2  # the app and its engine core (and worker)
-        job = client.submit(LONG_PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 400, 0, "p", api_name="/generate")
+        job = client.submit(LONG_PROMPT, "MoI", 1.0, 20, 0.0, 1.0, 400, 0, api_name="/generate")
         while not job.outputs() and not job.done():
             time.sleep(0.1)  # streaming: the engine is mid-run
         app.send_signal(sig)

@@ -67,7 +67,7 @@ class Sim:
         fed = {}
         for row, off in zip(fast_rows, offsets, strict=True):
             assert off == sched[row] - 1
-            fed[self.rows[row]] = self.state.buffer[row][None].clone()
+            fed[self.rows[row]] = self.state.rows.buffer[row][None].clone()
         for row, js, _ in slow:  # the engine's path: written into the step's input rows, in bounded chunks
             out = torch.full((js.size + 2, HIDDEN), float("nan"), dtype=torch.float64)
             self.state.write_from_history(row, js, embed, out, np.arange(js.size) + 1)
@@ -101,12 +101,12 @@ def test_adds_fill_row_arrays_and_standard_rows_stay_untracked():
     sim.add("s", 1, None)
     sim.add("d", 2, MoIConfig("direct", 1.0, 5), prompt_len=7)
     st = sim.state
-    assert st.mixes[:3].tolist() == [True, False, True]
-    assert st.top_k[[0, 2]].tolist() == [3, 5] and st.prompt_len[[0, 2]].tolist() == [4, 7]
-    assert set(st.requests) == {"a", "d"} and st.req[1] is None
+    assert st.rows.mixes[:3].tolist() == [True, False, True]
+    assert st.rows.top_k[[0, 2]].tolist() == [3, 5] and st.rows.prompt_len[[0, 2]].tolist() == [4, 7]
+    assert set(st.requests) == {"a", "d"} and st.rows.req[1] is None
     sim.step()
-    plan_rows = st.mixes[:3]
-    assert plan_rows.sum() == 2 and st.length[[0, 2]].tolist() == [1, 1] and st.length[1] == 0
+    plan_rows = st.rows.mixes[:3]
+    assert plan_rows.sum() == 2 and st.rows.length[[0, 2]].tolist() == [1, 1] and st.rows.length[1] == 0
 
 
 def test_steady_steps_feed_the_buffer_rows_of_the_last_sample():
@@ -118,7 +118,7 @@ def test_steady_steps_feed_the_buffer_rows_of_the_last_sample():
         fed = sim.step()
         for rid in "ab":
             torch.testing.assert_close(fed[rid][0], sim.fed[rid][t - 1])  # the mix of the previous sample
-    assert sim.state.applied_steps == 2 * 4 and sim.state.recomputed_steps == 0
+    assert sim.state.counts.applied_steps == 2 * 4 and sim.state.counts.recomputed_steps == 0
 
 
 def test_remove_keeps_history_and_readd_at_another_row_recomputes_it():
@@ -137,11 +137,11 @@ def test_remove_keeps_history_and_readd_at_another_row_recomputes_it():
     sim.rows[2] = "a"
     sim.info["a"]["computed"] = 0
     sim.state.apply_update([], [(2, MoIConfig("moi", 1.0, 4))], [], lambda row: ("a", 5, owner))
-    before = sim.state.recomputed_steps
+    before = sim.state.counts.recomputed_steps
     fed = sim.step()
     torch.testing.assert_close(fed["a"], torch.stack(sim.fed["a"][:6]))
-    assert sim.state.recomputed_steps - before == 5  # token 5 is fed for the first time
-    assert sim.state.length[2] == 7
+    assert sim.state.counts.recomputed_steps - before == 5  # token 5 is fed for the first time
+    assert sim.state.rows.length[2] == 7
 
 
 def test_moves_and_condense_carry_rows_and_buffer():
@@ -158,23 +158,27 @@ def test_moves_and_condense_carry_rows_and_buffer():
     for _ in range(3):
         sim.step()
     st = sim.state
-    buf = {f"r{i}": st.buffer[i].clone() for i, cfg in enumerate(cfgs) if cfg is not None}
+    buf = {f"r{i}": st.rows.buffer[i].clone() for i, cfg in enumerate(cfgs) if cfg is not None}
     # vLLM's condense after removing rows 1 and 3: row 4 moves down into row 1, row 3 stays empty.
     st.finish("r3")
     st.apply_update([3], [], [(4, 1, "unidirectional")], sim.identify)
     sim.rows[1], sim.rows[3], sim.rows[4] = "r4", None, None
-    assert st.req[1].req_id == "r4" and st.req[1].row == 1 and st.mixes[:5].tolist() == [True, True, True, False, False]
-    torch.testing.assert_close(st.buffer[1], buf["r4"])
-    assert st.beta[1] == 3.0 and st.top_k[1] == 5
+    assert (
+        st.rows.req[1].req_id == "r4"
+        and st.rows.req[1].row == 1
+        and st.rows.mixes[:5].tolist() == [True, True, True, False, False]
+    )
+    torch.testing.assert_close(st.rows.buffer[1], buf["r4"])
+    assert st.rows.beta[1] == 3.0 and st.rows.top_k[1] == 5
     # A swap (vLLM may reorder the batch).
     st.apply_update([], [], [(0, 2, "swap")], sim.identify)
     sim.rows[0], sim.rows[2] = sim.rows[2], sim.rows[0]
-    torch.testing.assert_close(st.buffer[0], buf["r2"])
-    torch.testing.assert_close(st.buffer[2], buf["r0"])
+    torch.testing.assert_close(st.rows.buffer[0], buf["r2"])
+    torch.testing.assert_close(st.rows.buffer[2], buf["r0"])
     fed = sim.step()
     for rid in ("r0", "r2", "r4"):
         torch.testing.assert_close(fed[rid][0], sim.fed[rid][-2])
-    assert "r3" not in st.requests and st.finished["r3"] == 2
+    assert "r3" not in st.requests and st.store.finished["r3"] == 2
 
 
 def test_add_then_condense_resolves_the_final_row():
@@ -188,7 +192,11 @@ def test_add_then_condense_resolves_the_final_row():
     sim.state.finish("x")
     sim.rows[0], sim.rows[1] = "new", None
     sim.state.apply_update([], [(1, MoIConfig("moi", 2.0, 7))], [(1, 0, "unidirectional")], sim.identify)
-    assert sim.state.req[0].req_id == "new" and sim.state.req[0].config.top_k == 7 and not sim.state.mixes[1]
+    assert (
+        sim.state.rows.req[0].req_id == "new"
+        and sim.state.rows.req[0].config.top_k == 7
+        and not sim.state.rows.mixes[1]
+    )
 
 
 def test_history_is_paged_k_plus_one_columns_per_token_and_freed_at_finish():
@@ -207,9 +215,9 @@ def test_history_is_paged_k_plus_one_columns_per_token_and_freed_at_finish():
     assert len(hist) == steps and all(len(ids) in (20, 21) and len(w) == len(ids) for ids, w in hist)
     assert all(abs(sum(w) - 1) < 1e-6 and len(set(ids)) == len(ids) for ids, w in hist)
     # The history rebuilds exactly the mixed inputs that were fed.
-    rebuilt = st.mixed_from_history(0, np.arange(steps), embed, torch.float64)
+    rebuilt = st.store.mixed(st.rows.req[0], np.arange(steps), embed, torch.float64)
     torch.testing.assert_close(rebuilt, torch.stack(sim.fed["a"]), atol=1e-6, rtol=0)
-    pool = st.pools[21]
+    pool = st.store.pools[21]
     st.finish("a")
     assert len(pool.free) == pool.capacity and "a" not in st.requests
 
@@ -220,15 +228,15 @@ def test_rewind_cuts_the_history_to_the_tokens_that_stand():
     for _ in range(PAGE + 3):
         sim.step()
     st = sim.state
-    assert st.length[0] == PAGE + 3
+    assert st.rows.length[0] == PAGE + 3
     # The engine drops the last 6 outputs (a stale output, a reset cache): it schedules position 5 + PAGE - 3,
     # i.e. generated token PAGE - 3 is fed again and the next sample is token PAGE - 2.
     sim.info["a"]["computed"] = 5 + PAGE - 3
     sim.info["a"]["generated"] = PAGE - 2
     fed = sim.step({"a": 1})
     torch.testing.assert_close(fed["a"][0], sim.fed["a"][PAGE - 3], atol=1e-6, rtol=0)  # from history, not the buffer
-    assert st.length[0] == PAGE - 1 and len(st.requests["a"].pages) == 1
-    assert st.pools[5].capacity - len(st.pools[5].free) == 1
+    assert st.rows.length[0] == PAGE - 1 and len(st.requests["a"].pages) == 1
+    assert st.store.pools[5].capacity - len(st.store.pools[5].free) == 1
 
 
 def test_missing_history_is_an_error_not_a_silent_standard_input():
@@ -252,13 +260,13 @@ def test_same_id_new_request_or_resumed_session_starts_a_fresh_history(case):
     if case == "resubmit":  # abort, then a new request with the same id and another beta
         st.finish("a")
         sim.add("a", 0, MoIConfig("moi", 3.0, 6), prompt_len=5)
-        assert st.beta[0] == 3.0 and st.top_k[0] == 6
+        assert st.rows.beta[0] == 3.0 and st.rows.top_k[0] == 6
     else:  # a streaming session: the same request, its output now part of a longer prompt
         st.apply_update([], [(0, MoIConfig("moi", 0.5, 4))], [], lambda row: ("a", 9, owner))
         sim.info["a"].update(prompt_len=9, computed=0, generated=0)
-    assert st.length[0] == 0 and st.requests["a"].pages == []
+    assert st.rows.length[0] == 0 and st.requests["a"].pages == []
     sim.step()
-    assert st.length[0] == 1
+    assert st.rows.length[0] == 1
 
 
 def test_steady_steps_take_the_fast_plan_and_reuse_the_config():
@@ -268,16 +276,16 @@ def test_steady_steps_take_the_fast_plan_and_reuse_the_config():
         sim.add(f"r{row}", row, MoIConfig("moi", 1.0, 4 + row))
     sim.step()
     sim.step()
-    first = sim.state._cached[0]
-    assert sim.state._steady is not None and first.k_max == 6 and not first.uniform_k
+    first = sim.state.planner.cached[0]
+    assert sim.state.planner.steady is not None and first.k_max == 6 and not first.uniform_k
     for _ in range(PAGE + 2):  # across a page boundary (the general plan takes that step)
         fed = sim.step()
-        assert sim.state._cached[0] is first
+        assert sim.state.planner.cached[0] is first
         for rid in ("r0", "r1", "r2"):
             torch.testing.assert_close(fed[rid][0], sim.fed[rid][-2])
-    assert sim.state.applied_steps == 3 * (PAGE + 3)
+    assert sim.state.counts.applied_steps == 3 * (PAGE + 3)
     hist = sim.state.history(sim.state.requests["r2"])
-    rebuilt = sim.state.mixed_from_history(2, np.arange(len(hist)), embed, torch.float64)
+    rebuilt = sim.state.store.mixed(sim.state.rows.req[2], np.arange(len(hist)), embed, torch.float64)
     torch.testing.assert_close(rebuilt, torch.stack(sim.fed["r2"]), atol=1e-6, rtol=0)
 
 
@@ -311,11 +319,11 @@ def test_recompute_of_10k_tokens_keeps_its_temporaries_under_the_bound(monkeypat
     """A 10k-token recompute (vLLM may schedule a whole max_num_batched_tokens of one) is rebuilt in chunks: no
     embedding call holds more than RECOMPUTE_BYTES of temporaries (recompute_bytes_per_token each), and the inputs
     equal the unchunked rebuild."""
-    from moi_demo.vllm import batch_state
+    from moi_demo.vllm import history, records
 
     n, k, hidden = 10_000, 20, 256
-    monkeypatch.setattr(batch_state, "RECOMPUTE_BYTES", 1 << 20)
-    per_token = batch_state.recompute_bytes_per_token(k + 1, hidden, torch.float32)
+    monkeypatch.setattr(records, "RECOMPUTE_BYTES", 1 << 20)
+    per_token = history.recompute_bytes_per_token(k + 1, hidden, torch.float32)
     assert per_token == 21 * (16 + hidden * 4) + hidden * 8
     table = torch.randn(VOCAB, hidden)
     calls: list[tuple[int, ...]] = []
@@ -333,7 +341,7 @@ def test_recompute_of_10k_tokens_keeps_its_temporaries_under_the_bound(monkeypat
         cand = torch.randint(0, VOCAB, (1, k + 1), generator=gen)
         w = torch.softmax(torch.randn(1, k + 1, generator=gen), dim=-1)
         st.record(plan, cand, w, torch.zeros(1, hidden))
-    assert st.length[0] == n
+    assert st.rows.length[0] == n
     # The engine preempted it: it recomputes the prompt and all n generated tokens in one step.
     fast, _, slow = st.plan(1, np.array([0]), np.array([4 + n]), np.array([False]))
     ((row, js, offsets),) = slow
@@ -344,7 +352,7 @@ def test_recompute_of_10k_tokens_keeps_its_temporaries_under_the_bound(monkeypat
     assert calls and max(c[0] for c in calls) == chunk and sum(c[0] for c in calls) == n
     assert all(c[0] * per_token <= 1 << 20 and c[1] == k + 1 for c in calls)
     assert len(calls) == -(-n // chunk)
-    whole = st.mixed_from_history(row, js, lambda ids: table[ids], torch.float32)
+    whole = st.store.mixed(st.rows.req[row], js, lambda ids: table[ids], torch.float32)
     torch.testing.assert_close(out[4:], whole, rtol=0, atol=0)
     assert out[:4].abs().sum() == 0  # the prompt's rows untouched
 
@@ -374,10 +382,10 @@ def test_the_protocol_order_is_enforced():
     other = BatchState(2)
     cand, w = torch.tensor([[1, 2, 3, 1]]), torch.tensor([[0.5, 0.25, 0.25, 0.0]])
     with pytest.raises(HookOrderError, match="a plan other than the one taken"):
-        st.record(other._finish_plan(np.array([0]), 1, np.array([0])), cand, w, torch.zeros(1, HIDDEN))
+        st.record(other.planner._step_plan(np.array([0]), 1, np.array([0])), cand, w, torch.zeros(1, HIDDEN))
     mixed = st.mix_target(plan, HIDDEN, torch.float32, torch.device("cpu"))
     st.record(plan, cand, w, mixed)
-    assert st.phase == "idle" and st.length[0] == 1
+    assert st.phase == "idle" and st.rows.length[0] == 1
     with pytest.raises(HookOrderError, match=r"record\(\) in phase 'idle'"):
         st.record(plan, cand, w, mixed)
     # A step whose MoI row does not sample (mid-prefill) plans no sampling: the state stays idle.
@@ -399,7 +407,7 @@ def test_records_of_hand_out_what_was_fed_and_keep_only_what_was_asked_for():
     sim.add("c-9abc", 2, noised)  # asks too, never read while it runs
     for _ in range(3):
         sim.step()
-    assert sim.state.switched[:3].tolist() == [True, False, True]
+    assert sim.state.rows.switched[:3].tolist() == [True, False, True]
     live = sim.state.records_of(["a", "b"])  # read: a is handed out, so not kept at its finish
     assert set(live) == {"a-1234", "b-5678"} and sim.state.records_of(["a-12"]) == {}
     for rid, rec in live.items():

@@ -150,7 +150,7 @@ def test_step_is_unchanged_by_trimming():
 def test_paced_shows_each_lanes_first_token_at_once_then_coalesces():
     """The page's updates: at most one per interval, except that a lane's first token is never held back (the
     second lane of a pair starts a step after the first)."""
-    from moi_demo.app.callbacks import paced as _paced
+    from moi_demo.app.runs import paced as _paced
 
     standard = make_trace("standard", [10, 11, 10], MoIConfig("standard", 1.0, 3))
     moi = make_trace("moi", [10, 10, 11], MoIConfig("moi", 1.0, 3))
@@ -175,9 +175,9 @@ def test_a_run_the_page_numbered_before_a_started_one_never_supersedes_it():
     """The page numbers its run events in the order they happened; their runs start on worker threads in any order.
     A run numbered before one that already started is dropped (None) and aborts nothing; a newer number, or an API
     client's 0, supersedes and aborts the session's older runs. Sessions and kinds are apart."""
-    from moi_demo.app.callbacks import Callbacks
+    from moi_demo.app.runs import Runs
 
-    class Aborts:  # what Callbacks asks of the engine here: abort a session's runs of a kind
+    class Aborts:  # what Runs asks of the engine here: abort a session's runs of a kind
         def __init__(self):
             self.cancelled: list[str] = []
 
@@ -185,16 +185,16 @@ def test_a_run_the_page_numbered_before_a_started_one_never_supersedes_it():
             self.cancelled.append(prefix)
 
     engine = Aborts()
-    cb = Callbacks(engine)  # type: ignore[arg-type]
-    newest = cb._supersede("a", "run", 5)  # the drag's last value started first
-    assert newest == "a/run/1" and cb._current(newest) and engine.cancelled == ["a/run"]
-    assert cb._supersede("a", "run", 4) is None  # its previous value, started after it
-    assert cb._supersede("a", "run", 5) is None  # the same event twice
-    assert cb._current(newest) and engine.cancelled == ["a/run"]  # nothing aborted
-    assert cb._supersede("b", "run", 1) == "b/run/1" and cb._supersede("a", "sweep", 1) == "a/sweep/1"
-    api = cb._supersede("a", "run", 0)  # an API client: order of arrival
-    assert api == "a/run/2" and not cb._current(newest) and cb._current(api)
-    assert cb._supersede("a", "run", 4) is None  # still older than the page's newest
-    later = cb._supersede("a", "run", 6)
-    assert later == "a/run/3" and cb._current(later) and not cb._current(api)
+    cb = Runs(engine)  # type: ignore[arg-type]
+    newest = cb.start("a", "run", 5)  # the drag's last value started first
+    assert newest == "a/run/1" and cb.current(newest) and engine.cancelled == ["a/run"]
+    assert cb.start("a", "run", 4) is None  # its previous value, started after it
+    assert cb.start("a", "run", 5) is None  # the same event twice
+    assert cb.current(newest) and engine.cancelled == ["a/run"]  # nothing aborted
+    assert cb.start("b", "run", 1) == "b/run/1" and cb.start("a", "sweep", 1) == "a/sweep/1"
+    api = cb.start("a", "run", 0)  # an API client: order of arrival
+    assert api == "a/run/2" and not cb.current(newest) and cb.current(api)
+    assert cb.start("a", "run", 4) is None  # still older than the page's newest
+    later = cb.start("a", "run", 6)
+    assert later == "a/run/3" and cb.current(later) and not cb.current(api)
     assert engine.cancelled == ["a/run", "b/run", "a/sweep", "a/run", "a/run"]

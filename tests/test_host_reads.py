@@ -54,15 +54,15 @@ def test_batch_state_swaps_and_moves_without_host_indices():
 
     st = BatchState(4)
     st.apply_update([], [(r, MoIConfig()) for r in range(3)], [], lambda r: (f"r{r}", 4, None))
-    st.buffer = torch.arange(12, dtype=torch.float32).reshape(4, 3)
-    st.buffer_valid[:3] = True
+    st.rows.buffer = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    st.rows.buffer_valid[:3] = True
     with HostReadCounter() as counter:
         st.apply_update([], [], [(0, 2, "swap")], lambda r: (f"r{r}", 4, None))
         st.apply_update([1], [], [(2, 3, "unidirectional")], lambda r: (f"r{r}", 4, None))
     assert counter.counts == {}
-    assert [h.req_id if h else None for h in st.req] == ["r2", None, None, "r0"]
-    assert st.buffer[0].tolist() == [6.0, 7.0, 8.0] and st.buffer[3].tolist() == [0.0, 1.0, 2.0]
-    assert st.buffer_valid.tolist() == [True, False, False, True]
+    assert [h.req_id if h else None for h in st.rows.req] == ["r2", None, None, "r0"]
+    assert st.rows.buffer[0].tolist() == [6.0, 7.0, 8.0] and st.rows.buffer[3].tolist() == [0.0, 1.0, 2.0]
+    assert st.rows.buffer_valid.tolist() == [True, False, False, True]
 
 
 def test_counter_flags_device_tensors_made_from_host_data_by_the_form_of_the_call():
@@ -175,5 +175,5 @@ def test_hooks_count_nothing_with_a_switched_lane_a_partial_batch_and_a_reordere
     for _ in range(12):
         drv.step()
     assert counter.counts == {}
-    assert drv.state.swaps == 1 and drv.state.recomputed_steps > 0
+    assert drv.state.counts.swaps == 1 and drv.state.counts.recomputed_steps > 0
     assert (drv.steps.replays > 0) == graphs

@@ -98,7 +98,7 @@ def test_the_hooks_sequence_on_the_device_equals_the_cpu_run(device):
     the step from graphs where the device has them (CUDA graphs on CUDA, EagerGraph on the CPU)."""
     cpu = drive(torch.device("cpu"), graphs=False)
     here = drive(device, graphs=True)
-    assert here.steps.replays > 0 and here.state.recomputed_steps > 0 and here.state.swaps == 1
+    assert here.steps.replays > 0 and here.state.counts.recomputed_steps > 0 and here.state.counts.swaps == 1
     assert cpu.fed.keys() == here.fed.keys()
     for rid in cpu.fed:
         torch.testing.assert_close(torch.stack(here.fed[rid]).cpu(), torch.stack(cpu.fed[rid]), atol=1e-5, rtol=1e-5)

@@ -50,7 +50,7 @@ def test_graphed_steps_feed_and_record_exactly_what_eager_steps_do(cfg):
 def test_a_batch_change_drops_the_graph_and_a_steady_stretch_captures_again():
     drv = run(True, [MoIConfig("moi", 1.0, 8)] * 2, steps=2 * step_mod.CAPTURE_AFTER + 6)
     assert drv.steps.captures == 4  # tap and mix, before and after the change
-    assert drv.steps.captured is not None and drv.steps.captured.plan.config is drv.state._cached[0]
+    assert drv.steps.captured is not None and drv.steps.captured.plan.config is drv.state.planner.cached[0]
 
 
 def test_steps_that_allow_no_graph_stay_eager():

@@ -4,15 +4,19 @@ only: callbacks.py answers the events, fields.py builds the inputs (from the bou
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from moi_demo.app import plots
-from moi_demo.app.callbacks import EVAL_MODES, EVAL_TASKS, Callbacks, ServiceCallbacks
+from moi_demo.app.callbacks import Callbacks
 from moi_demo.app.explorer import DEFAULT_SWEEP, MAX_SWEEP_LANES
 from moi_demo.app.fields import FieldRadio, named, number, slider
+from moi_demo.app.requests import EvalRequest, RunRequest, SweepRequest, named_inputs
+from moi_demo.app.service import EVAL_MODES, EVAL_TASKS, ServiceCallbacks
+from moi_demo.app.sweep import Sweeps
 from moi_demo.core import inputs
 from moi_demo.core.config import DEFAULT_BETA, DEFAULT_TOP_K, MoIConfig
 from moi_demo.core.trace import MODE_CHOICES, STANDARD_LABEL, lane_label
@@ -30,11 +34,11 @@ the more of the distribution it keeps. Same model, prompt, chat template and see
 
 
 # The page numbers its own run events (Generate, Enter in the prompt, each live change) before sending them, in the
-# order they happened: their runs start on worker threads in any order, and callbacks._supersede drops a run the
-# page made before one already started. The last input is that number; the rest pass through.
+# order they happened: their runs start on worker threads in any order, and runs.Runs.start drops a run the page
+# made before one already started. The last input is that number; the rest pass through.
 NEXT_EVENT = """(...values) => {
     window.moiRunEvents = (window.moiRunEvents || 0) + 1;
-    return [...values.slice(0, %d), window.moiRunEvents];
+    return [...values.slice(0, -1), window.moiRunEvents];
 }"""
 
 
@@ -68,9 +72,26 @@ def load_examples() -> list[str]:
     return json.loads((ASSETS / "examples.json").read_text())
 
 
+@dataclass
+class Handlers:
+    """What answers the page's events: the side-by-side tab's runs, the sweep, the service (health, Evaluate)."""
+
+    runs: Callbacks
+    sweeps: Sweeps
+    service: ServiceCallbacks
+
+
 def build_demo(engine: MoIEngine, max_new_tokens: int = 512, title: str = "Mixture of Inputs demo") -> gr.Blocks:
+    return build_page(engine, max_new_tokens, title)[0]
+
+
+def build_page(
+    engine: MoIEngine, max_new_tokens: int = 512, title: str = "Mixture of Inputs demo"
+) -> tuple[gr.Blocks, Handlers]:
+    """The page and the handlers wired to its events (tests call the handlers directly)."""
     cb = Callbacks(engine, max_new_tokens)
-    service = ServiceCallbacks(engine, cb)
+    handlers = Handlers(cb, Sweeps(cb), ServiceCallbacks(engine, cb))
+    service = handlers.service
     with gr.Blocks(title=title) as demo:
         gr.Markdown(INTRO)
         gr.Markdown(f"Model: `{Path(engine.model).name}`", elem_id="model-name")
@@ -78,14 +99,15 @@ def build_demo(engine: MoIEngine, max_new_tokens: int = 512, title: str = "Mixtu
         gr.Timer(5.0).tick(service.health_line, None, health_line, api_name=False, queue=False)
         gr.api(service.health, api_name="health", queue=False)  # API only: engine state, queue, uptime, restarts
         with gr.Tab("Side by side"):
-            side_by_side(cb, max_new_tokens)
+            side_by_side(handlers, max_new_tokens)
         with gr.Tab("Evaluate"):
             evaluate_tab(cb, service)
     cb.demo = demo
-    return demo
+    return demo, handlers
 
 
-def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
+def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
+    cb, sweeps = handlers.runs, handlers.sweeps
     p = cb.page
     # This session's lanes (per session, server side): the standard lane, the MoI lanes run for it, the pair shown.
     p.lanes = gr.State(None, time_to_live=3600)  # a Lanes after the first run
@@ -187,22 +209,21 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
 
     run_outputs = [p.standard_text, p.moi_text, p.lanes, p.step, p.status]
     event_number = gr.Number(0, visible=False)  # set by NEXT_EVENT on the page; API clients leave it 0
-    run_inputs = [
-        prompt,
-        mode,
-        beta,
-        top_k,
-        temperature,
-        top_p,
-        max_tokens,
-        seed,
-        color_by,
-        p.lanes,
-        entropy,
-        prior,
-        noise,
-        event_number,
-    ]
+    controls = dict(
+        prompt=prompt,
+        mode=mode,
+        beta=beta,
+        top_k=top_k,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        seed=seed,
+        betas=betas,
+        entropy=entropy,
+        prior=prior,
+        noise=noise,
+    )
+    run_inputs = [*named_inputs(RunRequest, controls), p.lanes, event_number]  # as Callbacks.generate takes them
     # Runs share the engine's sequence budget: at most max_concurrent_runs at once, the rest wait in the queue.
     # Progress shows on the status line only: a loading overlay and timer on every output (four plots among them)
     # re-rendered at every streamed token is what kept the page's main thread busy.
@@ -211,7 +232,7 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
         concurrency_limit=cb.engine.max_concurrent_runs,
         show_progress="minimal",
         show_progress_on=[p.status],
-        js=NEXT_EVENT % (len(run_inputs) - 1),
+        js=NEXT_EVENT,
     )
     quiet = dict(api_name=False, show_progress="hidden")
 
@@ -242,8 +263,8 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
     # A sweep holds up to MAX_SWEEP_LANES + 1 sequences: fewer sweeps than pair runs at once.
     sweep_limit = max(1, cb.engine.options.max_num_seqs // (2 * (MAX_SWEEP_LANES + 1)))
     sweep = sweep_btn.click(
-        cb.sweep,
-        [prompt, betas, top_k, temperature, top_p, max_tokens, seed, p.lanes, entropy, prior, noise],
+        sweeps.sweep,
+        [*named_inputs(SweepRequest, controls), p.lanes],
         [p.standard_text, *p.sweep_boxes, p.lanes, p.sweep_status],
         api_name="sweep",
         concurrency_id="engine-sweeps",
@@ -251,7 +272,7 @@ def side_by_side(cb: Callbacks, max_new_tokens: int) -> None:
         show_progress="minimal",
         show_progress_on=[p.sweep_status],
     )
-    sweep.then(cb.sweep_figures, p.lanes, [p.sweep_summary, p.sweep_curves], **quiet).then(
+    sweep.then(sweeps.sweep_figures, p.lanes, [p.sweep_summary, p.sweep_curves], **quiet).then(
         cb.export, p.lanes, download, **quiet
     )
     # The page also cancels its own pending events (Gradio's `cancels`); cb.stop covers API clients, the queue
@@ -289,9 +310,22 @@ def evaluate_tab(cb: Callbacks, service: ServiceCallbacks) -> None:
     chart = gr.Plot(label="Accuracy", elem_id="eval-plot")
     summary = gr.Markdown(elem_id="eval-table")
     samples = gr.File(label="Every sample (JSONL)")
+    controls = dict(
+        task=task,
+        n=n,
+        modes=modes,
+        beta=beta,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        seed=seed,
+        entropy=entropy,
+        prior=prior,
+        noise=noise,
+    )
     run.click(
         service.evaluate,
-        [task, n, modes, beta, temperature, top_p, max_tokens, seed, entropy, prior, noise],
+        named_inputs(EvalRequest, controls),
         [chart, summary, samples],
         api_name="evaluate",
     )

@@ -159,7 +159,7 @@ def first_token_time(engine: Any, prompt: str) -> float:
 def app_first_token_time(client: Any, prompt: str) -> float:
     """Through gradio_client: time from submitting Generate to the first update carrying text in both lanes."""
     start = time.perf_counter()
-    job = client.submit(prompt, "MoI", 1.0, 20, 0.0, 1.0, 4, 0, "p", api_name="/generate")
+    job = client.submit(prompt, "MoI", 1.0, 20, 0.0, 1.0, 4, 0, api_name="/generate")
     while not job.done() or job.outputs():
         outs = job.outputs()
         if any(o[0].get("value") and o[1].get("value") for o in outs if isinstance(o[0], dict)):

@@ -61,7 +61,7 @@ def _rss_all() -> int:
 
 
 def _args(prompt: str, tokens: int) -> tuple:
-    return (prompt, "MoI", 1.0, 20, 0.0, 1.0, tokens, 0, "p")
+    return (prompt, "MoI", 1.0, 20, 0.0, 1.0, tokens, 0)
 
 
 def run_load(url: str, engine: Any, s: LoadSettings) -> str:
@@ -104,7 +104,7 @@ def run_load(url: str, engine: Any, s: LoadSettings) -> str:
             try:
                 if kind == "bad":
                     try:
-                        client.predict(prompt, "MoI", 9.0, 20, 0.0, 1.0, s.tokens, 0, "p", api_name="/generate")
+                        client.predict(prompt, "MoI", 9.0, 20, 0.0, 1.0, s.tokens, 0, api_name="/generate")
                         outcome = "bad input accepted"
                     except AppError as e:
                         outcome = None if "beta: must be" in str(e) else f"unnamed error: {str(e)[:60]}"

@@ -30,7 +30,8 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from moi_demo.core import mixing
-from moi_demo.vllm.batch_state import BatchState, StepPlan
+from moi_demo.vllm.batch_state import BatchState
+from moi_demo.vllm.planning import StepPlan
 
 logger = logging.getLogger("moi_demo.vllm.step")
 
@@ -182,7 +183,7 @@ class StepRunner:
         cap, self._graphed = self._graphed, None
         if cap is not None and tapped is cap.tapped and reduce is None:
             state.check_plan(plan)
-            state.ensure_buffer(like.shape[-1], like.dtype, like.device)
+            state.rows.ensure_buffer(like.shape[-1], like.dtype, like.device)
             if cap.mix is not None and cap.guard != self._guard(plan):
                 cap.mix = None  # the buffer or the pool moved: capture the mix again
             self._load(cap, plan, sampled)
@@ -264,7 +265,7 @@ class StepRunner:
     def _mix_work(self, cap: _Captured, embed: Callable[[torch.Tensor], torch.Tensor]) -> mixing.Fed:
         """The mix's device work on the graph's static tensors (what its graph records)."""
         state, plan, tapped = self.state, cap.plan, cap.tapped
-        mixed = state.buffer[plan.span]
+        mixed = state.rows.buffer[plan.span]
         fed = mixing.fed_step(tapped.ids, tapped.top_logits, cap.sampled, plan.config, embed, mixed, tapped.extras)
         state.write_record(plan, fed.candidate_ids, fed.weights, mixed, fed.entropy)
         return fed
@@ -272,9 +273,9 @@ class StepRunner:
     def _guard(self, plan: StepPlan) -> tuple:
         """The addresses a mix graph writes into: the next-input buffer and the history pool of the plan's width."""
         (width,) = plan.write_t
-        pool = self.state.pools[width]
+        pool = self.state.store.pools[width]
         return (
-            self.state.buffer.data_ptr(),
+            self.state.rows.buffer.data_ptr(),
             pool.ids_flat.data_ptr(),
             pool.weights_flat.data_ptr(),
             pool.entropy_flat.data_ptr(),
