@@ -42,9 +42,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout with only torch installed
 
-from moi_demo.core import mixing  # noqa: E402
-from moi_demo.core.config import SamplingContext
-from moi_demo.core.mixing import MoIConfig  # noqa: E402
+from moi_demo.core import mixing
+from moi_demo.core.batch_config import BatchConfig  # noqa: E402
+from moi_demo.core.config import MoIConfig, SamplingContext  # noqa: E402
 from moi_demo.vllm.batch_state import BatchState  # noqa: E402
 from moi_demo.vllm.step import CAPTURE_AFTER, StepRunner  # noqa: E402
 
@@ -182,7 +182,7 @@ def expected_inputs(
     positions: torch.Tensor,
 ) -> torch.Tensor:
     """The formula afresh (mixing.mix_step: top-k, p, H, onehot(y), w; `positions` [B] for the noise): [B, D]."""
-    config = mixing.BatchConfig.from_configs([cfg] * logits.shape[0], logits.device)
+    config = BatchConfig.from_configs([cfg] * logits.shape[0], logits.device)
     step = mixing.mix_step(logits, sampled, config, positions)
     return mixing.mix_embeddings(step.weights, step.candidate_ids, embed, out_dtype=dtype)
 

@@ -16,6 +16,7 @@ from moi_demo.core.config import MoIConfig
 from moi_demo.core.inputs import InputError
 from moi_demo.core.plain import step_weights
 from moi_demo.core.trace import SamplingSettings, Step, Trace, lane_label
+from moi_demo.serving.lanes import inspect_answer, inspect_request
 from moi_demo.serving.settings import EngineOptions
 from moi_demo.serving.supervisor import RunStopped
 
@@ -117,23 +118,14 @@ class FakeEngine:
             self._live.pop(run_id or f"anon/{id(configs)}", None)
 
     def inspect(self, traces: Sequence[Trace], step: int) -> list[dict[str, Any]]:
+        """As MoIEngine.inspect, with the toy model's answer in place of the workers' (cos: the largest weight)."""
         self.inspected.append(step)
         out = []
-        for t in traces:
-            at = min(max(step, 0), len(t.steps) - 1)
-            cos = [1.0 if s.weights is None else max(s.weights) for s in t.steps]
-            out.append(
-                {
-                    "lane": t.lane,
-                    "label": lane_label(t.config, full=True),
-                    "step": at,
-                    "sampled": t.steps[at].token,
-                    "cos_at_step": cos[at],
-                    "cos": cos,
-                    "nearest": [{"token": t.steps[at].token, "id": t.steps[at].token_id, "cos": cos[at]}],
-                    "ms": 0.1,
-                }
-            )
+        for t in (t for t in traces if t.steps):
+            lane = inspect_request(t, step)
+            cos = [max(w) for w in lane["weights"]]
+            rank = {"cos": cos, "nearest_ids": [t.token_ids[lane["step"]]], "nearest_sims": [cos[lane["step"]]]}
+            out.append(inspect_answer(t, lane, [rank], lambda ids: WORDS[ids[0]], 0.1))
         return out
 
     def generate_many(

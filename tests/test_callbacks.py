@@ -94,6 +94,11 @@ def test_old_arity_call_is_told_what_changed(page):
         list(page.cb.generate(*RUN.values(), "p", request=session()))
     assert "color_by" in str(e.value) and "prompt, mode, beta, top_k" in str(e.value)
     assert [f for f in RunRequest.__dataclass_fields__][-3:] == ["entropy", "prior", "noise"]
+    # Through the server the page's entropy radio checks the value first: it names color_by too
+    (radio,) = [b for b in page.demo.blocks.values() if getattr(b, "elem_id", None) == "entropy"]
+    with pytest.raises(gr.Error, match="color_by: this endpoint no longer takes color_by"):
+        radio.preprocess("p")
+    assert radio.preprocess("full") == "full"
 
 
 def test_live_does_nothing_before_a_run_then_reruns_only_moi_and_shows_kept_lanes_at_once(page):

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from moi_demo.core import mixing
+from moi_demo.core.batch_config import Switches
 from moi_demo.core.config import GREEDY_EPS, MoIConfig, SamplingContext
-from moi_demo.core.mixing import Switches
 from moi_demo.core.transfer import columns_to_device
 from moi_demo.vllm.host_reads import HostReadCounter
 from tests.step_driver import SWITCHED, Driver
@@ -146,7 +145,7 @@ def _switched_run(steps: int = 4) -> dict[str, int]:
 
 def test_mutation_check_the_counter_flags_switches_built_as_they_were(monkeypatch):
     assert _switched_run() == {}
-    monkeypatch.setattr(mixing.Switches, "from_configs", staticmethod(_switches_as_it_was))
+    monkeypatch.setattr(Switches, "from_configs", staticmethod(_switches_as_it_was))
     counts = _switched_run()
     assert counts.get("h2d:tensor", 0) >= 7, counts  # seven pageable copies at the batch change
 

@@ -54,3 +54,35 @@ def test_row_norms_in_chunks_equal_the_whole_matrix_norms_in_float32():
     matrix = torch.randn(37, 6, generator=gen).to(torch.bfloat16)
     got = inspection.row_norms(matrix, chunk=8)  # 5 chunks, the last one short
     assert got.dtype == torch.float32 and torch.equal(got, matrix.float().norm(dim=-1))
+
+
+def test_an_inspection_merges_every_ranks_nearest_and_pads_the_request():
+    """Under tensor parallelism each rank answers for its slice of the vocabulary: the lane's nearest are the NEAREST
+    best over all ranks, best first; the request pads each step's candidates to one width (a standard step: its
+    sampled token, weight 1) and clamps the step."""
+    from moi_demo.core.config import MoIConfig
+    from moi_demo.core.inspection import NEAREST
+    from moi_demo.core.trace import Step, Trace
+    from moi_demo.serving.lanes import inspect_answer, inspect_request
+
+    trace = Trace("moi", "moi", 1.0, 3)
+    trace.steps = [
+        Step(0, 7, "a", -0.1, [7, 8], [-0.1, -2.0], 0.3, candidate_ids=[7, 8, 7], weights=[0.5, 0.2, 0.3]),
+        Step(1, 9, "b", -0.2, [9], [-0.2], 0.0),
+    ]
+    lane = inspect_request(trace, 5)
+    assert lane == {
+        "ids": [[7, 8, 7], [9, 0, 0]],
+        "weights": [[0.5, 0.2, 0.3], [1.0, 0.0, 0.0]],
+        "sampled": [7, 9],
+        "step": 1,
+    }
+    ranks = [
+        {"cos": [0.9, 1.0], "nearest_ids": [1, 2, 3], "nearest_sims": [0.1, 0.5, 0.9]},
+        {"cos": [0.9, 1.0], "nearest_ids": [4, 5, 6], "nearest_sims": [0.2, 0.6, 0.95]},
+    ]
+    answer = inspect_answer(trace, lane, ranks, lambda ids: f"t{ids[0]}", 2.0)
+    assert [n["id"] for n in answer["nearest"]] == [6, 3, 5, 2, 4][:NEAREST]
+    assert answer["nearest"][0] == {"token": "t6", "id": 6, "cos": 0.95}
+    assert (answer["step"], answer["sampled"], answer["cos_at_step"], answer["ms"]) == (1, "b", 1.0, 2.0)
+    assert answer["label"] == "Mixture of Inputs (beta = 1)" and MoIConfig("moi", 1.0, 3) == trace.config

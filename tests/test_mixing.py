@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from moi_demo.core import mixing
+from moi_demo.core.batch_config import BatchConfig
 from moi_demo.core.config import MODE_CODES, MoIConfig, SamplingContext
 from moi_demo.core.inputs import InputError
-from moi_demo.core.mixing import BatchConfig
 from moi_demo.core.plain import prior_from_weights, reference_prior, step_weights
 
 # A copy of shared/golden/moi_weights.json (computed apart from the project): the tests run from a clone alone.

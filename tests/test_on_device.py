@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from moi_demo.core import mixing
+from moi_demo.core.batch_config import BatchConfig
 from moi_demo.core.config import MoIConfig
-from moi_demo.core.mixing import BatchConfig
 from moi_demo.vllm import step as step_mod
 from tests.step_driver import SWITCHED, Driver
 

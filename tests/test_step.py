@@ -118,9 +118,10 @@ def test_a_partial_batch_copies_no_logits_rows():
 def test_a_partial_switched_batch_takes_its_extras_from_its_own_rows():
     """The switched extras (full entropy, log Z_T) of rows [0, 2] equal those taken from the gathered rows."""
     from moi_demo.core import mixing
+    from moi_demo.core.batch_config import BatchConfig
 
     cfgs = [dataclasses.replace(SWITCHED), dataclasses.replace(SWITCHED, context=SamplingContext(0.5, 0.6, 9))]
-    config = mixing.BatchConfig.from_configs(cfgs)
+    config = BatchConfig.from_configs(cfgs)
     logits = torch.randn(3, VOCAB)
     rows = torch.tensor([0, 2])
     got = mixing.prior_extras(logits, config.switches, torch.tensor([3, 4]), rows=rows)

@@ -19,7 +19,7 @@ import pytest
 from moi_demo.core.config import MoIConfig
 from moi_demo.core.trace import SamplingSettings
 from moi_demo.serving.lifecycle import temporary_env
-from moi_demo.tools.doctor import run_staggered
+from moi_demo.tools.doctor_rig import run_staggered
 from tests.vllm_util import close_llm, make_llm
 
 pytestmark = pytest.mark.engine

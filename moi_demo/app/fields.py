@@ -3,6 +3,7 @@ the one way an `InputError` reaches the page: `gr.Error("field: reason", title="
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -19,6 +20,7 @@ class _NamedErrors:
     subclasses make those errors name the field and what it allows."""
 
     field: str | None = None  # set by `named`; Gradio also re-creates components from updates: then the label
+    moved: Callable[[Any], InputError | None] | None = None  # set by `named`: a value another input used to take here
 
     def _gradio_class(self) -> type:
         return next(c for c in type(self).__mro__ if c.__module__.startswith("gradio.components."))
@@ -33,6 +35,8 @@ class _NamedErrors:
         raise NotImplementedError
 
     def preprocess(self, payload: Any) -> Any:
+        if self.moved is not None and (error := self.moved(payload)) is not None:
+            raise page_error(error)
         try:
             return super().preprocess(payload)
         except (gr.Error, TypeError, ValueError):
@@ -41,8 +45,10 @@ class _NamedErrors:
             ) from None
 
 
-def named(component: Any, field: str) -> Any:
-    component.field = field
+def named(component: Any, field: str, moved: Callable[[Any], InputError | None] | None = None) -> Any:
+    """`component`'s errors name `field`; `moved(value)` tells a caller of an older API that sent `value` here what
+    changed (an InputError), before the component's own check."""
+    component.field, component.moved = field, moved
     return component
 
 

@@ -14,7 +14,7 @@ from moi_demo.app import plots
 from moi_demo.app.callbacks import Callbacks
 from moi_demo.app.explorer import DEFAULT_SWEEP, MAX_SWEEP_LANES
 from moi_demo.app.fields import FieldRadio, named, number, slider
-from moi_demo.app.requests import EvalRequest, RunRequest, SweepRequest, named_inputs
+from moi_demo.app.requests import EvalRequest, RunRequest, SweepRequest, color_by_moved, named_inputs
 from moi_demo.app.service import EVAL_MODES, EVAL_TASKS, ServiceCallbacks
 from moi_demo.app.sweep import Sweeps
 from moi_demo.core import inputs
@@ -52,6 +52,7 @@ def switch_controls(prefix: str = "") -> tuple[Any, Any, Any]:
             elem_id=f"{prefix}entropy",
         ),
         "entropy",
+        moved=color_by_moved,
     )
     prior = named(
         FieldRadio(

@@ -19,6 +19,18 @@ from moi_demo.core.trace import MODE_CHOICES, SamplingSettings
 COLOR_BY_VALUES = ("p", "entropy")  # what the removed color_by input took (an old-arity call shifts it into entropy)
 
 
+def color_by_moved(entropy: Any) -> InputError | None:
+    """The error for a call of /generate or /live with the old arity: it sent color_by ("p" or "entropy") 9th,
+    where `entropy` now stands. None for any other value."""
+    if entropy not in COLOR_BY_VALUES:
+        return None
+    return InputError(
+        "color_by",
+        "this endpoint no longer takes color_by (it was the 9th input; the page colours its own figures). "
+        f"Send {', '.join(f.name for f in fields(RunRequest))}: see docs/app.md",
+    )
+
+
 @dataclass(frozen=True)
 class RunRequest:
     """A Generate or live run (/generate, /live), as sent: checked by `parse`."""
@@ -38,12 +50,8 @@ class RunRequest:
     def parse(self, max_new_tokens: int) -> tuple[str, MoIConfig, SamplingSettings]:
         """(prompt, MoI lane's config, sampling settings), each field checked against the bounds of `core.inputs`
         (an InputError names the field)."""
-        if self.entropy in COLOR_BY_VALUES:
-            raise InputError(
-                "color_by",
-                "this endpoint no longer takes color_by (it was the 9th input; the page colours its own figures). "
-                f"Send {', '.join(f.name for f in fields(RunRequest))}: see docs/app.md",
-            )
+        if (error := color_by_moved(self.entropy)) is not None:
+            raise error
         moi, settings = run_settings(self, self.mode, self.beta, self.top_k, max_new_tokens)
         return inputs.check_prompt(self.prompt), moi, settings
 

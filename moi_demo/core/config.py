@@ -16,6 +16,8 @@ from typing import Any
 
 from moi_demo.core.inputs import BETA, NOISE, TOP_K, InputError, check_choice
 
+MASK32 = 0xFFFFFFFF  # seeds and the noise hash are 32-bit
+
 MODES: tuple[str, ...] = ("standard", "moi", "direct")
 MODE_STANDARD, MODE_MOI, MODE_DIRECT = 0, 1, 2
 MODE_CODES: dict[str, int] = {name: code for code, name in enumerate(MODES)}

@@ -10,16 +10,9 @@ from collections.abc import Sequence
 
 import torch
 
-from moi_demo.core.config import GREEDY_EPS, MoIConfig, SamplingContext
-from moi_demo.core.mixing import (
-    MASK32,
-    BatchConfig,
-    candidates,
-    gumbel,
-    mix_weights,
-    normalized_entropy,
-    renormalized_probs,
-)
+from moi_demo.core.batch_config import BatchConfig
+from moi_demo.core.config import GREEDY_EPS, MASK32, MoIConfig, SamplingContext
+from moi_demo.core.mixing import candidates, gumbel, mix_weights, normalized_entropy, renormalized_probs
 
 
 def reference_prior(

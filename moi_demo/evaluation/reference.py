@@ -14,8 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from moi_demo.core import mixing
+from moi_demo.core.batch_config import BatchConfig
 from moi_demo.core.config import MoIConfig, SamplingContext
-from moi_demo.core.mixing import BatchConfig
 from moi_demo.core.plain import reference_prior
 from moi_demo.core.trace import SamplingSettings, Step, Trace
 

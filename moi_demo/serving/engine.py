@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import queue
 import time
@@ -21,8 +20,8 @@ from typing import Any
 from moi_demo.core import inputs
 from moi_demo.core.config import MoIConfig
 from moi_demo.core.inputs import InputError
-from moi_demo.core.plain import prior_from_weights
-from moi_demo.core.trace import SamplingSettings, Step, Trace, lane_label
+from moi_demo.core.trace import SamplingSettings, Trace
+from moi_demo.serving.lanes import apply_output, fill_from_records, inspect_answer, inspect_request, sampling_params
 from moi_demo.serving.settings import chat_ids
 from moi_demo.serving.supervisor import (
     EngineState,
@@ -34,58 +33,6 @@ from moi_demo.serving.supervisor import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def steps_from_output(completion: Any, first_index: int, top_k: int) -> list[Step]:
-    """Steps from a vLLM CompletionOutput delta: the sampled ids and their top-k raw log-probs."""
-    steps = []
-    for i, (token, logprobs) in enumerate(zip(completion.token_ids, completion.logprobs or [], strict=False)):
-        ranked = sorted(
-            ((lp.rank, tid, lp) for tid, lp in logprobs.items() if lp.rank is not None), key=lambda r: (r[0], r[1])
-        )
-        top = [(tid, lp) for rank, tid, lp in ranked if rank <= top_k][:top_k]
-        sampled = logprobs[token]
-        steps.append(
-            Step(
-                index=first_index + i,
-                token_id=int(token),
-                token=sampled.decoded_token or "",
-                logprob=float(sampled.logprob),
-                topk_ids=[t for t, _ in top],
-                topk_logprobs=[float(lp.logprob) for _, lp in top],
-                entropy=0.0,
-                topk_tokens=[lp.decoded_token or "" for _, lp in top],
-            )
-        )
-    return steps
-
-
-def complete_step(trace: Trace, step: Step) -> Step:
-    """Fill H and, in a mixing lane, the weights the plugin fed back (recomputed with mixing.py). A switched lane's
-    H and weights need what only the sampler saw: they come from the plugin's records when the lane ends
-    (`fill_from_records`); until then its steps carry the top-k H and no weights."""
-    candidates, weights, entropy = trace.recompute(step)
-    step.entropy = entropy
-    if trace.config.mixes and not trace.config.switched:
-        step.candidate_ids, step.weights = candidates, weights
-    return step
-
-
-def fill_from_records(trace: Trace, records: dict[str, dict[str, list]]) -> bool:
-    """A switched lane's H and weights per step, from the plugin's records of what it fed (`moi_records` asked for
-    the lane's request id alone). False (and the steps as they were) when the records do not cover the lane."""
-    found = list(records.values())
-    if len(found) != 1 or len(found[0]["weights"]) < len(trace.steps):
-        logger.warning("moi-demo: no records of what lane %s fed (%d found)", trace.request_id, len(found))
-        return False
-    record, cfg = found[0], trace.config
-    for step, ids, weights, entropy in zip(
-        trace.steps, record["candidates"], record["weights"], record["entropy"], strict=False
-    ):
-        step.candidate_ids, step.weights, step.entropy = list(ids), list(weights), float(entropy)
-        if cfg.prior != "raw" or cfg.noise > 0:
-            step.mixed_prior = prior_from_weights(ids, weights, step.topk_ids, step.token_id, entropy, cfg)
-    return True
 
 
 class MoIEngine(EngineSupervisor):
@@ -122,47 +69,16 @@ class MoIEngine(EngineSupervisor):
         the cosine of every step's fed input to E[sampled] (1 in a standard lane: the control), and at `step` the
         NEAREST vocabulary tokens to the fed input by cosine, with their cosines. The fed inputs are rebuilt from the
         trace's weights (those mixing.py computes from the returned top-k log-probabilities, what the plugin fed)."""
-        from moi_demo.core.inspection import NEAREST
-
         self._check_available()
         shown = [t for t in traces if t.steps]
-        lanes = []
-        for t in shown:
-            rows = [(s.candidate_ids, s.weights) if s.weights else ([s.token_id], [1.0]) for s in t.steps]
-            width = max(len(ids) for ids, _ in rows)
-            lanes.append(
-                {
-                    "ids": [list(ids) + [0] * (width - len(ids)) for ids, _ in rows],
-                    "weights": [list(w) + [0.0] * (width - len(w)) for _, w in rows],
-                    "sampled": t.token_ids,
-                    "step": min(max(step, 0), len(t.steps) - 1),
-                }
-            )
+        lanes = [inspect_request(t, step) for t in shown]
         start = time.perf_counter()
         ranks = self._call(self.engine_for("moi").collective_rpc("moi_inspect", args=(lanes,)), timeout=60)
         ms = (time.perf_counter() - start) * 1e3
-        out = []
-        for i, (t, lane) in enumerate(zip(shown, lanes, strict=True)):
-            merged = sorted(
-                (sim, tid)
-                for rank in ranks
-                for tid, sim in zip(rank[i]["nearest_ids"], rank[i]["nearest_sims"], strict=True)
-            )
-            near = [(self.tokenizer.decode([tid]), tid, sim) for sim, tid in reversed(merged[-NEAREST:])]
-            cos = ranks[0][i]["cos"]
-            out.append(
-                {
-                    "lane": t.lane,
-                    "label": lane_label(t.config, full=True),
-                    "step": lane["step"],
-                    "sampled": t.steps[lane["step"]].token,
-                    "cos_at_step": cos[lane["step"]],
-                    "cos": cos,
-                    "nearest": [{"token": tok, "id": tid, "cos": sim} for tok, tid, sim in near],
-                    "ms": ms,
-                }
-            )
-        return out
+        return [
+            inspect_answer(t, lane, [r[i] for r in ranks], self.tokenizer.decode, ms)
+            for i, (t, lane) in enumerate(zip(shown, lanes, strict=True))
+        ]
 
     # -- requests ---------------------------------------------------------------------------------------
 
@@ -185,32 +101,6 @@ class MoIEngine(EngineSupervisor):
         inputs.MAX_TOKENS.with_hi(self.options.max_model_len - 1).check(settings.max_tokens)
         if settings.seed is not None:
             inputs.SEED.check(settings.seed)
-
-    def sampling_params(
-        self,
-        moi: MoIConfig,
-        settings: SamplingSettings,
-        ignore_eos: bool = False,
-        logprobs: bool = True,
-        stream: bool = True,
-    ) -> Any:
-        """Streamed (delta) params, or with `stream=False` the final output only (a batch job: no per-step
-        output objects for hundreds of sequences); `logprobs` returns the top-k raw log-probs the traces are
-        built from."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        return SamplingParams(
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            max_tokens=settings.max_tokens,
-            seed=settings.seed,
-            logprobs=moi.top_k if logprobs else None,
-            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
-            ignore_eos=ignore_eos,
-            # a streamed switched lane keeps its record for the page (its weights cannot be rebuilt from log-probs)
-            extra_args=(dataclasses.replace(moi, keep_record=True) if moi.switched and stream else moi).extra_args(),
-        )
 
     def _stream(
         self, engine: Any, ids: list[int], moi: MoIConfig, settings: SamplingSettings, *, ignore_eos: bool = False
@@ -283,7 +173,7 @@ class MoIEngine(EngineSupervisor):
         async def one(i: int) -> None:
             nonlocal done
             _, cfg, seed = jobs[i]
-            params = self.sampling_params(
+            params = sampling_params(
                 cfg,
                 SamplingSettings(settings.temperature, settings.top_p, settings.max_tokens, seed),
                 logprobs=False,
@@ -335,7 +225,7 @@ class MoIEngine(EngineSupervisor):
 
         async def pump(i: int, engine: Any, cfg: MoIConfig) -> None:
             try:
-                params = self.sampling_params(cfg, settings, ignore_eos)
+                params = sampling_params(cfg, settings, ignore_eos)
                 async for out in engine.generate({"prompt_token_ids": ids}, params, request_ids[i]):
                     updates.put((i, out.outputs[0], out.finished))
             except BaseException as e:  # surfaced to the consumer thread (aborts end the stream quietly)
@@ -368,11 +258,8 @@ class MoIEngine(EngineSupervisor):
                             self._on_dead(death_reason([engine for _, engine, _ in lanes], completion))
                             raise self.unavailable() from None
                         raise _user_error(completion)
-                    for step in steps_from_output(completion, len(trace.steps), trace.top_k):
-                        trace.steps.append(complete_step(trace, step))
-                    trace.text += completion.text
+                    apply_output(trace, completion, done)
                     if done:
-                        trace.finish_reason = completion.finish_reason
                         finished[i] = True
                         if trace.config.switched and trace.config.mixes:  # what it fed: only the plugin knows
                             fill_from_records(

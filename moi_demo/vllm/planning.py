@@ -12,9 +12,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from moi_demo.core import mixing
+from moi_demo.core.batch_config import BatchConfig, Switches
 from moi_demo.core.config import MODE_MOI
-from moi_demo.core.mixing import BatchConfig
 from moi_demo.vllm.history import PAGE
 from moi_demo.vllm.records import HistoryStore
 from moi_demo.vllm.rows import RowTable
@@ -204,7 +203,7 @@ class Planner:
             if t.switched[rows].any():  # built on batch changes only; a request without a seed: one from its id
                 hists = [t.req[r] for r in rows]
                 seeds = [zlib.crc32(h.req_id.encode()) for h in hists]
-                switches = mixing.Switches.from_configs([h.config for h in hists], self.device, seeds)
+                switches = Switches.from_configs([h.config for h in hists], self.device, seeds)
             config = BatchConfig.from_tensors(
                 mode,
                 beta,
