@@ -11,7 +11,7 @@ from typing import Any
 
 from moi_demo.core import inputs
 from moi_demo.core.arguments import add_switches, switches_of
-from moi_demo.core.config import DEFAULT_TOP_K, MoIConfig
+from moi_demo.core.config import DEFAULT_TOP_K, MODES, MoIConfig
 from moi_demo.core.inputs import InputError
 from moi_demo.core.trace import SamplingSettings, Trace, lane_label, save_traces
 
@@ -38,7 +38,7 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", choices=["moi", "direct"], default="moi")
+    p.add_argument("--mode", choices=[m for m in MODES if m != "standard"], default="moi")
     p.add_argument("--beta", type=float, default=1.0, help="MoI concentration beta >= 0 (default 1.0)")
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="candidates mixed per step (default 20)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

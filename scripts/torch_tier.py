@@ -22,6 +22,7 @@ BLOCKED = ("vllm", "gradio", "transformers", "plotly", "lm_eval", "playwright", 
 FILES = [
     "tests/test_config.py",
     "tests/test_mixing.py",
+    "tests/test_rivals.py",
     "tests/test_batch_state.py",
     "tests/test_host_reads.py",
     "tests/test_step.py",

@@ -66,7 +66,8 @@ def test_generate_streams_both_lanes_then_the_final_state_and_reuses_the_standar
 
 
 def test_generate_positionally_as_the_page_sends_it_and_by_keyword_alike(page):
-    positional = list(page.cb.generate(*RUN.values(), "top_k", "raw", 0.0, None, 0, session()))
+    switches = ("top_k", "raw", 0.0, "none", 0.5, 0.5, 3)  # entropy, prior, noise, gate, gate_h, tau, samples
+    positional = list(page.cb.generate(*RUN.values(), *switches, None, 0, session()))
     by_name = list(page.cb.generate(**RUN, request=session("s2")))
     p = page.cb.page
     assert positional[-1][p.moi_text]["value"] == by_name[-1][p.moi_text]["value"]
@@ -93,12 +94,26 @@ def test_old_arity_call_is_told_what_changed(page):
     with pytest.raises(gr.Error) as e:
         list(page.cb.generate(*RUN.values(), "p", request=session()))
     assert "color_by" in str(e.value) and "prompt, mode, beta, top_k" in str(e.value)
-    assert [f for f in RunRequest.__dataclass_fields__][-3:] == ["entropy", "prior", "noise"]
+    assert list(RunRequest.__dataclass_fields__)[8] == "entropy"  # where an old call's color_by lands
     # Through the server the page's entropy radio checks the value first: it names color_by too
     (radio,) = [b for b in page.demo.blocks.values() if getattr(b, "elem_id", None) == "entropy"]
     with pytest.raises(gr.Error, match="color_by: this endpoint no longer takes color_by"):
         radio.preprocess("p")
     assert radio.preprocess("full") == "full"
+
+
+def test_the_rival_modes_and_the_gate_reach_the_engine_and_name_their_lanes(page):
+    p = page.cb.page
+    updates, lanes = generate(page, mode="Gumbel soft thinking", tau=0.3, gate="high", gate_h=0.4)
+    assert page.engine.streamed[-1][-1] == MoIConfig("gumbel", 1.0, 5, tau=0.3, gate="high", gate_h=0.4)
+    assert updates[-1][p.moi_text]["label"] == "Gumbel soft thinking (tau = 0.3) · mixes where H >= 0.4"
+    updates, _ = generate(page, lanes=lanes, mode="Multiplex", samples=5, tau=0.9)
+    assert page.engine.streamed[-1] == [MoIConfig("multiplex", 1.0, 5, samples=5)]  # tau: gumbel's alone
+    assert updates[-1][p.moi_text]["label"] == "Multiplex (5 samples)"
+    with pytest.raises(gr.Error, match="gate: must be one of none, high, low; got 'middle'"):
+        generate(page, gate="middle")
+    with pytest.raises(gr.Error, match="samples: must be an integer from 1 to 16; got 17"):
+        generate(page, mode="Multiplex", samples=17)
 
 
 def test_live_does_nothing_before_a_run_then_reruns_only_moi_and_shows_kept_lanes_at_once(page):
@@ -140,6 +155,12 @@ def test_sweep_streams_a_lane_per_beta_then_keeps_them_for_the_slider(page):
     assert final[p.sweep_status].startswith("Swept 3 lanes: 16 tokens")
     figures = list(page.sweeps.sweep_figures(lanes))
     assert [list(u) for u in figures] == [[p.sweep_summary], [p.sweep_curves]]
+    rivals = list(page.sweeps.sweep(PROMPT, "1, gumbel, multiplex", 5, 0.0, 1.0, 4, 0, tau=0.2, samples=4))
+    assert [t.config for t in rivals[-1][p.lanes].sweep] == [
+        MoIConfig("moi", 1.0, 5),
+        MoIConfig("gumbel", 0.0, 5, tau=0.2),
+        MoIConfig("multiplex", 0.0, 5, samples=4),
+    ]
     with pytest.raises(gr.Error, match="betas: each beta must be from 0 to 4; got 5"):
         list(page.sweeps.sweep(PROMPT, "5", 5, 0.0, 1.0, 4, 0, lanes=None, request=session()))
 

@@ -45,7 +45,7 @@ def test_parse_betas_default_order_and_direct():
         ("1, 4.5", "betas: each beta must be from 0 to 4; got 4.5"),
         ("-0.5", "betas: each beta must be from 0 to 4; got -0.5"),
         ("nan", "betas: each beta must be from 0 to 4; got nan"),
-        ("1, two", "betas: each entry must be a beta from 0 to 4 or `direct`; got 'two'"),
+        ("1, two", "betas: each entry must be a beta from 0 to 4, `direct`, `gumbel` or `multiplex`; got 'two'"),
         (",".join(str(i / 10) for i in range(9)), "betas: at most 8 lanes in one sweep; got 9"),
         (None, "betas: must be text"),
     ],

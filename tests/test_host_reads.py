@@ -103,7 +103,7 @@ def test_packed_columns_equal_torch_tensor_per_column_and_make_no_pageable_copy(
 
 
 def _switches_as_it_was(configs, device="cpu", seeds=None):
-    """Switches.from_configs before the packed copy: seven torch.tensor(list, device=...) calls, each a pageable
+    """Switches.from_configs before the packed copy: a torch.tensor(list, device=...) call per column, each a pageable
     host-to-device copy (the H200 run found it syncing). The mutant the counter must catch."""
     if not any(c.switched for c in configs):
         return None
@@ -124,6 +124,13 @@ def _switches_as_it_was(configs, device="cpu", seeds=None):
         seed=t(
             [(x.seed if x.seed is not None else s) & 0xFFFFFFFF for x, s in zip(ctx, seeds, strict=True)], torch.long
         ),
+        gumbel=t([c.mode == "gumbel" for c in configs], torch.bool),
+        multiplex=t([c.mode == "multiplex" for c in configs], torch.bool),
+        tau=t([c.tau for c in configs], torch.float32),
+        samples=t([c.samples if c.mode == "multiplex" else 0 for c in configs], torch.long),
+        gate_high=t([c.gate == "high" for c in configs], torch.bool),
+        gate_low=t([c.gate == "low" for c in configs], torch.bool),
+        gate_h=t([c.gate_h for c in configs], torch.float32),
         any_full=any(c.entropy == "full" for c in configs),
         any_processed=any(c.prior == "processed" for c in configs),
         any_noise=any(c.noise > 0 for c in configs),

@@ -261,6 +261,71 @@ def test_switched_sampled_run_matches_the_oracle_and_the_records(llm, oracle, pr
     assert llm.collective_rpc("moi_records", args=([again.request_id],))[0] == {}  # and handed out once
 
 
+# --- the gates and the rival modes (moi_gate, moi_gate_h, moi_tau, moi_samples) against the oracle --------------
+
+RIVAL_CASES = [
+    MoIConfig("moi", 0.5, 5, gate="high", gate_h=0.6),
+    MoIConfig("moi", 0.5, 5, gate="low", gate_h=0.6),
+    MoIConfig("gumbel", 1.0, 5, tau=0.5),
+    MoIConfig("multiplex", 1.0, 5, samples=3),
+    MoIConfig("moi", 0.5, 5, gate="high", gate_h=1.0),  # never opens: the standard tokens
+    MoIConfig("moi", 0.5, 5, gate="low", gate_h=1.0),  # always open: today's MoI
+]
+
+
+def test_gates_and_rival_modes_greedy_equal_the_oracle_in_one_batch(llm, oracle, prompt_ids):
+    """Greedy, seed 5 (the rival modes' draws): every gate and rival mode, batched with the paper's MoI and a
+    standard request, == the oracle (reference.py, the plain one-row forms). A gate that never opens decodes the
+    standard tokens exactly, one always open today's MoI; the rival modes change the tokens."""
+    paper = MoIConfig("moi", 0.5, 5)
+    jobs = [(ids, cfg) for cfg in [*RIVAL_CASES, paper] for ids in prompt_ids[:2]] + [(prompt_ids[0], None)]
+    outs = llm.generate(
+        [{"prompt_token_ids": ids} for ids, _ in jobs],
+        [params(STEPS, seed=5, **(xargs(cfg) if cfg else {})) for _, cfg in jobs],
+    )
+    got = {(tuple(ids), cfg): list(o.outputs[0].token_ids) for (ids, cfg), o in zip(jobs, outs, strict=True)}
+    settings = SamplingSettings(max_tokens=STEPS, seed=5)
+    for (ids, cfg), tokens in got.items():
+        if cfg is not None:
+            assert tokens == oracle.generate(list(ids), cfg, settings, chat=False).token_ids, cfg
+    for ids in map(tuple, prompt_ids[:2]):
+        assert got[(ids, RIVAL_CASES[4])] == ref_tokens(oracle, list(ids), MoIConfig("standard"))
+        assert got[(ids, RIVAL_CASES[5])] == got[(ids, paper)]
+    for cfg in RIVAL_CASES[2:4]:
+        assert any(got[(tuple(ids), cfg)] != got[(tuple(ids), paper)] for ids in prompt_ids[:2]), cfg
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        MoIConfig("gumbel", 1.0, 5, tau=0.5),
+        MoIConfig("multiplex", 1.0, 5, samples=3),
+        MoIConfig("moi", 1.0, 5, gate="high", gate_h=0.5),
+    ],
+    ids=["gumbel", "multiplex", "gate-high"],
+)
+def test_rival_sampled_run_matches_the_oracle_and_replays(llm, oracle, prompt_ids, cfg):
+    """Sampled (temperature 1.0, seed 13): vLLM's tokens replayed through the oracle give the same top-k at every
+    step and the plugin's records of what it fed hold the oracle's weights; a seeded rerun is identical."""
+    settings = SamplingSettings(temperature=1.0, top_p=1.0, max_tokens=16, seed=13)
+    sp = params(16, logprobs=5, temperature=1.0, seed=13, moi_record=True, **xargs(cfg))
+    out = llm.generate({"prompt_token_ids": prompt_ids[3]}, sp)[0]
+    (fed,) = llm.collective_rpc("moi_records", args=([out.request_id],))[0].values()
+    tokens = list(out.outputs[0].token_ids)
+    replay = oracle.generate(prompt_ids[3], cfg, settings, chat=False, forced=tokens)
+    for step, logprobs, ids, weights in zip(
+        replay.steps, out.outputs[0].logprobs, fed["candidates"], fed["weights"], strict=True
+    ):
+        assert [t for t in sorted(logprobs, key=lambda t: logprobs[t].rank) if logprobs[t].rank <= 5] == step.topk_ids
+        want: dict[int, float] = {}
+        for i, w in zip(step.candidate_ids, step.weights, strict=True):
+            want[i] = want.get(i, 0.0) + w
+        assert {i: w for i, w in zip(ids, weights, strict=True) if w > 1e-9} == pytest.approx(
+            {i: w for i, w in want.items() if w > 1e-9}, abs=1e-4
+        )
+    assert list(llm.generate({"prompt_token_ids": prompt_ids[3]}, sp)[0].outputs[0].token_ids) == tokens
+
+
 @pytest.mark.parametrize(
     ("extra", "key", "fragment"),
     [
@@ -271,7 +336,11 @@ def test_switched_sampled_run_matches_the_oracle_and_the_records(llm, oracle, pr
         ({"moi_beta": "abc"}, "moi_beta", "must be a finite number >= 0 (or -100 for direct mixture); got 'abc'"),
         ({"moi_top_k": 0}, "moi_top_k", "from 1 to the vocabulary size"),
         ({"moi_top_k": 60000}, "moi_top_k", "from 1 to the vocabulary size 49152"),
-        ({"moi_mode": "blend"}, "moi_mode", "must be one of standard, moi, direct"),
+        ({"moi_mode": "blend"}, "moi_mode", "must be one of standard, moi, direct, gumbel, multiplex"),
+        ({"moi_gate": "middle"}, "moi_gate", "must be one of none, high, low; got 'middle'"),
+        ({"moi_gate": "high", "moi_gate_h": 1.5}, "moi_gate_h", "must be a number from 0 to 1; got 1.5"),
+        ({"moi_mode": "gumbel", "moi_tau": 0}, "moi_tau", "must be a number in (0, 100]; got 0"),
+        ({"moi_mode": "multiplex", "moi_samples": 0}, "moi_samples", "must be an integer from 1 to 64; got 0"),
     ],
 )
 def test_invalid_values_rejected_and_engine_keeps_serving(llm, prompt_ids, extra, key, fragment):

@@ -22,7 +22,7 @@ MAX_SWEEP_LANES = 8  # MoI lanes in one sweep (plus the standard lane): what the
 MAX_KEPT_LANES = 12  # MoI lanes a session keeps for one standard key, oldest dropped first (~1 MB per 512-token lane)
 
 StandardKey = tuple[str, str, float, float, int, int | None]
-LaneKey = tuple[str, float | None, int, str, str, float]
+LaneKey = tuple[str, float | None, int, str, str, float, str, float, float, int]
 
 
 def standard_key(model: str, prompt: str, settings: SamplingSettings) -> StandardKey:
@@ -30,13 +30,15 @@ def standard_key(model: str, prompt: str, settings: SamplingSettings) -> Standar
 
 
 def lane_key(cfg: MoIConfig) -> LaneKey:
-    """Direct mixture ignores beta: one direct lane per top-k (and switches)."""
-    return (cfg.mode, cfg.beta if cfg.mode == "moi" else None, cfg.top_k, cfg.entropy, cfg.prior, cfg.noise)
+    """Only MoI reads beta: one direct (gumbel, multiplex) lane per top-k and switches."""
+    beta = cfg.beta if cfg.mode == "moi" else None
+    return (cfg.mode, beta, cfg.top_k, cfg.entropy, cfg.prior, cfg.noise, cfg.gate, cfg.gate_h, cfg.tau, cfg.samples)
 
 
 def parse_betas(text: Any, top_k: int, field_name: str = "betas") -> list[MoIConfig]:
-    """'0, 0.5, 1, direct' -> MoI configs in that order (duplicates dropped). Each entry is a beta from 0 to 4
-    or `direct`; one to MAX_SWEEP_LANES entries."""
+    """'0, 0.5, 1, direct' -> MoI configs in that order (duplicates dropped). Each entry is a beta from 0 to 4,
+    `direct`, `gumbel` or `multiplex` (a rival mode: its tau or samples are the caller's, `with_switches`); one to
+    MAX_SWEEP_LANES entries."""
     if not isinstance(text, str):
         raise InputError(field_name, f"must be text like {DEFAULT_SWEEP!r}; got {type(text).__name__}")
     entries = [e.strip() for e in text.replace(";", ",").split(",") if e.strip()]
@@ -50,13 +52,16 @@ def parse_betas(text: Any, top_k: int, field_name: str = "betas") -> list[MoICon
     for entry in entries:
         if entry.lower() in ("direct", "d", "p"):
             cfg = MoIConfig("direct", 0.0, top_k)
+        elif entry.lower() in ("gumbel", "multiplex"):
+            cfg = MoIConfig(entry.lower(), 0.0, top_k)
         else:
             try:
                 beta = float(entry)
             except ValueError:
                 raise InputError(
                     field_name,
-                    f"each entry must be a beta from {APP_BETA.lo:g} to {APP_BETA.hi:g} or `direct`; got {entry!r}",
+                    f"each entry must be a beta from {APP_BETA.lo:g} to {APP_BETA.hi:g}, `direct`, `gumbel` or "
+                    f"`multiplex`; got {entry!r}",
                 ) from None
             if not (math.isfinite(beta) and APP_BETA.lo <= beta <= APP_BETA.hi):
                 raise InputError(field_name, f"each beta must be from {APP_BETA.lo:g} to {APP_BETA.hi:g}; got {entry}")

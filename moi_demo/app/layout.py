@@ -18,7 +18,7 @@ from moi_demo.app.requests import EvalRequest, RunRequest, SweepRequest, color_b
 from moi_demo.app.service import EVAL_MODES, EVAL_TASKS, ServiceCallbacks
 from moi_demo.app.sweep import Sweeps
 from moi_demo.core import inputs
-from moi_demo.core.config import DEFAULT_BETA, DEFAULT_TOP_K, MoIConfig
+from moi_demo.core.config import DEFAULT_BETA, DEFAULT_GATE_H, DEFAULT_SAMPLES, DEFAULT_TAU, DEFAULT_TOP_K, MoIConfig
 from moi_demo.core.trace import MODE_CHOICES, STANDARD_LABEL, lane_label
 from moi_demo.serving.engine import MoIEngine
 
@@ -42,8 +42,9 @@ NEXT_EVENT = """(...values) => {
 }"""
 
 
-def switch_controls(prefix: str = "") -> tuple[Any, Any, Any]:
-    """MoI's design choices (core/mixing.py) as controls, the paper's by default: entropy, prior, noise."""
+def switch_controls(prefix: str = "") -> dict[str, Any]:
+    """MoI's design choices (core/mixing.py) as controls, the paper's by default: entropy, prior, noise; the gate;
+    the rival modes' tau (gumbel) and samples (multiplex). Keyed by their RunRequest field."""
     entropy = named(
         FieldRadio(
             [("top-k: of p, over log k (paper)", "top_k"), ("full: of the whole distribution, over log |V|", "full")],
@@ -66,7 +67,20 @@ def switch_controls(prefix: str = "") -> tuple[Any, Any, Any]:
     noise = slider(
         inputs.APP_NOISE, 0.0, "Gumbel noise on the prior's logits (from the seed)", 0.05, elem_id=f"{prefix}noise"
     )
-    return entropy, prior, noise
+    gate = named(
+        FieldRadio(
+            [("none: mix at every step (paper)", "none"), ("high: only where H >= gate_h (SeLaR)", "high"),
+             ("low: only where H <= gate_h (ThinkRouter)", "low")],
+            value="none",
+            label="Entropy gate",
+            elem_id=f"{prefix}gate",
+        ),
+        "gate",
+    )  # fmt: skip
+    gate_h = slider(inputs.GATE_H, DEFAULT_GATE_H, "gate_h: the gate's threshold on H", 0.05, elem_id=f"{prefix}gate-h")
+    tau = slider(inputs.APP_TAU, DEFAULT_TAU, "tau (Gumbel soft thinking)", 0.05, elem_id=f"{prefix}tau", lo=0.05)
+    samples = slider(inputs.APP_SAMPLES, DEFAULT_SAMPLES, "samples (Multiplex)", 1, elem_id=f"{prefix}samples")
+    return dict(entropy=entropy, prior=prior, noise=noise, gate=gate, gate_h=gate_h, tau=tau, samples=samples)
 
 
 def load_examples() -> list[str]:
@@ -142,7 +156,7 @@ def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
                 )
                 seed = number(inputs.SEED, 0, "seed")
             with gr.Accordion("Advanced: MoI's design choices · live after a run", open=False, elem_id="advanced"):
-                entropy, prior, noise = switch_controls()
+                switches = switch_controls()
     p.status = gr.Markdown("", elem_id="status")
     with gr.Row(equal_height=True):
         p.standard_text = gr.Textbox(
@@ -220,9 +234,7 @@ def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
         max_tokens=max_tokens,
         seed=seed,
         betas=betas,
-        entropy=entropy,
-        prior=prior,
-        noise=noise,
+        **switches,
     )
     run_inputs = [*named_inputs(RunRequest, controls), p.lanes, event_number]  # as Callbacks.generate takes them
     # Runs share the engine's sequence budget: at most max_concurrent_runs at once, the rest wait in the queue.
@@ -250,14 +262,7 @@ def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
     # fires for a drag and a blur only, and a blur's with the value before the browser's own step (the arrow keys).
     # Every change runs: a newer one supersedes (and aborts) the older server side, so "multiple".
     live_events = []
-    for control, api in (
-        (beta, "live"),
-        (mode, False),
-        (top_k, False),
-        (entropy, False),
-        (prior, False),
-        (noise, False),
-    ):
+    for control, api in ((beta, "live"), (mode, False), (top_k, False), *((c, False) for c in switches.values())):
         event = control.change(cb.live, run_inputs, run_outputs, api_name=api, trigger_mode="multiple", **run_opts)
         after_run(event)
         live_events.append(event)
@@ -304,7 +309,7 @@ def evaluate_tab(cb: Callbacks, service: ServiceCallbacks) -> None:
         max_tokens = slider(inputs.MAX_TOKENS.with_hi(256), 64, "max new tokens", 1, field="max_new_tokens", lo=8)
         seed = number(inputs.SEED, 0, "seed")
     with gr.Accordion("Advanced: MoI's design choices", open=False):
-        entropy, prior, noise = switch_controls("eval-")
+        switches = switch_controls("eval-")
     with gr.Row():
         run = gr.Button("Run evaluation", variant="primary", elem_id="run-eval")
         stop = gr.Button("Stop", variant="stop", elem_id="stop-eval")
@@ -320,9 +325,7 @@ def evaluate_tab(cb: Callbacks, service: ServiceCallbacks) -> None:
         top_p=top_p,
         max_tokens=max_tokens,
         seed=seed,
-        entropy=entropy,
-        prior=prior,
-        noise=noise,
+        **switches,
     )
     run.click(
         service.evaluate,

@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 
 from moi_demo.core import inputs
-from moi_demo.core.config import MoIConfig
+from moi_demo.core.config import DEFAULT_GATE_H, DEFAULT_SAMPLES, DEFAULT_TAU, ENTROPIES, GATES, PRIORS, MoIConfig
 from moi_demo.core.inputs import InputError
 from moi_demo.core.trace import MODE_CHOICES, SamplingSettings
 
@@ -46,6 +46,10 @@ class RunRequest:
     entropy: Any = "top_k"
     prior: Any = "raw"
     noise: Any = 0.0
+    gate: Any = "none"
+    gate_h: Any = DEFAULT_GATE_H
+    tau: Any = DEFAULT_TAU
+    samples: Any = DEFAULT_SAMPLES
 
     def parse(self, max_new_tokens: int) -> tuple[str, MoIConfig, SamplingSettings]:
         """(prompt, MoI lane's config, sampling settings), each field checked against the bounds of `core.inputs`
@@ -70,6 +74,10 @@ class SweepRequest:
     entropy: Any = "top_k"
     prior: Any = "raw"
     noise: Any = 0.0
+    gate: Any = "none"
+    gate_h: Any = DEFAULT_GATE_H
+    tau: Any = DEFAULT_TAU
+    samples: Any = DEFAULT_SAMPLES
 
 
 @dataclass(frozen=True)
@@ -87,13 +95,30 @@ class EvalRequest:
     entropy: Any = "top_k"
     prior: Any = "raw"
     noise: Any = 0.0
+    gate: Any = "none"
+    gate_h: Any = DEFAULT_GATE_H
+    tau: Any = DEFAULT_TAU
+    samples: Any = DEFAULT_SAMPLES
+
+
+def switch_settings(req: RunRequest | SweepRequest | EvalRequest) -> dict[str, Any]:
+    """`req`'s switches, gate and rival settings as `MoIConfig.with_switches` takes them, each checked against the
+    app's bounds (an InputError names the field)."""
+    return {
+        "entropy": inputs.check_choice(req.entropy, "entropy", ENTROPIES),
+        "prior": inputs.check_choice(req.prior, "prior", PRIORS),
+        "noise": inputs.APP_NOISE.check(req.noise),
+        "gate": inputs.check_choice(req.gate, "gate", GATES),
+        "gate_h": inputs.GATE_H.check(req.gate_h),
+        "tau": inputs.APP_TAU.check(req.tau),
+        "samples": inputs.APP_SAMPLES.check(req.samples),
+    }
 
 
 def run_settings(
     req: RunRequest | SweepRequest | EvalRequest, mode: Any, beta: Any, top_k: Any, max_new_tokens: int
 ) -> tuple[MoIConfig, SamplingSettings]:
-    """The MoI config of (mode, beta, top_k) with `req`'s switches, and `req`'s sampling settings, checked;
-    MoIConfig checks the switches' choices."""
+    """The MoI config of (mode, beta, top_k) with `req`'s switch settings, and `req`'s sampling settings, checked."""
     mode = inputs.check_choice(mode, "mode", list(MODE_CHOICES))
     settings = SamplingSettings(
         temperature=inputs.TEMPERATURE.check(req.temperature),
@@ -101,15 +126,8 @@ def run_settings(
         max_tokens=inputs.MAX_TOKENS.named("max_new_tokens").with_hi(max_new_tokens).check(req.max_tokens),
         seed=inputs.SEED.check(req.seed),
     )
-    moi = MoIConfig(
-        MODE_CHOICES[mode],
-        inputs.APP_BETA.check(beta),
-        inputs.APP_TOP_K.check(top_k),
-        entropy=req.entropy,
-        prior=req.prior,
-        noise=inputs.APP_NOISE.check(req.noise),
-    )
-    return moi, settings
+    moi = MoIConfig(MODE_CHOICES[mode], inputs.APP_BETA.check(beta), inputs.APP_TOP_K.check(top_k))
+    return moi.with_switches(**switch_settings(req)), settings
 
 
 def named_inputs(request_type: type, controls: dict[str, Any]) -> list[Any]:

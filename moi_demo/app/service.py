@@ -12,7 +12,7 @@ import gradio as gr
 from moi_demo.app import gradio_shim
 from moi_demo.app.callbacks import Callbacks
 from moi_demo.app.fields import page_error
-from moi_demo.app.requests import EvalRequest, endpoint, run_settings
+from moi_demo.app.requests import EvalRequest, endpoint, run_settings, switch_settings
 from moi_demo.app.runs import session_of
 from moi_demo.core import inputs
 from moi_demo.core.inputs import InputError
@@ -21,7 +21,7 @@ from moi_demo.serving.run_card import run_card
 from moi_demo.serving.supervisor import EngineUnavailableError, RunStopped
 
 EVAL_TASKS = ["arithmetic-1", "arithmetic-2", "arithmetic-3", "arithmetic-4", "countdown-3", "countdown-4"]
-EVAL_MODES = ("standard", "direct", "moi")
+EVAL_MODES = ("standard", "direct", "moi", "gumbel", "multiplex")
 
 
 class ServiceCallbacks:
@@ -60,9 +60,8 @@ class ServiceCallbacks:
         except InputError as e:
             raise page_error(e) from None
         examples, checker = get_task(task, n, settings.seed or 0)
-        configs = ev.with_switches(
-            ev.mode_configs(modes, [moi_cfg.beta], moi_cfg.top_k), moi_cfg.entropy, moi_cfg.prior, moi_cfg.noise
-        )
+        switches = switch_settings(req)
+        configs = ev.with_switches(ev.mode_configs(modes, [moi_cfg.beta], moi_cfg.top_k), **switches)
         total = len(examples) * len(configs)
         progress(0, desc="generating")
         try:
@@ -92,7 +91,7 @@ class ServiceCallbacks:
                 "modes": modes,
                 "beta": moi_cfg.beta,
                 "top_k": moi_cfg.top_k,
-                **moi_cfg.switches(),
+                **switches,
                 **asdict(settings),
             },
         }

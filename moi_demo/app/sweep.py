@@ -12,7 +12,7 @@ from moi_demo.app import plots
 from moi_demo.app.callbacks import Callbacks, standard_label
 from moi_demo.app.explorer import Lanes, parse_betas, standard_key
 from moi_demo.app.fields import page_error
-from moi_demo.app.requests import SweepRequest, endpoint, run_settings
+from moi_demo.app.requests import SweepRequest, endpoint, run_settings, switch_settings
 from moi_demo.app.runs import Updates, one_per_update, session_of
 from moi_demo.core import inputs
 from moi_demo.core.config import MoIConfig
@@ -35,10 +35,7 @@ class Sweeps:
         try:
             prompt = inputs.check_prompt(req.prompt)
             moi_cfg, settings = run_settings(req, "MoI", 1.0, req.top_k, self.max_new_tokens)
-            configs = [
-                c.with_switches(moi_cfg.entropy, moi_cfg.prior, moi_cfg.noise)
-                for c in parse_betas(req.betas, moi_cfg.top_k)
-            ]
+            configs = [c.with_switches(**switch_settings(req)) for c in parse_betas(req.betas, moi_cfg.top_k)]
         except InputError as e:
             raise page_error(e) from None
         lanes = lanes if lanes is not None else Lanes()

@@ -29,7 +29,7 @@ class BatchConfig:
     inv_log_k: torch.Tensor
     valid: torch.Tensor
     inv_beta1: torch.Tensor  # [B] 1 / (beta + 1)
-    direct: torch.Tensor  # [B] bool: direct mixture
+    direct: torch.Tensor  # [B] bool: w has no onehot(y) term (direct mixture and the rival modes)
     inv_log_k32: torch.Tensor  # [B] inv_log_k in float32, and inv_beta1: cast once per batch, not per step
     inv_beta1_32: torch.Tensor
     switches: Switches | None = None  # None: every row is the paper's MoI (the default path, nothing more to do)
@@ -60,7 +60,7 @@ class BatchConfig:
             inv_log_k,
             valid,
             inv_beta1,
-            mode == MODE_DIRECT,
+            mode >= MODE_DIRECT,
             inv_log_k.to(torch.float32),
             inv_beta1.to(torch.float32),
             switches,
@@ -90,9 +90,10 @@ class BatchConfig:
 
 @dataclass(frozen=True)
 class Switches:
-    """The switched rows' settings, device tensors [B] (module docstring): full entropy (bool), processed prior
-    (bool), greedy (bool), inv_temp (1 / temperature; 1 where greedy), top_p, noise (Gumbel scale) and seed (int64,
-    < 2^32). `any_*` are host-side facts: what a step computes."""
+    """The switched rows' settings, device tensors [B] (mixing.py's docstring): full entropy (bool), processed prior
+    (bool), greedy (bool), inv_temp (1 / temperature; 1 where greedy), top_p, noise (Gumbel scale), seed (int64,
+    < 2^32); the rival modes gumbel and multiplex (bool), tau, samples (long); the gate, open where H >= gate_h
+    (gate_high) or H <= gate_h (gate_low). `any_*` and `max_samples` are host-side facts: what a step computes."""
 
     full: torch.Tensor
     processed: torch.Tensor
@@ -101,9 +102,25 @@ class Switches:
     top_p: torch.Tensor
     noise: torch.Tensor
     seed: torch.Tensor
+    gumbel: torch.Tensor
+    multiplex: torch.Tensor
+    tau: torch.Tensor
+    samples: torch.Tensor
+    gate_high: torch.Tensor
+    gate_low: torch.Tensor
+    gate_h: torch.Tensor
     any_full: bool
     any_processed: bool
     any_noise: bool
+    any_gumbel: bool = False
+    any_multiplex: bool = False
+    max_samples: int = 0
+    any_gate: bool = False
+
+    @property
+    def needs_positions(self) -> bool:
+        """A row draws from its seed at each position (noise, gumbel, multiplex)."""
+        return self.any_noise or self.any_gumbel or self.any_multiplex
 
     @classmethod
     def from_configs(
@@ -116,6 +133,7 @@ class Switches:
         seeds = seeds or [0] * len(configs)
         greedy = [x.temperature < GREEDY_EPS for x in ctx]
         full, processed = [c.entropy == "full" for c in configs], [c.prior == "processed" for c in configs]
+        gumbel, multiplex = [c.mode == "gumbel" for c in configs], [c.mode == "multiplex" for c in configs]
         columns = [  # one packed copy on a batch change (core/transfer.py: a pageable copy would sync)
             full,
             processed,
@@ -124,9 +142,23 @@ class Switches:
             [x.top_p for x in ctx],
             [c.noise for c in configs],
             [(x.seed if x.seed is not None else s) & MASK32 for x, s in zip(ctx, seeds, strict=True)],  # seed
+            gumbel,
+            multiplex,
+            [c.tau for c in configs],
+            [c.samples if m else 0 for c, m in zip(configs, multiplex, strict=True)],
+            [c.gate == "high" for c in configs],
+            [c.gate == "low" for c in configs],
+            [c.gate_h for c in configs],
         ]
-        b, f = torch.bool, torch.float32
-        tensors = columns_to_device(columns, (b, b, b, f, f, f, torch.long), device)
+        b, f, i = torch.bool, torch.float32, torch.long
+        tensors = columns_to_device(columns, (b, b, b, f, f, f, i, b, b, f, i, b, b, f), device)
         return cls(
-            *tensors, any_full=any(full), any_processed=any(processed), any_noise=any(c.noise > 0 for c in configs)
+            *tensors,
+            any_full=any(full),
+            any_processed=any(processed),
+            any_noise=any(c.noise > 0 for c in configs),
+            any_gumbel=any(gumbel),
+            any_multiplex=any(multiplex),
+            max_samples=max((c.samples for c, m in zip(configs, multiplex, strict=True) if m), default=0),
+            any_gate=any(c.gate != "none" for c in configs),
         )

@@ -81,6 +81,10 @@ MAX_TOP_K = 50  # engines started by moi-demo: vLLM's max_logprobs, the top-k lo
 APP_TOP_K = TOP_K.with_hi(MAX_TOP_K)
 NOISE = Bound("noise", 0.0, math.inf)  # the plugin's: a Gumbel scale >= 0 on the prior's logits (0: none)
 APP_NOISE = NOISE.with_hi(2.0)  # the app's slider
+GATE_H = Bound("gate_h", 0.0, 1.0)  # the gate's threshold on the normalised entropy H
+TAU = Bound("tau", 0.0, 100.0, lo_open=True)  # gumbel mode's temperature (> 0)
+SAMPLES = Bound("samples", 1, 64, integer=True)  # multiplex mode's draws per step
+APP_TAU, APP_SAMPLES = TAU.with_hi(2.0), SAMPLES.with_hi(16)  # the app's sliders
 # -- sampling ----------------------------------------------------------------------------------------------
 TEMPERATURE = Bound("temperature", 0.0, 2.0)
 TOP_P = Bound("top_p", 0.0, 1.0, lo_open=True)

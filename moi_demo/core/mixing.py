@@ -19,6 +19,11 @@ Three of MoI's design choices are per-request switches (defaults: the paper's Mo
     noise   g >= 0:  p = softmax(prior logits + g * G), G ~ Gumbel(0, 1) per (seed, position, token id), drawn by
                      a counter-based hash (`gumbel`): the same noise on every device, batch and replay of a seed
 The candidates stay the top-k of the raw logits in every case; a prior entry that top-p or top-k leaves out has p = 0.
+Its rivals, as modes (`rival_mixture`), feed a mixture q over the top-k in place of MoI's posterior (no onehot(y)):
+    gumbel     q = softmax((log p + G) / tau), G ~ Gumbel(0, 1) per id from the seed (Stochastic Soft Thinking)
+    multiplex  q = counts of `samples` draws from p, from the seed, over `samples` (Multiplex Thinking)
+and a gate (`gate_open`) mixes only at some steps: "high" where H >= gate_h (SeLaR), "low" where H <= gate_h
+(ThinkRouter); a shut step feeds onehot(y), exactly a standard step.
 
 Everything here is batched: one row per request, each row with its own mode, beta and top_k.
 Shapes: B rows, V vocabulary, K = max top_k over the batch, C = K + 1 candidates (row b: its top_k[b] ids,
@@ -191,7 +196,7 @@ def prior_extras(
         x = logits if rows is None else logits.index_select(0, rows)  # logits / T is an [M, V] temporary anyway
         x = x.to(_compute_dtype(x))
         log_z = torch.logsumexp(x * switches.inv_temp.to(x.dtype)[:, None], dim=-1)  # [M]
-    return PriorExtras(h_full, log_z, positions if switches.any_noise else None)
+    return PriorExtras(h_full, log_z, positions if switches.needs_positions else None)
 
 
 def _hash32(x: torch.Tensor) -> torch.Tensor:
@@ -202,15 +207,22 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def gumbel(seed: torch.Tensor, position: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Gumbel(0, 1) noise [B, K] for token ids [B, K] at each row's position [B] under its seed [B]: a pure
-    function of (seed, position, id), so a seeded request draws the same noise on any device, in any batch, at
-    any replay. u = (hash + 1/2) / 2^32 in (0, 1), G = -log(-log u)."""
-    x = _hash32((ids.long() + 0x9E3779B9) & MASK32)
+GUMBEL_SALT, MULTIPLEX_SALT = 0x6B1E5EED, 0x3A7C0FFE  # the rival modes' draws: streams apart from the noise's
+
+
+def uniforms(seed: torch.Tensor, position: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """U(0, 1) [B, N] (float64) for integers index [B, N] at each row's position [B] under its seed [B]: a pure
+    function of (seed, position, index), so a seeded request draws the same on any device, in any batch, at any
+    replay. u = (hash + 1/2) / 2^32."""
+    x = _hash32((index.long() + 0x9E3779B9) & MASK32)
     x = _hash32(((x ^ position.long()[:, None]) + 0x7F4A7C15) & MASK32)
     x = _hash32(((x ^ seed.long()[:, None]) + 0x2545F491) & MASK32)
-    u = (x.to(torch.float64) + 0.5) / 2.0**32
-    return -torch.log(-torch.log(u))
+    return (x.to(torch.float64) + 0.5) / 2.0**32
+
+
+def gumbel(seed: torch.Tensor, position: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise [B, K] for token ids [B, K] (`uniforms` of the ids): G = -log(-log u)."""
+    return -torch.log(-torch.log(uniforms(seed, position, ids)))
 
 
 def prior_logits(ids: torch.Tensor, top_logits: torch.Tensor, switches: Switches, extras: PriorExtras) -> torch.Tensor:
@@ -247,13 +259,43 @@ def prior_share(
         w = (H * p + (beta + 1 - H) * onehot(y)) / (beta + 1) = a * p + (1 - a) * onehot(y),   a = H / (beta + 1)
 
     the one place the MoI weight is written in batched form (plain.py has the one-row form); a = 1 where `direct`
-    (w = p), 0 where `standard` (w = onehot(y))."""
+    (w = p, or a rival mode's mixture), 0 where `standard` (w = onehot(y))."""
     a = entropy * inv_beta1
     if direct is not None:
         a = torch.where(direct, torch.ones_like(a), a)
     if standard is not None:
         a = torch.where(standard, torch.zeros_like(a), a)
     return a
+
+
+def rival_mixture(p: torch.Tensor, ids: torch.Tensor, sw: Switches, positions: torch.Tensor) -> torch.Tensor:
+    """The mixture [B, K] over the top-k that a rival mode feeds in place of p (other rows: p as it is), drawn from
+    each row's seed at its position [B]:
+        gumbel     softmax((log p + G) / tau), G ~ Gumbel(0, 1) per id (Stochastic Soft Thinking)
+        multiplex  counts of `samples` draws from p (inverse CDF of `uniforms`), over `samples` (Multiplex Thinking)
+    An entry with p = 0 (past a row's k, or left out by the prior) gets nothing in either."""
+    q = p
+    if sw.any_gumbel:
+        g = gumbel(sw.seed ^ GUMBEL_SALT, positions, ids).to(p.dtype)  # [B, K]
+        soft = torch.softmax((torch.log(p) + g) / sw.tau.to(p.dtype)[:, None], dim=-1)
+        q = torch.where(sw.gumbel[:, None], soft, q)
+    if sw.any_multiplex:
+        b, k = p.shape
+        draw = _arange(sw.max_samples, p.device)[None, :].expand(b, -1)  # [B, S] draw index
+        cdf = torch.cumsum(p.to(torch.float64), dim=-1)  # [B, K]; flat past a row's k
+        u = uniforms(sw.seed ^ MULTIPLEX_SALT, positions, draw) * cdf[:, -1:]  # [B, S] below the row's total
+        picked = torch.searchsorted(cdf, u, right=True).clamp_max(k - 1)  # [B, S] the first entry with cdf > u
+        taken = (draw < sw.samples[:, None]).to(p.dtype)  # [B, S] a row's own number of draws
+        counts = torch.zeros_like(p).scatter_add_(1, picked, taken)  # [B, K]
+        q = torch.where(sw.multiplex[:, None], counts / sw.samples.clamp_min(1).to(p.dtype)[:, None], q)
+    return q
+
+
+def gate_open(entropy: torch.Tensor, sw: Switches) -> torch.Tensor:
+    """[B] bool: the row mixes at this step (no gate; or H >= gate_h where gate "high"; or H <= gate_h where
+    "low"). A shut row feeds onehot(y): exactly a standard step."""
+    h, t = entropy, sw.gate_h.to(entropy.dtype)
+    return ~(sw.gate_high & (h < t)) & ~(sw.gate_low & (h > t))
 
 
 def mix_weights(
@@ -263,17 +305,22 @@ def mix_weights(
     beta: torch.Tensor,
     mode: torch.Tensor,
     all_moi: bool = False,
+    gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mix weights [B, C] = a * p + (1 - a) * onehot(y) (`prior_share`) from the prior p [B, K], H [B], onehot(y)
-    [B, C], beta [B] and mode codes [B]: the posterior for moi, p for direct, onehot(y) for standard."""
+    """Mix weights [B, C] = a * p + (1 - a) * onehot(y) (`prior_share`) from the prior p [B, K] (a rival mode's
+    mixture in its rows), H [B], onehot(y) [B, C], beta [B] and mode codes [B]: the posterior for moi, p for direct
+    and the rivals, onehot(y) for standard and where `gate` [B] (bool, True: open) is shut."""
     dtype = _compute_dtype(p)
     p_c = torch.nn.functional.pad(p.to(dtype), (0, 1))  # [B, C]: no prior mass past a row's k (p = 0 there)
     inv_beta1 = 1.0 / (beta.to(dtype) + 1.0)
     a = (
         prior_share(entropy.to(dtype), inv_beta1)
         if all_moi
-        else prior_share(entropy.to(dtype), inv_beta1, mode == MODE_DIRECT, mode == MODE_STANDARD)
-    )[:, None]  # [B, 1]
+        else prior_share(entropy.to(dtype), inv_beta1, mode >= MODE_DIRECT, mode == MODE_STANDARD)
+    )
+    if gate is not None:
+        a = torch.where(gate, a, torch.zeros_like(a))
+    a = a[:, None]  # [B, 1]
     return a * p_c + (1.0 - a) * onehot.to(dtype)
 
 
@@ -302,7 +349,11 @@ def mix_from_topk(
     if sw is not None and sw.any_full:
         entropy = torch.where(sw.full, extras.full_entropy.to(entropy.dtype), entropy)
     candidate_ids, onehot = candidates(ids, sampled, config.top_k, config.valid)
-    weights = mix_weights(p, entropy, onehot, config.beta, config.mode, config.all_moi)
+    q, gate = p, None
+    if sw is not None:
+        q = rival_mixture(p, ids, sw, extras.positions) if sw.any_gumbel or sw.any_multiplex else p
+        gate = gate_open(entropy, sw) if sw.any_gate else None
+    weights = mix_weights(q, entropy, onehot, config.beta, config.mode, config.all_moi, gate)
     return MixStep(ids, top_logits, p, entropy, candidate_ids, weights)
 
 
@@ -338,6 +389,11 @@ def fed_weights(
         h = torch.where(sw.full, extras.full_entropy.to(h.dtype), h)
     inv_beta1 = config.inv_beta1_32 if f32 else config.inv_beta1.to(p.dtype)
     a = prior_share(h, inv_beta1, None if config.all_moi else config.direct)  # [B] the prior's share
+    if sw is not None:
+        if sw.any_gumbel or sw.any_multiplex:
+            p = rival_mixture(p, ids, sw, extras.positions)  # their rows' a is 1 (config.direct)
+        if sw.any_gate:
+            a = torch.where(gate_open(h, sw), a, torch.zeros_like(a))
     y = sampled.unsqueeze(1) if sampled.dim() == 1 else sampled  # [B, 1] (an engine's [B, 1] sample as it is)
     candidate_ids = torch.cat([ids, y], dim=-1)  # [B, K + 1], ids' dtype (torch.cat promotes an int32 sample)
     a1 = a.unsqueeze(1)  # [B, 1]

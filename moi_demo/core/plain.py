@@ -12,7 +12,16 @@ import torch
 
 from moi_demo.core.batch_config import BatchConfig
 from moi_demo.core.config import GREEDY_EPS, MASK32, MoIConfig, SamplingContext
-from moi_demo.core.mixing import candidates, gumbel, mix_weights, normalized_entropy, renormalized_probs
+from moi_demo.core.mixing import (
+    GUMBEL_SALT,
+    MULTIPLEX_SALT,
+    candidates,
+    gumbel,
+    mix_weights,
+    normalized_entropy,
+    renormalized_probs,
+    uniforms,
+)
 
 
 def reference_prior(
@@ -47,6 +56,52 @@ def reference_prior(
     return p, min(max(h, 0.0), 1.0)
 
 
+def reference_weights(
+    p: torch.Tensor, h: float, ids: torch.Tensor, sampled: int, cfg: MoIConfig, seed: int, position: int
+) -> torch.Tensor:
+    """A step's weights [K + 1] over (the top-k `ids` [K], then y), written plainly from the paper and its rivals,
+    one row: the oracle for the batched `rival_mixture`, `gate_open` and `prior_share`. p [K] is the prior
+    (`reference_prior`), h its H.
+        moi        w = (H * p + (beta + 1 - H) * onehot(y)) / (beta + 1)
+        direct     w = p
+        gumbel     w = softmax((log p + G) / tau), G ~ Gumbel(0, 1) per id from the seed
+        multiplex  w = counts of `samples` draws from p (the first entry whose running sum passes u * sum p), / samples
+    and w = onehot(y) where the gate is shut. y's own column (the last) holds its weight when y is outside the top-k;
+    inside it, y's entry in the top-k does."""
+    k = ids.numel()
+    p = p.to(torch.float64)
+    onehot = torch.zeros(k + 1, dtype=torch.float64)
+    inside = (ids == sampled).nonzero()
+    onehot[int(inside[0]) if inside.numel() else k] = 1.0
+    shut = (cfg.gate == "high" and h < cfg.gate_h) or (cfg.gate == "low" and h > cfg.gate_h)
+    if cfg.mode == "standard" or shut:
+        return onehot
+    seed_t, position_t = torch.tensor([seed & MASK32]), torch.tensor([position])
+    if cfg.mode == "gumbel":
+        g = gumbel(seed_t ^ GUMBEL_SALT, position_t, ids[None, :])[0]
+        q = torch.softmax((torch.log(p) + g) / cfg.tau, dim=-1)
+    elif cfg.mode == "multiplex":
+        counts = [0] * k
+        total = float(p.sum())
+        for draw in range(cfg.samples):
+            u = float(uniforms(seed_t ^ MULTIPLEX_SALT, position_t, torch.tensor([[draw]]))[0, 0]) * total
+            running, pick = 0.0, k - 1
+            for i in range(k):
+                running += float(p[i])
+                if running > u:
+                    pick = i
+                    break
+            counts[pick] += 1
+        q = torch.tensor(counts, dtype=torch.float64) / cfg.samples
+    else:
+        q = p
+    q = torch.cat([q, torch.zeros(1, dtype=torch.float64)])
+    if cfg.mode == "moi":
+        beta = max(cfg.beta, 0.0)
+        return (h * q + (beta + 1.0 - h) * onehot) / (beta + 1.0)
+    return q
+
+
 def prior_from_weights(
     candidate_ids: Sequence[int],
     weights: Sequence[float],
@@ -56,10 +111,13 @@ def prior_from_weights(
     config: MoIConfig,
 ) -> list[float] | None:
     """The prior p over `topk_ids` that a step's weights were mixed from, given its H: the posterior's inverse.
-    w_c = a * p_c (+ 1 - a on y), a = H / (beta + 1) for MoI and 1 for direct mixture; None when a ~ 0 (the weights
-    are onehot(y) and hold no trace of p)."""
+    w_c = a * p_c (+ 1 - a on y), a = H / (beta + 1) for MoI and 1 for direct mixture; None when a ~ 0 or the gate
+    was shut (the weights are onehot(y) and hold no trace of p), and for a rival mode (its weights are a draw)."""
+    if config.rival:
+        return None  # a rival mode's weights are a draw from p, not a share of it
+    shut = (config.gate == "high" and entropy < config.gate_h) or (config.gate == "low" and entropy > config.gate_h)
     a = 1.0 if config.mode == "direct" else entropy / (max(config.beta, 0.0) + 1.0)
-    if a < 1e-6:
+    if a < 1e-6 or shut:
         return None
     w: dict[int, float] = {}
     for c, x in zip(candidate_ids, weights, strict=True):

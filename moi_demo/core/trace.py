@@ -18,7 +18,12 @@ from moi_demo.core.config import MoIConfig
 from moi_demo.core.plain import step_weights
 
 # The app's mode choices (label -> mixing mode), and each lane's name: written once, for the page, CLI and plots.
-MODE_CHOICES: dict[str, str] = {"MoI": "moi", "Direct mixture": "direct"}
+MODE_CHOICES: dict[str, str] = {
+    "MoI": "moi",
+    "Direct mixture": "direct",
+    "Gumbel soft thinking": "gumbel",
+    "Multiplex": "multiplex",
+}
 STANDARD_LABEL = "Standard"
 
 
@@ -27,11 +32,11 @@ def lane_label(cfg: MoIConfig, full: bool = False) -> str:
     switches away from the paper's MoI: "MoI (beta = 1) · H over V, processed prior, noise 0.5"."""
     if cfg.mode == "standard":
         return STANDARD_LABEL
-    base = (
-        "Direct mixture (w = p)"
-        if cfg.mode == "direct"
-        else (f"{'Mixture of Inputs' if full else 'MoI'} (beta = {cfg.beta:g})")
-    )
+    base = {
+        "direct": "Direct mixture (w = p)",
+        "gumbel": f"Gumbel soft thinking (tau = {cfg.tau:g})",
+        "multiplex": f"Multiplex ({cfg.samples} samples)",
+    }.get(cfg.mode, f"{'Mixture of Inputs' if full else 'MoI'} (beta = {cfg.beta:g})")
     return base + (f" · {switch_text}" if (switch_text := switches_label(cfg)) else "")
 
 
@@ -41,6 +46,7 @@ def switches_label(cfg: MoIConfig) -> str:
         (["H over V"] if cfg.entropy == "full" else [])
         + (["processed prior"] if cfg.prior == "processed" else [])
         + ([f"noise {cfg.noise:g}"] if cfg.noise > 0 else [])
+        + ([f"mixes where H {'>=' if cfg.gate == 'high' else '<='} {cfg.gate_h:g}"] if cfg.gate != "none" else [])
     )
     return ", ".join(parts)
 
@@ -120,6 +126,10 @@ class Trace:
     entropy: str = "top_k"  # MoI's switches (core/mixing.py): the defaults are the paper's MoI
     prior: str = "raw"
     noise: float = 0.0
+    gate: str = "none"
+    gate_h: float = 0.5
+    tau: float = 0.5
+    samples: int = 3
     request_id: str = ""
     steps: list[Step] = field(default_factory=list)
     text: str = ""
@@ -131,7 +141,10 @@ class Trace:
 
     @property
     def config(self) -> MoIConfig:
-        return MoIConfig(self.mode, self.beta, self.top_k, self.entropy, self.prior, self.noise)
+        return MoIConfig(
+            self.mode, self.beta, self.top_k, self.entropy, self.prior, self.noise,
+            self.gate, self.gate_h, self.tau, self.samples,
+        )  # fmt: skip
 
     @classmethod
     def start(
@@ -142,6 +155,7 @@ class Trace:
             lane=lane, mode=moi.mode, beta=moi.beta, top_k=moi.top_k, prompt=prompt, model=model, engine=engine,
             temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed,
             max_tokens=settings.max_tokens, entropy=moi.entropy, prior=moi.prior, noise=moi.noise,
+            gate=moi.gate, gate_h=moi.gate_h, tau=moi.tau, samples=moi.samples,
         )  # fmt: skip
 
     def recompute(self, step: Step) -> tuple[list[int], list[float], float]:

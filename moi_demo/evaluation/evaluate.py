@@ -79,21 +79,23 @@ def mode_configs(modes: Sequence[str], betas: Sequence[float], top_k: int) -> li
     for mode in modes:
         if mode == "moi":
             out += [(f"moi (beta={b:g})", MoIConfig("moi", b, top_k)) for b in betas]
-        elif mode in ("standard", "direct"):
+        elif mode in ("standard", "direct", "gumbel", "multiplex"):
             out.append((mode, MoIConfig(mode, 1.0, top_k)))
         else:
-            raise ValueError(f"modes: each must be standard, direct or moi; got {mode!r}")
+            raise ValueError(f"modes: each must be standard, direct, moi, gumbel or multiplex; got {mode!r}")
     return out
 
 
-def with_switches(
-    configs: list[tuple[str, MoIConfig]], entropy: str = "top_k", prior: str = "raw", noise: float = 0.0
-) -> list[tuple[str, MoIConfig]]:
-    """The mixing modes with MoI's switches (core/mixing.py), their labels naming them."""
+def with_switches(configs: list[tuple[str, MoIConfig]], **switches: Any) -> list[tuple[str, MoIConfig]]:
+    """The mixing modes with MoI's switches, gate and rival settings (`MoIConfig.with_switches`), their labels
+    naming them."""
     out = []
     for label, cfg in configs:
-        cfg = cfg.with_switches(entropy, prior, noise)
-        out.append((f"{label} · {switches_label(cfg)}" if cfg.switched else label, cfg))
+        cfg = cfg.with_switches(**switches)
+        label = {"gumbel": f"gumbel (tau={cfg.tau:g})", "multiplex": f"multiplex (K={cfg.samples})"}.get(
+            cfg.mode, label
+        )
+        out.append((f"{label} · {text}" if (text := switches_label(cfg)) else label, cfg))
     return out
 
 
@@ -230,7 +232,11 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
     p = argparse.ArgumentParser(prog=f"moi-demo {'sweep' if sweep else 'eval'}", description=__doc__)
     p.add_argument("--task", default="arithmetic-1", help="arithmetic[-1..4], countdown[-3..5], or FILE.jsonl")
     p.add_argument("--n", type=int, default=100)
-    p.add_argument("--modes", default="standard,moi" if sweep else "standard,direct,moi")
+    p.add_argument(
+        "--modes",
+        default="standard,moi" if sweep else "standard,direct,moi",
+        help="comma-separated: standard, direct, moi (one per --betas), gumbel (--tau), multiplex (--samples)",
+    )
     p.add_argument("--beta" if not sweep else "--betas", dest="betas", default="0,0.5,1,2,4" if sweep else "1.0")
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--temperature", type=float, default=0.6)

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from moi_demo.core import mixing
 from moi_demo.core.batch_config import BatchConfig
 from moi_demo.core.config import MoIConfig, SamplingContext
-from moi_demo.core.plain import reference_prior
+from moi_demo.core.plain import reference_prior, reference_weights
 from moi_demo.core.trace import SamplingSettings, Step, Trace
 
 logger = logging.getLogger(__name__)
@@ -74,8 +74,9 @@ class ReferenceDecoder:
     ) -> Trace:
         """Decode one request. `forced` replays given tokens instead of sampling (teacher forcing), to
         check another engine's sampled run step by step: its top-k and weights must match ours. A switched config
-        (moi_entropy, moi_prior, moi_noise) takes its prior from `reference_prior`, written over the whole
-        vocabulary, with the settings' temperature, top-p and seed (0 where None) as the request's."""
+        (moi_entropy, moi_prior, moi_noise, a gate, a rival mode) takes its prior from `reference_prior`, written
+        over the whole vocabulary, and its weights from `reference_weights`, with the settings' temperature, top-p and
+        seed (0 where None) as the request's."""
         moi.check_vocab(self.vocab_size)
         if moi.switched:
             moi = dataclasses.replace(
@@ -143,13 +144,14 @@ class ReferenceDecoder:
     def _switched_step(
         logits: torch.Tensor, token: int, moi: MoIConfig, cfg: BatchConfig, index: int
     ) -> mixing.MixStep:
-        """A switched step: the top-k candidates as always, p and H from reference_prior, then the posterior."""
+        """A switched step: the top-k candidates as always, p and H from reference_prior, then the weights of
+        reference_weights (the plain forms of the gate and the rival modes)."""
         ids, top = mixing.topk_logits(logits, cfg.top_k, cfg.k_max, cfg.uniform_k)  # [1, K]
         p, h = reference_prior(logits[0], ids[0], moi, moi.context.seed, index)
         entropy = torch.tensor([h], dtype=torch.float64, device=logits.device)
-        cand, onehot = mixing.candidates(ids, torch.tensor([token], device=logits.device), cfg.top_k)
-        weights = mixing.mix_weights(p[None], entropy, onehot, cfg.beta, cfg.mode)
-        return mixing.MixStep(ids, top, p[None], entropy, cand, weights)
+        cand, _ = mixing.candidates(ids, torch.tensor([token], device=logits.device), cfg.top_k)
+        weights = reference_weights(p.cpu(), h, ids[0].cpu(), token, moi, moi.context.seed, index)
+        return mixing.MixStep(ids, top, p[None], entropy, cand, weights[None].to(logits.device))
 
     def generate_pair(
         self, prompt: str, moi: MoIConfig, settings: SamplingSettings = SamplingSettings()

@@ -50,7 +50,7 @@ class StepPlan:
     config: BatchConfig | None  # of `rows`
     write_t: dict[int, tuple[torch.Tensor | None, torch.Tensor]]  # width -> (positions in rows [G] or None
     # for all of them, pool rows [G])
-    positions: torch.Tensor | None = None  # [M] long: each row's generated-token index (where a row is noised)
+    positions: torch.Tensor | None = None  # [M] long: each row's generated-token index (where a row draws)
 
 
 @dataclass
@@ -215,7 +215,7 @@ class Planner:
             )
             self.config_key, self.cached = key, (config, span, rows_t, groups, sels_t)
         config, span, rows_t, groups, sels_t = self.cached
-        noised = config.switches is not None and config.switches.any_noise
+        noised = config.switches is not None and config.switches.needs_positions
         parts = [flat] if len(groups) == 1 else [flat[sel] for _, sel in groups]
         flats = self.staging.to_device(*parts, *([t.length[rows]] if noised else []))
         positions = flats.pop() if noised else None  # the next token's index: the noise's counter
