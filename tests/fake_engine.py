@@ -50,6 +50,7 @@ class FakeEngine:
         self.inspected: list[int] = []
         self._live: dict[str, threading.Event] = {}  # run id -> its abort flag
         self.created_at = time.time()
+        self.steps_done = 0  # engine steps so far: what `stats` times (20 ms a step, 0.5 ms of it the plugin's)
 
     @property
     def max_concurrent_runs(self) -> int:
@@ -65,6 +66,10 @@ class FakeEngine:
             "max_concurrent_runs": self.max_concurrent_runs,
         }
 
+    def stats(self) -> dict[str, Any]:
+        n = self.steps_done
+        return {"step_seconds": 0.02 * n, "timed_steps": n, "hook_seconds": 0.0005 * n, "applied_steps": n}
+
     def cancel(self, prefix: str) -> int:
         self.cancelled.append(prefix)
         hit = [rid for rid in self._live if rid == prefix or rid.startswith(prefix + "/")]
@@ -72,27 +77,35 @@ class FakeEngine:
             self._live[rid].set()
         return 2 * len(hit)
 
-    def _lane(self, prompt: str, cfg: MoIConfig, settings: SamplingSettings, step: int) -> Step:
+    def _lane(self, prompt: str, cfg: MoIConfig, settings: SamplingSettings, step: int, wide: int) -> Step:
         # The standard lane and a MoI lane share their first two steps; after that a lane's own settings count.
         lane = "shared" if step < 2 or not cfg.mixes else lane_label(cfg, full=True)
-        ids, logprobs = toy_logprobs(f"{prompt}|{settings.seed}", lane, step, cfg.top_k)
-        token = ids[0]
+        ids, logprobs = toy_logprobs(f"{prompt}|{settings.seed}", lane, step, len(WORDS))
+        ranked = list(zip(ids, logprobs, strict=True)) if wide else None
+        ids, logprobs = ids[: cfg.top_k], logprobs[: cfg.top_k]
+        token = ids[0] if cfg.force is None else cfg.force[step]
         cands, weights, h = step_weights(logprobs, ids, token, cfg)
         return Step(
             index=step,
             token_id=token,
             token=WORDS[token],
-            logprob=logprobs[0],
+            logprob=dict(ranked or zip(ids, logprobs, strict=True)).get(token, -20.0),
             topk_ids=ids,
             topk_logprobs=logprobs,
             entropy=h,
             topk_tokens=[WORDS[i] for i in ids],
+            ranked=ranked,
             candidate_ids=cands if cfg.mixes else None,
             weights=weights if cfg.mixes else None,
         )
 
     def stream_lanes(
-        self, prompt: str, configs: Sequence[MoIConfig], settings: SamplingSettings, run_id: str | None = None
+        self,
+        prompt: str,
+        configs: Sequence[MoIConfig],
+        settings: SamplingSettings,
+        run_id: str | None = None,
+        wide: int = 0,
     ) -> Iterator[tuple[Trace, ...]]:
         """Every lane one step further per update (as MoIEngine.stream_lanes)."""
         if settings.temperature > 2:
@@ -107,8 +120,9 @@ class FakeEngine:
                 if flag.is_set():
                     return
                 for trace, cfg in zip(traces, configs, strict=True):
-                    trace.steps.append(self._lane(prompt, cfg, settings, step))
+                    trace.steps.append(self._lane(prompt, cfg, settings, step, wide))
                     trace.text = "".join(s.token for s in trace.steps)
+                self.steps_done += 1
                 if step == settings.max_tokens - 1:
                     for trace in traces:
                         trace.finish_reason = "length"

@@ -193,7 +193,8 @@ def test_figures_then_select_step_and_export(page, tmp_path):
     assert page.engine.inspected == [2]  # the first divergence
     assert list(page.cb.figures(lanes, "p")) == [{f: gr.skip() for f in p.figures}]  # already shown
     step = page.cb.select_step(lanes, 4, "entropy")
-    assert set(step) == {p.step_plot, p.token_plot, p.reads, p.inspection} and step[p.inspection][1]["step"] == 4
+    assert set(step) == {p.step_plot, p.token_plot, p.reads, p.inspection, p.compare_panel}
+    assert step[p.inspection][1]["step"] == 4
     with pytest.raises(gr.Error, match="step: must be an integer from 0 to 5; got 9"):
         page.cb.select_step(lanes, 9, "p")
     data = json.loads(Path(page.cb.export(lanes)).read_text())
@@ -227,3 +228,35 @@ def test_health_line_reads_the_engine(page):
     health = page.service.health()
     assert health["engine"] == "ready" and health["runs_queued"] == 0 and health["model"] == "fake/toy-model"
     assert page.service.health_line().startswith("Engine **ready** · 0 run(s) in flight, 0 queued")
+
+
+def test_the_step_cost_shows_while_the_lanes_stream_and_in_the_final_status(page):
+    """The engine's time per step and the plugin's share (the fake engine: 20 ms a step, 0.5 ms of it the plugin's),
+    read from the engine's counters at most every 0.5 s while the lanes stream, and over the whole run at the end."""
+    page.engine.steps_delay = 0.12
+    p = page.cb.page
+    updates, _ = generate(page, max_tokens=10)
+    cost = "engine step 20.0 ms · plugin 0.50 ms (2.5%)"
+    streaming = [u[p.status] for u in updates[:-1] if p.status in u]
+    assert streaming and all(s == f"Streaming · {cost}" for s in streaming)
+    assert updates[-1][p.status].endswith(f"Per step: {cost}.")
+    sweep = list(page.sweeps.sweep(PROMPT, "0, 1", 5, 0.0, 1.0, 10, 0))
+    assert any(u[p.sweep_status].endswith(cost) for u in sweep[:-1] if p.sweep_status in u)
+
+
+def test_compare_forces_the_moi_lane_to_the_standard_tokens_and_shows_the_step(page):
+    p = page.cb.page
+    out = page.cb.compare(**RUN, lanes=None, step=3, request=session())
+    standard_cfg, forced = page.engine.streamed[-2][0], page.engine.streamed[-1][0]
+    comp = out[p.lanes].comparison
+    assert standard_cfg == MoIConfig("standard", 1.0, 5) and forced == MoIConfig("moi", 1.0, 5)
+    assert forced.force == tuple(comp.standard.token_ids) and comp.moi.token_ids == comp.standard.token_ids
+    summary = out[p.compare_json]
+    assert len(summary["kl"]) == len(summary["overlap"]) == 6 and summary["tokens"] == [
+        s.token for s in comp.standard.steps
+    ]
+    assert summary["kl"][:2] == [0.0, 0.0] and max(summary["kl"]) > 0  # the toy lanes share their first two steps
+    assert "data-step='3'" in out[p.compare_panel] and "MoI, same tokens" in out[p.compare_panel]
+    assert len(out[p.compare_plot].data) == 2
+    shown = page.cb.select_step(generate(page)[1], 4, "p")
+    assert shown[p.compare_panel] == gr.skip()  # this session's lanes hold no comparison

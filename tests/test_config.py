@@ -92,3 +92,17 @@ def test_the_wire_format_accepts_what_json_clients_send():
     wire = {k: str(v) if k == "moi_beta" else v for k, v in EVERY_KEY.extra_args().items()}
     wire["moi_top_k"] = 7.0
     assert MoIConfig.from_extra_args(wire) == dataclasses.replace(EVERY_KEY)
+
+
+def test_forcing_rides_the_wire_and_is_checked():
+    cfg = MoIConfig("moi", 1.0, 5, force=[3, 1, 4])
+    assert cfg.force == (3, 1, 4) and cfg.extra_args()["moi_force"] == [3, 1, 4]
+    back = MoIConfig.from_extra_args(cfg.extra_args())
+    assert back == cfg and back.force == (3, 1, 4)
+    assert cfg == MoIConfig("moi", 1.0, 5)  # an instrument, not a setting: lanes compare equal
+    from moi_demo.core.inputs import InputError
+
+    with pytest.raises(InputError, match="moi_force: must be a list of token ids"):
+        MoIConfig.from_extra_args({"moi_mode": "moi", "moi_force": [1, -2]})
+    with pytest.raises(InputError, match="moi_force: forces the tokens of a mixing lane"):
+        MoIConfig.from_extra_args({"moi_mode": "standard", "moi_force": [1]})

@@ -162,3 +162,29 @@ def test_self_check_fails_loudly_without_the_plugin(tiny_models):
         env={**os.environ, "VLLM_PLUGINS": PLUGINS_WITHOUT_MOI},
     )
     assert "NOT APPLIED: MoI is not available in this engine's workers" in out.stdout, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("cfg", "settings"),
+    [
+        (MoIConfig("moi", 0.5, 5), SamplingSettings(max_tokens=20)),
+        (MoIConfig("gumbel", 1.0, 5, tau=0.5), SamplingSettings(temperature=1.0, max_tokens=20, seed=3)),
+    ],
+    ids=["greedy-moi", "sampled-gumbel"],
+)
+def test_same_tokens_comparison_equals_the_oracles_teacher_forced_pass(engine, oracle, cfg, settings):
+    """The MoI lane forced to the standard lane's tokens (moi_force) decodes exactly those tokens, and per step its
+    KL(standard || MoI) over the union of the two top-k, and the top-k overlap, equal the reference decoder's own
+    teacher-forced pass; the MoI distribution moved (KL > 0 somewhere) while the tokens stayed."""
+    from moi_demo.serving.compare import WIDE, compare, deltas
+
+    got = compare(engine, PROMPT, cfg, settings)
+    assert got.moi.token_ids == got.standard.token_ids and len(got.steps) == len(got.standard.steps) > 5
+    ref_standard = oracle.generate(PROMPT, MoIConfig("standard", cfg.beta, cfg.top_k), settings, wide=WIDE)
+    assert ref_standard.token_ids == got.standard.token_ids
+    ref_moi = oracle.generate(PROMPT, cfg, settings, forced=ref_standard.token_ids, wide=WIDE)
+    want = deltas(ref_standard, ref_moi)
+    assert [d.overlap for d in got.steps] == [d.overlap for d in want]
+    assert [d.kl for d in got.steps] == pytest.approx([d.kl for d in want], abs=2e-4)
+    assert not any(d.bounded for d in got.steps)  # every union entry within the 50 returned
+    assert max(d.kl for d in got.steps) > 1e-3 and got.steps[0].kl == pytest.approx(0.0, abs=1e-6)

@@ -157,7 +157,7 @@ def test_figures_carry_a_lean_template():
     defaults (7 KB a figure)."""
     import json
 
-    fig = plots._empty("title")
+    fig = plots.empty_figure("title")
     template = json.loads(fig.to_json())["layout"]["template"]
     assert template["layout"]["plot_bgcolor"] == "white" and template["layout"]["xaxis"]["gridcolor"] == "#EBF0F8"
     assert template["layout"]["xaxis"]["automargin"] is False  # fixed margins: plotly draws each figure once

@@ -127,3 +127,36 @@ def test_a_partial_switched_batch_takes_its_extras_from_its_own_rows():
     got = mixing.prior_extras(logits, config.switches, torch.tensor([3, 4]), rows=rows)
     want = mixing.prior_extras(logits[rows], config.switches, torch.tensor([3, 4]))
     assert torch.equal(got.full_entropy, want.full_entropy) and torch.equal(got.log_z, want.log_z)
+
+
+def test_teacher_forcing_takes_the_prior_first_then_leaves_the_forced_row_one_token():
+    """A forced row (moi_force) samples its given tokens in order: the tap takes its prior's top-k from the logits as
+    they were, then leaves the row one finite logit, its forced token's; other rows are untouched; past the list the
+    row samples its own."""
+    from moi_demo.vllm.batch_state import BatchState
+    from moi_demo.vllm.step import StepRunner
+
+    st = BatchState(2)
+    runner = StepRunner(st, graphs=False)
+    forced = MoIConfig("moi", 1.0, 4, force=(7, 9))
+    st.apply_update([], [(0, forced), (1, MoIConfig("moi", 1.0, 4))], [], lambda r: (f"r{r}", 3, None))
+    table = torch.randn(50, 8)
+    seen = []
+    for step in range(3):
+        computed = np.array([0, 0]) if step == 0 else np.array([3 + step - 1] * 2)
+        scheduled = np.array([3, 3]) if step == 0 else np.array([1, 1])
+        st.plan(2, computed, scheduled, np.array([True, True]))
+        plan = st.take_plan()
+        seen.append(plan.forced.tolist())
+        logits = torch.randn(2, 50)
+        before = logits.clone()
+        tapped = runner.tap(plan, logits)
+        assert tapped.ids[0].tolist() == torch.topk(before[0], 4).indices.tolist()  # the prior: before forcing
+        if step < 2:
+            assert int(torch.isfinite(logits[0]).sum()) == 1 and float(logits[0, plan.forced[0]]) == 0.0
+        else:
+            assert torch.equal(logits[0], before[0])
+        assert torch.equal(logits[1], before[1])
+        sampled = torch.stack([logits[0].argmax(), torch.tensor(3)])[:, None]
+        runner.mix(plan, tapped, sampled, lambda i: table[i], torch.empty(0, 8))
+    assert seen == [[7, -1], [9, -1], [-1, -1]]

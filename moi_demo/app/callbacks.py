@@ -18,20 +18,29 @@ from typing import Any
 import gradio as gr
 
 from moi_demo.app import gradio_shim, plots
+from moi_demo.app.compare_view import comparison_chart, comparison_panel
 from moi_demo.app.explorer import Lanes, standard_key
 from moi_demo.app.fields import page_error
 from moi_demo.app.requests import RunRequest, endpoint
-from moi_demo.app.runs import Runs, Updates, one_per_update, session_of
+from moi_demo.app.runs import CostMeter, Runs, Updates, one_per_update, session_of
 from moi_demo.core import inputs
 from moi_demo.core.config import MoIConfig
 from moi_demo.core.inputs import InputError
 from moi_demo.core.trace import STANDARD_LABEL, Trace, first_divergence, lane_label
+from moi_demo.serving.compare import compare
 from moi_demo.serving.engine import MoIEngine
 from moi_demo.serving.run_card import run_card
+from moi_demo.serving.supervisor import EngineUnavailableError
 
 logger = logging.getLogger(__name__)
 
-RUN_APIS = {"generate", "live", "sweep", "evaluate"}  # the events Stop drops from the queue (export etc. are cheap)
+RUN_APIS = {
+    "generate",
+    "live",
+    "sweep",
+    "evaluate",
+    "compare",
+}  # the events Stop drops from the queue (export etc. are cheap)
 RUN_STATE = (("lanes", None), ("event", 0))  # a run's inputs after its RunRequest: the session's lanes, the page's
 # event number (layout.NEXT_EVENT; 0 from API clients)
 
@@ -55,6 +64,9 @@ class Page:
     sweep_curves: Any = None
     reads: Any = None  # what the model reads back at the inspected step (HTML)
     inspection: Any = None  # the same, as JSON (and the MoI lane's cos per step)
+    compare_plot: Any = None  # same tokens: KL per step
+    compare_panel: Any = None  # ... the inspected step's two top-k (HTML)
+    compare_json: Any = None
 
     @property
     def figures(self) -> list[Any]:
@@ -123,19 +135,27 @@ class Callbacks:
             p.standard_text: gr.update(value=standard.text if standard else "", label=standard_label(standard))
         }
         start = time.perf_counter()
+        meter = CostMeter(self.engine)
         traces: tuple[Trace, ...] = ()
         for traces in self.runs.stream(prompt, configs, settings, run_id):
             update = dict(first)
             if standard is None:
                 update[p.standard_text] = gr.update(value=traces[0].text, label=standard_label(None))
             update[p.moi_text] = gr.update(value=traces[-1].text, label=label)
+            if cost := meter.poll():
+                update[p.status] = f"Streaming · {cost}"
             yield update
             first = {}
         if not traces or not self.runs.current(run_id):
             return
         lanes.keep(key, traces[0] if standard is None else None, [traces[-1]])
         elapsed = time.perf_counter() - start
-        yield self._final(lanes, standard or traces[0], traces[-1], label, reused=standard is not None, elapsed=elapsed)
+        final = self._final(
+            lanes, standard or traces[0], traces[-1], label, reused=standard is not None, elapsed=elapsed
+        )
+        if cost := meter.poll(force=True):
+            final[p.status] += f" Per step: {cost}."
+        yield final
 
     def _final(
         self, lanes: Lanes, standard: Trace, moi: Trace, label: str, reused: bool, elapsed: float | None
@@ -203,6 +223,37 @@ class Callbacks:
         text = f"Stopped ({aborted} request{'s' if aborted != 1 else ''} aborted"
         return text + (f", {dropped} queued run{'s' if dropped != 1 else ''} dropped)." if dropped else ").")
 
+    @endpoint(RunRequest, (("lanes", None), ("step", 0)))
+    def compare(self, req: RunRequest, lanes: Lanes | None, step: Any = 0, request: gr.Request = None) -> Updates:
+        """Same tokens, two inputs (serving/compare.py): the standard lane, then this MoI lane forced to its tokens;
+        per step KL(standard || MoI) over the union of the top-k and the top-k overlap (the chart, and as JSON),
+        and step `step`'s two top-k side by side. Keyed by the session like a run: Stop stops it."""
+        try:
+            prompt, moi_cfg, settings = req.parse(self.max_new_tokens)
+        except InputError as e:
+            raise page_error(e) from None
+        run_id = self.runs.start(session_of(request), "compare")
+        try:
+            comp = compare(self.engine, prompt, moi_cfg, settings, run_id=run_id)
+        except InputError as e:
+            raise page_error(e) from None
+        except EngineUnavailableError as e:
+            raise gr.Error(str(e), title="Engine unavailable") from None
+        lanes = lanes if lanes is not None else Lanes()
+        lanes.comparison = comp
+        summary = {
+            "label": lane_label(moi_cfg, full=True),
+            "tokens": [s.token for s in comp.standard.steps],
+            **{k: v for k, v in comp.to_dict().items() if k not in ("standard", "moi")},
+        }
+        p = self.page
+        return {
+            p.lanes: lanes,
+            p.compare_plot: comparison_chart(comp),
+            p.compare_panel: comparison_panel(comp, int(step or 0)),
+            p.compare_json: summary,
+        }
+
     def select_step(self, lanes: Lanes | None, index: Any, color_by: str) -> Updates:
         traces = lanes.shown if lanes is not None else None
         if traces is None:
@@ -219,6 +270,7 @@ class Callbacks:
             self.page.token_plot: plots.token_map(*traces, color_by, i),
             self.page.reads: plots.reads_panel(inspection, "the engine could not inspect this step now"),
             self.page.inspection: inspection,
+            self.page.compare_panel: comparison_panel(lanes.comparison, i) if lanes.comparison else gr.skip(),
         }
 
     def export(self, lanes: Lanes | None) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from moi_demo.core.config import MoIConfig
 from moi_demo.core.inputs import APP_BETA, InputError
 from moi_demo.core.trace import SamplingSettings, Step, Trace, first_divergence, lane_label
+from moi_demo.serving.compare import Comparison
 
 DEFAULT_SWEEP = "0, 0.25, 0.5, 1, 2, 4, direct"
 MAX_SWEEP_LANES = 8  # MoI lanes in one sweep (plus the standard lane): what the page shows and one batch holds
@@ -103,6 +104,7 @@ class Lanes:
     sweep: list[Trace] = field(default_factory=list)  # the last sweep's MoI lanes, in its order
     version: int = 0  # counts the pairs shown, so the page's figures are drawn once per pair
     drawn: tuple[int, str] | None = None  # (version, colouring) the page's figures show
+    comparison: Comparison | None = None  # the last same-tokens comparison (serving/compare.py)
 
     def show(self, standard: Trace, moi: Trace) -> None:
         self.shown, self.version = (standard, moi), self.version + 1

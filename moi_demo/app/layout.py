@@ -12,6 +12,7 @@ import gradio as gr
 
 from moi_demo.app import plots
 from moi_demo.app.callbacks import Callbacks
+from moi_demo.app.compare_view import COMPARE_CSS, comparison_panel
 from moi_demo.app.explorer import DEFAULT_SWEEP, MAX_SWEEP_LANES
 from moi_demo.app.fields import FieldRadio, named, number, slider
 from moi_demo.app.requests import EvalRequest, RunRequest, SweepRequest, color_by_moved, named_inputs
@@ -193,6 +194,16 @@ def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
     with gr.Row():
         p.heatmap_plot = gr.Plot(label="Mix weights", elem_id="heatmap-plot")
         p.entropy_plot = gr.Plot(label="Entropy", elem_id="entropy-plot")
+    with gr.Accordion("Same tokens, two inputs: the MoI lane fed the standard lane's tokens", open=False):
+        gr.Markdown(
+            "After the first divergence the two lanes compare different histories. Here the MoI lane of these "
+            "settings decodes the standard lane's own tokens (teacher forcing) and feeds its own mixture: per step, "
+            "KL(standard || MoI) over the union of their top-k, and the two top-k at the inspected step."
+        )
+        compare_btn = gr.Button("Compare on the same tokens", elem_id="compare")
+        p.compare_plot = gr.Plot(label="Same tokens", elem_id="compare-plot")
+        p.compare_panel = gr.HTML(comparison_panel(None, 0), elem_id="compare-panel", css_template=COMPARE_CSS)
+        p.compare_json = gr.JSON(visible=False)
     with gr.Accordion("Beta sweep: every beta at once, one batch", open=True):
         with gr.Row():
             betas = gr.Textbox(
@@ -285,7 +296,16 @@ def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
     # and the engine.
     stop_btn.click(cb.stop, None, p.status, api_name="stop", queue=False)
     stop_btn.click(None, None, None, cancels=[run, sweep, *live_events], api_name=False)
-    inspector = [p.step_plot, p.token_plot, p.reads, p.inspection]
+    compare_btn.click(
+        cb.compare,
+        [*named_inputs(RunRequest, controls), p.lanes, p.step],
+        [p.lanes, p.compare_plot, p.compare_panel, p.compare_json],
+        api_name="compare",
+        concurrency_id="engine-runs",
+        show_progress="minimal",
+        show_progress_on=[p.compare_plot],
+    )
+    inspector = [p.step_plot, p.token_plot, p.reads, p.inspection, p.compare_panel]
     p.step.release(
         cb.select_step, [p.lanes, p.step, color_by], inspector, api_name="select_step", show_progress="hidden"
     )

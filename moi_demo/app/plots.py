@@ -48,7 +48,7 @@ TEMPLATE = go.layout.Template(
 _LAYOUT = dict(template=TEMPLATE, margin=dict(l=60, r=20, t=50, b=50), font=dict(size=12))
 
 
-def _layout(height: int, legend_below: int | None = None, **margin: int) -> dict:
+def figure_layout(height: int, legend_below: int | None = None, **margin: int) -> dict:
     """_LAYOUT at `height` px, with `margin` (l, r, t, b) overridden. `legend_below`: a horizontal legend, its top
     that many px under the plot area (below the tick labels and the axis title: the margins are fixed)."""
     m = {**_LAYOUT["margin"], **margin}
@@ -62,7 +62,7 @@ def _label(trace: Trace) -> str:
     return lane_label(trace.config)
 
 
-def _show(token: str) -> str:
+def shown_token(token: str) -> str:
     text = token.replace("\n", "⏎").replace(" ", "·")
     return text[:10] if text else "∅"
 
@@ -77,8 +77,8 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _empty(title: str, message: str = "Generate to see this chart") -> go.Figure:
-    fig = go.Figure(layout={**_layout(260), "title": title})
+def empty_figure(title: str, message: str = "Generate to see this chart") -> go.Figure:
+    fig = go.Figure(layout={**figure_layout(260), "title": title})
     fig.add_annotation(text=message, showarrow=False, font=dict(size=14, color="#94a3b8"))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
@@ -143,7 +143,7 @@ def token_map(standard: Trace, moi: Trace, color_by: str = "p", selected: int | 
             parts.append(
                 f'<span class="t{marks}" style="background:{_VIRIDIS[round(value * 100)]};'
                 f'color:{"#fff" if value < 0.55 else "#111"}" title="{_text(title)}">'
-                f"{_text(_show(s.token))}</span>"
+                f"{_text(shown_token(s.token))}</span>"
             )
         parts.append("</div>")
     return "".join(parts) + "</div>"
@@ -158,7 +158,7 @@ def step_distribution(standard: Trace, moi: Trace, index: int) -> go.Figure:
     mix weights w beside p (what was fed back instead of the sampled token's embedding)."""
     steps = [_step(standard, index), _step(moi, index)]
     if all(s is None for s in steps):
-        return _empty("Inside a step")
+        return empty_figure("Inside a step")
     fig = make_subplots(
         rows=1,
         cols=2,
@@ -175,7 +175,7 @@ def step_distribution(standard: Trace, moi: Trace, index: int) -> go.Figure:
         if not step.sampled_in_topk:  # the sampled token came from outside the top-k: show it too
             ids.append(step.token_id)
             prior.append(0.0)
-        names = _unique([_show(step.token_text(t)) for t in ids])
+        names = _unique([shown_token(step.token_text(t)) for t in ids])
         sampled_line = [3 if t == step.token_id else 0 for t in ids]
         fig.add_trace(
             go.Bar(
@@ -214,7 +214,7 @@ def step_distribution(standard: Trace, moi: Trace, index: int) -> go.Figure:
             showarrow=False,
         )
     fig.update_layout(
-        **_layout(380, legend_below=75, b=105),
+        **figure_layout(380, legend_below=75, b=105),
         barmode="group",
         yaxis=dict(range=[0, 1], title="probability / weight"),
         yaxis2=dict(range=[0, 1]),
@@ -228,7 +228,7 @@ def weights_heatmap(moi: Trace) -> go.Figure:
     outside the top-k)."""
     steps = [s for s in moi.steps if s.weights is not None]
     if not steps:
-        return _empty("Mix weights over steps")
+        return empty_figure("Mix weights over steps")
     k = moi.top_k
     z = [[0.0] * len(steps) for _ in range(k + 1)]
     for j, s in enumerate(steps):
@@ -250,7 +250,7 @@ def weights_heatmap(moi: Trace) -> go.Figure:
         )
     )
     fig.update_layout(
-        **_layout(320, l=95),
+        **figure_layout(320, l=95),
         title=f"Mix weights fed back, {_label(moi)}",
         xaxis_title="step",
         yaxis=dict(autorange="reversed"),
@@ -264,7 +264,7 @@ def entropy_chart(
     """H over steps for both lanes, the weight kept on the sampled token (1 in the standard lane) and, where given,
     cos(fed input, E[sampled]) per step of the MoI lane (what the model read back, against the sample's own)."""
     if not standard.steps and not moi.steps:
-        return _empty("Entropy and kept weight")
+        return empty_figure("Entropy and kept weight")
     fig = go.Figure()
     for trace in (standard, moi):
         fig.add_trace(
@@ -297,7 +297,7 @@ def entropy_chart(
         )
     _mark_divergence(fig, first_divergence(standard, moi) if diverge is None else diverge)
     fig.update_layout(
-        **_layout(340, legend_below=68, b=95),
+        **figure_layout(340, legend_below=68, b=95),
         title="Normalised entropy H and the weight kept on the sampled token",
         xaxis_title="step",
         yaxis=dict(range=[0, 1.05]),
@@ -318,7 +318,7 @@ def sweep_summary(standard: Trace, lanes: list[Trace]) -> go.Figure:
     """Per lane of a sweep: the step at which it first leaves the standard lane's tokens, and the mean weight kept
     on the sampled token and the mean H over its steps."""
     if not lanes:
-        return _empty("Beta sweep", "Sweep beta to see this chart")
+        return empty_figure("Beta sweep", "Sweep beta to see this chart")
     summaries = [summarize(standard, t) for t in lanes]
     labels = ["direct" if t.mode == "direct" else f"{t.beta:g}" for t in lanes]  # short: never rotated
     diverge = [s.diverge for s in summaries]
@@ -360,7 +360,7 @@ def sweep_summary(standard: Trace, lanes: list[Trace]) -> go.Figure:
             row=1,
             col=2,
         )
-    fig.update_layout(**_layout(340, legend_below=68, b=95))
+    fig.update_layout(**figure_layout(340, legend_below=68, b=95))
     fig.update_xaxes(title_text="beta", type="category")
     fig.update_yaxes(title_text="step", range=[0, max(heights, default=1) * 1.15], row=1, col=1)
     fig.update_yaxes(range=[0, 1.05], row=1, col=2)
@@ -371,7 +371,7 @@ def sweep_curves(lanes: list[Trace]) -> go.Figure:
     """The weight kept on the sampled token at every step, one line per lane. SVG: one path per lane draws in a
     few ms, where WebGL's context set-up alone was a 200 ms task of the page (software GL, no GPU)."""
     if not lanes:
-        return _empty("Weight on the sampled token per step", "Sweep beta to see this chart")
+        return empty_figure("Weight on the sampled token per step", "Sweep beta to see this chart")
     fig = go.Figure()
     for i, t in enumerate(lanes):
         fig.add_trace(
@@ -384,7 +384,7 @@ def sweep_curves(lanes: list[Trace]) -> go.Figure:
             )
         )
     fig.update_layout(
-        **_layout(340, r=150),
+        **figure_layout(340, r=150),
         xaxis_title="step",
         yaxis=dict(range=[0, 1.05]),
         title="Weight kept on the sampled token, per step and beta",
@@ -409,7 +409,8 @@ def reads_panel(inspection: list[dict] | None, message: str = "Generate, then pi
     rows = []
     for lane in inspection:
         near = " ".join(
-            f'<span class="near" title="id {n["id"]}"><code>{_text(_show(n["token"]))}</code> {n["cos"]:.3f}</span>'
+            f'<span class="near" title="id {n["id"]}"><code>{_text(shown_token(n["token"]))}</code> '
+            f"{n['cos']:.3f}</span>"
             for n in lane["nearest"]
         )
         rows.append(

@@ -22,6 +22,7 @@ from moi_demo.serving.supervisor import EngineUnavailableError
 UPDATE_INTERVAL_S = 0.1
 FIGURE_GAP_S = 0.05  # between the four figures after a run: each arrives, and is drawn, on its own
 MAX_TICKETS = 10_000  # (session, kind) entries kept to tell a run whether a newer one superseded it
+COST_INTERVAL_S = 0.5  # the live step cost is read at most this often (a worker RPC, served between engine steps)
 Updates = dict[Any, Any]
 
 
@@ -71,6 +72,36 @@ class Runs:
             raise page_error(e) from None
         except EngineUnavailableError as e:
             raise gr.Error(str(e), title="Engine unavailable") from None
+
+
+class CostMeter:
+    """What a step costs while a run streams: the engine's time per step and the plugin's share of it, from the
+    worker's counters (moi_stats: step_seconds, timed_steps, hook_seconds) since the run started, read at most every
+    `interval` seconds. Shared engines: the time is the engine's, whatever else it batches with this run."""
+
+    def __init__(self, engine: MoIEngine, interval: float = COST_INTERVAL_S):
+        self.engine, self.interval = engine, interval
+        self.start, self.at, self.text = self._read(), time.perf_counter(), ""
+
+    def _read(self) -> tuple[float, int, float] | None:
+        try:
+            s = self.engine.stats()
+        except Exception:  # noqa: BLE001 - a meter must never fail a run (an engine restarting, a stub)
+            return None
+        return float(s.get("step_seconds", 0.0)), int(s.get("timed_steps", 0)), float(s.get("hook_seconds", 0.0))
+
+    def poll(self, force: bool = False) -> str:
+        """ "engine step 21.3 ms · plugin 0.41 ms (1.9%)" over the run so far ("" before a step is timed)."""
+        now = time.perf_counter()
+        if self.start is None or (now - self.at < self.interval and not force):
+            return self.text
+        self.at, now_read = now, self._read()
+        if now_read is None or now_read[1] <= self.start[1]:
+            return self.text
+        seconds, steps, hooks = (a - b for a, b in zip(now_read, self.start, strict=True))
+        step_ms, plugin_ms = 1e3 * seconds / steps, 1e3 * hooks / steps
+        self.text = f"engine step {step_ms:.1f} ms · plugin {plugin_ms:.2f} ms ({plugin_ms / max(step_ms, 1e-9):.1%})"
+        return self.text
 
 
 def paced(stream: Iterator[tuple[Trace, ...]], interval: float = UPDATE_INTERVAL_S) -> Iterator[tuple[Trace, ...]]:

@@ -13,7 +13,7 @@ from moi_demo.app.callbacks import Callbacks, standard_label
 from moi_demo.app.explorer import Lanes, parse_betas, standard_key
 from moi_demo.app.fields import page_error
 from moi_demo.app.requests import SweepRequest, endpoint, run_settings, switch_settings
-from moi_demo.app.runs import Updates, one_per_update, session_of
+from moi_demo.app.runs import CostMeter, Updates, one_per_update, session_of
 from moi_demo.core import inputs
 from moi_demo.core.config import MoIConfig
 from moi_demo.core.inputs import InputError
@@ -49,6 +49,7 @@ class Sweeps:
             p.standard_text: gr.update(value=standard.text if standard else "", label=standard_label(standard))
         }
         start = time.perf_counter()
+        meter = CostMeter(self.engine)
         traces: tuple[Trace, ...] = ()
         for i, traces in enumerate(self.runs.stream(prompt, runs, settings, run_id)):
             if standard is None:
@@ -62,7 +63,10 @@ class Sweeps:
             else:
                 update |= {box: gr.update(value=t.text) for box, t in zip(boxes, traces[first:], strict=True)}
             tokens = sum(len(t.steps) for t in traces)
-            update[p.sweep_status] = f"Sweeping {len(configs)} lanes: {tokens} tokens so far"
+            cost = meter.poll()
+            update[p.sweep_status] = f"Sweeping {len(configs)} lanes: {tokens} tokens so far" + (
+                f" · {cost}" if cost else ""
+            )
             yield update
             update = {}
         if not traces or not self.runs.current(run_id):

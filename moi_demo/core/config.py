@@ -45,6 +45,7 @@ EXTRA_ARGS_KEYS = (  # any of them asks for MoI
     KEY_MODE, KEY_BETA, KEY_TOP_K, KEY_ENTROPY, KEY_PRIOR, KEY_NOISE, KEY_GATE, KEY_GATE_H, KEY_TAU, KEY_SAMPLES,
 )  # fmt: skip
 KEY_RECORD = "moi_record"  # true: keep what the request was fed past its end, until `moi_records` reads it
+KEY_FORCE = "moi_force"  # token ids: the request samples these, in order (teacher forcing), and mixes as it would
 GREEDY_EPS = 1e-5  # vLLM's _SAMPLING_EPS: a temperature below it samples greedily
 
 
@@ -78,6 +79,7 @@ class MoIConfig:
     samples: int = DEFAULT_SAMPLES
     context: SamplingContext | None = field(default=None, compare=False, repr=False)
     keep_record: bool = field(default=False, compare=False, repr=False)
+    force: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_choice(self.mode, "mode", MODES)
@@ -102,6 +104,13 @@ class MoIConfig:
                 raise InputError("beta", e.reason.replace("; got", " (or -100 for direct mixture); got")) from None
         if isinstance(self.top_k, bool | str | float) or not isinstance(self.top_k, int) or self.top_k < TOP_K.lo:
             raise InputError("top_k", f"must be an integer from 1 to the vocabulary size; got {self.top_k!r}")
+        if self.force is not None:
+            force = self.force
+            if not isinstance(force, list | tuple) or not all(type(t) is int and t >= 0 for t in force):
+                raise InputError("force", f"must be a list of token ids (integers >= 0); got {force!r}")
+            if not self.mixes:
+                raise InputError("force", "forces the tokens of a mixing lane; a standard request samples its own")
+            object.__setattr__(self, "force", tuple(force))
 
     @property
     def mixes(self) -> bool:
@@ -168,6 +177,8 @@ class MoIConfig:
         out: dict[str, Any] = {KEY_MODE: self.mode, KEY_BETA: self.beta, KEY_TOP_K: self.top_k, **self.switches()}
         if self.keep_record:
             out[KEY_RECORD] = True
+        if self.force is not None:
+            out[KEY_FORCE] = list(self.force)
         return out
 
     def check_vocab(self, vocab_size: int) -> MoIConfig:
@@ -202,13 +213,14 @@ class MoIConfig:
         keep = extra_args.get(KEY_RECORD, False)
         if not isinstance(keep, bool):
             raise InputError(KEY_RECORD, f"must be true or false; got {keep!r}")
+        force = extra_args.get(KEY_FORCE)
         # JSON clients send numbers as strings or floats: accept "1.5" and 20.0, never 20.5.
         try:
             beta = float(beta) if isinstance(beta, str) else beta
         except ValueError:
             raise InputError(KEY_BETA, f"must be {BETA.allowed()} (or -100 for direct mixture); got {beta!r}") from None
         try:
-            return cls(mode=mode, beta=beta, top_k=_integral(top_k), **switches, keep_record=keep)
+            return cls(mode=mode, beta=beta, top_k=_integral(top_k), **switches, keep_record=keep, force=force)
         except InputError as e:
             raise e.renamed(f"moi_{e.field}") from None
 

@@ -75,6 +75,7 @@ class Step:
     candidate_ids: list[int] | None = None  # None in a standard lane
     weights: list[float] | None = None  # the mix fed back as the next input
     mixed_prior: list[float] | None = None  # a switched lane's prior p over topk_ids (None: the raw top-k one)
+    ranked: list[tuple[int, float]] | None = None  # a comparison's: every (id, log-prob) returned, wider than k
 
     @property
     def p_sampled(self) -> float:

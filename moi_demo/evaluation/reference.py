@@ -71,12 +71,14 @@ class ReferenceDecoder:
         chat: bool = True,
         lane: str | None = None,
         forced: list[int] | None = None,
+        wide: int = 0,
     ) -> Trace:
         """Decode one request. `forced` replays given tokens instead of sampling (teacher forcing), to
         check another engine's sampled run step by step: its top-k and weights must match ours. A switched config
         (moi_entropy, moi_prior, moi_noise, a gate, a rival mode) takes its prior from `reference_prior`, written
         over the whole vocabulary, and its weights from `reference_weights`, with the settings' temperature, top-p and
-        seed (0 where None) as the request's."""
+        seed (0 where None) as the request's. `wide`: each step also keeps its top-`wide` log-probs (`Step.ranked`,
+        as the engine's comparison does)."""
         moi.check_vocab(self.vocab_size)
         if moi.switched:
             moi = dataclasses.replace(
@@ -119,6 +121,9 @@ class ReferenceDecoder:
                 entropy=float(step.entropy[0]),
                 topk_tokens=[self.tokenizer.decode([t]) for t in step.topk_ids[0, :k].tolist()],
             )
+            if wide:
+                top = torch.topk(logprobs, wide)
+                record.ranked = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
             if moi.mixes:
                 keep = slice(None) if token not in record.topk_ids else slice(0, k)
                 record.candidate_ids = step.candidate_ids[0, keep].tolist()

@@ -124,10 +124,12 @@ class MoIEngine(EngineSupervisor):
         settings: SamplingSettings,
         chat: bool = True,
         run_id: str | None = None,
+        wide: int = 0,
     ) -> Iterator[tuple[Trace, ...]]:
         """Any lanes of one prompt (a standard lane is `MoIConfig("standard", ...)`), submitted together so vLLM
         decodes them in one batch, same prompt ids and seed: a beta sweep, or a MoI lane alone when the standard
-        lane is reused. Yields one trace per config, in order, as tokens arrive."""
+        lane is reused. Yields one trace per config, in order, as tokens arrive. `wide`: each step also keeps the
+        top-`wide` log-probs (`Step.ranked`: a comparison's, compare.py)."""
         if not configs:
             raise InputError("lanes", "must name at least one lane")
         for cfg in configs:
@@ -138,7 +140,7 @@ class MoIEngine(EngineSupervisor):
             ("moi" if cfg.mixes else "standard", self.engine_for("moi" if cfg.mixes else "standard"), cfg)
             for cfg in configs
         ]
-        yield from self._stream_lanes(lanes, ids, settings, prompt, run_id=run_id)
+        yield from self._stream_lanes(lanes, ids, settings, prompt, run_id=run_id, wide=wide)
 
     def cancel(self, run_id: str) -> int:
         """Abort the requests of a run (all its lanes), and of its sub-runs (ids `run_id/...`: a session's live
@@ -215,6 +217,7 @@ class MoIEngine(EngineSupervisor):
         prompt: str,
         ignore_eos: bool = False,
         run_id: str | None = None,
+        wide: int = 0,
     ) -> Iterator[tuple[Trace, ...]]:
         updates: queue.Queue = queue.Queue()
         tag = uuid.uuid4().hex[:12]
@@ -225,7 +228,7 @@ class MoIEngine(EngineSupervisor):
 
         async def pump(i: int, engine: Any, cfg: MoIConfig) -> None:
             try:
-                params = sampling_params(cfg, settings, ignore_eos)
+                params = sampling_params(cfg, settings, ignore_eos, wide=wide)
                 async for out in engine.generate({"prompt_token_ids": ids}, params, request_ids[i]):
                     updates.put((i, out.outputs[0], out.finished))
             except BaseException as e:  # surfaced to the consumer thread (aborts end the stream quietly)
@@ -258,7 +261,7 @@ class MoIEngine(EngineSupervisor):
                             self._on_dead(death_reason([engine for _, engine, _ in lanes], completion))
                             raise self.unavailable() from None
                         raise _user_error(completion)
-                    apply_output(trace, completion, done)
+                    apply_output(trace, completion, done, wide > 0)
                     if done:
                         finished[i] = True
                         if trace.config.switched and trace.config.mixes:  # what it fed: only the plugin knows

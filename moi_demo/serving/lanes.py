@@ -21,10 +21,12 @@ def sampling_params(
     settings: SamplingSettings,
     ignore_eos: bool = False,
     logprobs: bool = True,
+    wide: int = 0,
     stream: bool = True,
 ) -> Any:
     """Streamed (delta) params, or with `stream=False` the final output only (a batch job: no per-step
-    output objects for hundreds of sequences); `logprobs` returns the top-k raw log-probs the traces are
+    output objects for hundreds of sequences); `logprobs` returns the top-k raw log-probs (top-`wide` where wider:
+    a comparison's) the traces are
     built from."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
@@ -34,7 +36,7 @@ def sampling_params(
         top_p=settings.top_p,
         max_tokens=settings.max_tokens,
         seed=settings.seed,
-        logprobs=moi.top_k if logprobs else None,
+        logprobs=max(moi.top_k, wide) if logprobs else None,
         output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         ignore_eos=ignore_eos,
         # a streamed switched lane keeps its record for the page (its weights cannot be rebuilt from log-probs)
@@ -42,8 +44,9 @@ def sampling_params(
     )
 
 
-def steps_from_output(completion: Any, first_index: int, top_k: int) -> list[Step]:
-    """Steps from a vLLM CompletionOutput delta: the sampled ids and their top-k raw log-probs."""
+def steps_from_output(completion: Any, first_index: int, top_k: int, wide: bool = False) -> list[Step]:
+    """Steps from a vLLM CompletionOutput delta: the sampled ids and their top-k raw log-probs (with `wide`, every
+    (id, log-prob) returned, in rank order, as `Step.ranked`)."""
     steps = []
     for i, (token, logprobs) in enumerate(zip(completion.token_ids, completion.logprobs or [], strict=False)):
         ranked = sorted(
@@ -61,6 +64,7 @@ def steps_from_output(completion: Any, first_index: int, top_k: int) -> list[Ste
                 topk_logprobs=[float(lp.logprob) for _, lp in top],
                 entropy=0.0,
                 topk_tokens=[lp.decoded_token or "" for _, lp in top],
+                ranked=[(tid, float(lp.logprob)) for _, tid, lp in ranked] if wide else None,
             )
         )
     return steps
@@ -94,10 +98,10 @@ def fill_from_records(trace: Trace, records: dict[str, dict[str, list]]) -> bool
     return True
 
 
-def apply_output(trace: Trace, completion: Any, done: bool) -> None:
+def apply_output(trace: Trace, completion: Any, done: bool, wide: bool = False) -> None:
     """One streamed (delta) CompletionOutput into its lane's trace: its steps, its text, and at the end its finish
     reason."""
-    for step in steps_from_output(completion, len(trace.steps), trace.top_k):
+    for step in steps_from_output(completion, len(trace.steps), trace.top_k, wide):
         trace.steps.append(complete_step(trace, step))
     trace.text += completion.text
     if done:

@@ -260,8 +260,6 @@ class EngineSupervisor:
         `records`, also the weights fed per request (only kept when MOI_DEMO_RECORD=1 at engine start)."""
         total: dict[str, Any] = {
             "hooked": True,
-            "applied_steps": 0,
-            "recomputed_steps": 0,
             "requests": {},
             "records": {},
         }
@@ -269,8 +267,8 @@ class EngineSupervisor:
             worker = self._call(engine.collective_rpc("moi_stats", args=(records,)), timeout=60)[0]
             total["hooked"] &= worker["hooked"]
             total["runner"] = worker.get("runner")
-            total["applied_steps"] += worker["applied_steps"]
-            total["recomputed_steps"] += worker["recomputed_steps"]
+            for key in ("applied_steps", "recomputed_steps", "step_seconds", "timed_steps", "hook_seconds"):
+                total[key] = total.get(key, 0) + worker.get(key, 0)
             total["requests"].update(worker["requests"])
             total["records"].update(worker.get("records", {}))
         return total

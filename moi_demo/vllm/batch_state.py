@@ -277,7 +277,7 @@ class BatchState:
         live = self._live()
         store = self.store
         out: dict[str, Any] = {
-            **{k: int(v) for k, v in vars(self.counts).items()},  # plain ints: the stats cross process boundaries
+            **vars(self.counts),  # plain ints and floats: the stats cross process boundaries
             "requests": {**store.finished, **{h.req_id: int(h.fed) for h in live}},
             "memory": store.memory(
                 live, self.rows.buffer

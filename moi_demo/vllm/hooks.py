@@ -138,6 +138,7 @@ def _wrap_update_states(orig):
         state = _state(self)
         if state is None:
             return orig(self, scheduler_output, *args, **kwargs)
+        _clock(self, state)
         # Before the original: a finished id may be resubmitted in the same step as a new request.
         with _checked(state):
             for req_id in scheduler_output.finished_req_ids:
@@ -148,6 +149,17 @@ def _wrap_update_states(orig):
         return result
 
     return _update_states
+
+
+def _clock(runner: Any, state: BatchState) -> None:
+    """The engine's time per step while MoI requests are alive (moi_stats step_seconds / timed_steps): from one
+    step's start to the next, the runner's `_moi_last_step` holding the last start (None while none is alive)."""
+    now = time.perf_counter()
+    last = runner.__dict__.get("_moi_last_step")
+    if last is not None:
+        state.counts.step_seconds += now - last
+        state.counts.timed_steps += 1
+    runner._moi_last_step = now if state.requests else None
 
 
 def _wrap_preprocess(orig):

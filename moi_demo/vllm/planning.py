@@ -51,6 +51,7 @@ class StepPlan:
     write_t: dict[int, tuple[torch.Tensor | None, torch.Tensor]]  # width -> (positions in rows [G] or None
     # for all of them, pool rows [G])
     positions: torch.Tensor | None = None  # [M] long: each row's generated-token index (where a row draws)
+    forced: torch.Tensor | None = None  # [M] long: the token a forced row samples this step (-1: its own)
 
 
 @dataclass
@@ -60,6 +61,8 @@ class Counts:
     rewound_tokens: int = 0  # tokens cut from histories because the engine went back on them
     moves: int = 0  # batch rows moved while a MoI request was in the batch
     swaps: int = 0  # ... swapped
+    step_seconds: float = 0.0  # wall time from one engine step to the next while a MoI request is alive
+    timed_steps: int = 0  # ... the steps it covers (moi_stats: the engine's time per step, live in the app)
 
 
 class Planner:
@@ -220,4 +223,17 @@ class Planner:
         flats = self.staging.to_device(*parts, *([t.length[rows]] if noised else []))
         positions = flats.pop() if noised else None  # the next token's index: the noise's counter
         write_t = {w: (sel_t, f) for (w, _), sel_t, f in zip(groups, sels_t, flats, strict=True)}
-        return StepPlan(rows, span, rows_t, config, write_t, positions)
+        return StepPlan(rows, span, rows_t, config, write_t, positions, self._forced(rows))
+
+    def _forced(self, rows: np.ndarray) -> torch.Tensor | None:
+        """[M] the token each forced row samples next (its force list at its next index; -1 once it runs out, and for
+        the rows that sample their own), None when no row of the step is forced. A host loop over forced rows."""
+        t = self.rows
+        forced = t.forced[rows]
+        if not forced.any():
+            return None
+        ids = np.full(rows.size, -1, dtype=np.int64)
+        for i in np.flatnonzero(forced):
+            force, j = t.req[rows[i]].config.force, int(t.length[rows[i]])
+            ids[i] = force[j] if j < len(force) else -1
+        return self.staging.to_device(ids)[0]

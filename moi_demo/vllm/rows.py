@@ -18,7 +18,9 @@ class RowTable:
     `buffer` [max_rows, D] holds each row's next mixed input (`buffer_valid`: that of its token length - 1); it is
     allocated at the first step (`ensure_buffer`) and moves with its row."""
 
-    ARRAYS = ("mixes", "mode", "beta", "top_k", "switched", "prompt_len", "length", "fed", "page", "buffer_valid")
+    ARRAYS = (
+        "mixes", "mode", "beta", "top_k", "switched", "forced", "prompt_len", "length", "fed", "page", "buffer_valid",
+    )  # fmt: skip
 
     def __init__(self, max_rows: int):
         r = max_rows
@@ -28,6 +30,7 @@ class RowTable:
         self.beta = np.zeros(r, dtype=np.float32)
         self.top_k = np.ones(r, dtype=np.int64)
         self.switched = np.zeros(r, dtype=bool)  # a switch away from the paper's MoI (MoIConfig.switched)
+        self.forced = np.zeros(r, dtype=bool)  # samples given tokens (MoIConfig.force)
         self.prompt_len = np.zeros(r, dtype=np.int64)
         self.length = np.zeros(r, dtype=np.int64)  # generated tokens held
         self.fed = np.zeros(r, dtype=np.int64)  # generated tokens fed back at least once
@@ -47,6 +50,7 @@ class RowTable:
         self.beta[row] = max(hist.config.beta, 0.0)
         self.top_k[row] = hist.config.top_k
         self.switched[row] = hist.config.switched
+        self.forced[row] = hist.config.force is not None
         self.prompt_len[row] = hist.prompt_len
         self.reload(row)
 

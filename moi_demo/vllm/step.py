@@ -155,6 +155,10 @@ class StepRunner:
     def tap(self, plan: StepPlan, logits: torch.Tensor) -> Tapped:
         """Before sampling: the prior's top-k of the plan's rows of `logits` [B, V], and the extras."""
         self._graphed = None
+        if plan.forced is not None:  # teacher forcing: the prior first, then the sampler left one token to draw
+            tapped = tap_eager(plan, logits)
+            force_tokens(plan, logits)
+            return tapped
         cap = self._graph_for(plan, logits)
         if cap is None:
             return tap_eager(plan, logits)
@@ -308,3 +312,16 @@ def tap_eager(plan: StepPlan, logits: torch.Tensor) -> Tapped:
     x, rows = (logits[plan.span], None) if plan.span is not None else (logits, plan.rows_t)
     ids, top = mixing.topk_logits(x, cfg.top_k, cfg.k_max, cfg.uniform_k, rows=rows)
     return Tapped(ids, top, mixing.prior_extras(x, cfg.switches, plan.positions, rows=rows))
+
+
+def force_tokens(plan: StepPlan, logits: torch.Tensor) -> None:
+    """Teacher forcing, in place: each forced row of the plan keeps one finite logit [B, V], its forced token's
+    (the sampler's raw log-probs were taken before, so what a request returns stays its own distribution)."""
+    forced = plan.forced  # [M], -1: the row samples its own
+    rows = _rows(logits, plan)  # [M, V]
+    only = torch.full_like(rows, float("-inf")).scatter_(1, forced.clamp_min(0)[:, None], 0.0)
+    kept = torch.where((forced >= 0)[:, None], only, rows)
+    if plan.span is not None:
+        logits[plan.span] = kept
+    else:
+        logits.index_copy_(0, plan.rows_t, kept)
