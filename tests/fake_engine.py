@@ -32,6 +32,21 @@ def toy_logprobs(prompt: str, lane: str, step: int, k: int) -> tuple[list[int], 
     return ids, [scores[i] - norm for i in ids]
 
 
+class ToyTokenizer:
+    """The toy model's words as tokens: encode by the longest word at each place (the fake's texts are words joined)."""
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        ids, at = [], 0
+        while at < len(text):
+            best = max((i for i, w in enumerate(WORDS) if text.startswith(w, at)), key=lambda i: len(WORDS[i]))
+            ids.append(best)
+            at += len(WORDS[best])
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(WORDS[i] for i in ids)
+
+
 class FakeEngine:
     """MoIEngine's face to the page, on the toy model. `steps_delay` paces a lane's steps (a run long enough to be
     stopped); `cancelled` lists every prefix `cancel` was given."""
@@ -44,6 +59,7 @@ class FakeEngine:
     def __init__(self, steps_delay: float = 0.0, answers: dict[str, str] | None = None):
         self.options = EngineOptions()
         self.answers = answers or {}  # prompt -> the right answer (generate_many)
+        self.tokenizer = ToyTokenizer()
         self.steps_delay = steps_delay
         self.cancelled: list[str] = []
         self.streamed: list[list[MoIConfig]] = []  # each stream_lanes call's configs
@@ -157,8 +173,14 @@ class FakeEngine:
             for i, (prompt, cfg, seed) in enumerate(jobs):
                 if flag.is_set():
                     raise RunStopped(f"stopped after {i} of {len(jobs)} generations")
-                right = (seed or 0) % 2 == (1 if cfg.mixes else 0)
-                texts.append(f"\\boxed{{{self.answers.get(prompt, '?') if right else 'none'}}}")
+                if prompt in self.answers:
+                    right = (seed or 0) % 2 == (1 if cfg.mixes else 0)
+                    texts.append(f"\\boxed{{{self.answers[prompt] if right else 'none'}}}")
+                else:  # the toy lane under this seed
+                    seeded = SamplingSettings(settings.temperature, settings.top_p, settings.max_tokens, seed)
+                    texts.append(
+                        "".join(self._lane(prompt, cfg, seeded, t, 0).token for t in range(settings.max_tokens))
+                    )
                 if on_done is not None:
                     on_done(i + 1)
                 time.sleep(self.steps_delay)

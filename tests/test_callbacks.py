@@ -33,7 +33,15 @@ def session(name: str = "s1") -> SimpleNamespace:
 def page():
     engine = FakeEngine()
     demo, handlers = build_page(engine, max_new_tokens=64)
-    return SimpleNamespace(engine=engine, demo=demo, cb=handlers.runs, sweeps=handlers.sweeps, service=handlers.service)
+    return SimpleNamespace(
+        engine=engine,
+        demo=demo,
+        cb=handlers.runs,
+        sweeps=handlers.sweeps,
+        service=handlers.service,
+        diversity=handlers.diversity,
+        handlers_diversity=handlers.diversity.diversity,
+    )
 
 
 def last(updates) -> dict:
@@ -260,3 +268,33 @@ def test_compare_forces_the_moi_lane_to_the_standard_tokens_and_shows_the_step(p
     assert len(out[p.compare_plot].data) == 2
     shown = page.cb.select_step(generate(page)[1], 4, "p")
     assert shown[p.compare_panel] == gr.skip()  # this session's lanes hold no comparison
+
+
+def test_diversity_runs_n_seeds_per_mode_in_one_batch_and_counts_answers_and_paths(page):
+    """The standard lane and the MoI lane under N seeds each (the seed + j): one engine batch of 2N jobs; the
+    answers' histogram and the paths' tree count each of the 2N runs once."""
+    (out,) = list(page.handlers_diversity(**{**RUN, "temperature": 1.0, "seed": 3}, seeds=5, request=session()))
+    chart, tree, summary = page.diversity.outputs
+    assert summary in out and set(out[summary]) == {"Standard", "MoI (beta = 1)"}
+    for lane in out[summary].values():
+        assert lane["runs"] == 5 and sum(lane["answers"].values()) == 5 and 1 <= lane["distinct_paths"] <= 5
+    bars = out[chart].data
+    assert [b.name for b in bars] == ["Standard", "MoI (beta = 1)"] and all(sum(b.y) == 5 for b in bars)
+    icicle = out[tree].data[0]
+    roots = [v for v, parent in zip(icicle.values, icicle.parents, strict=True) if parent == ""]
+    assert roots == [5, 5]
+    greedy = list(page.handlers_diversity(**RUN, seeds=2, request=session()))[0][summary]
+    assert greedy["greedy"] == "temperature 0: every seed decodes the same"
+    with pytest.raises(gr.Error, match="seeds: must be an integer from 2 to 16; got 40"):
+        list(page.handlers_diversity(**RUN, seeds=40, request=session()))
+
+
+def test_the_evaluate_tab_draws_several_samples_per_example_for_pass_at_k(page):
+    examples, _ = get_task("arithmetic-1", 3, 0)
+    page.engine.answers = {ex.prompt: ex.answer for ex in examples}
+    _, table, samples = page.service.evaluate(
+        "arithmetic-1", 3, ["standard"], 1.0, 0.6, 0.8, 16, 0, draws=4, request=session(), progress=lambda *a, **k: None
+    )
+    rows = [json.loads(line) for line in Path(samples).read_text().splitlines()]
+    assert len(rows) == 12 and [r["draw"] for r in rows[:4]] == [0, 1, 2, 3]
+    assert "pass@4 (95% CI)" in table and "| standard | 50.0% |" in table

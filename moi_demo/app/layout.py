@@ -13,10 +13,11 @@ import gradio as gr
 from moi_demo.app import plots
 from moi_demo.app.callbacks import Callbacks
 from moi_demo.app.compare_view import COMPARE_CSS, comparison_panel
+from moi_demo.app.diversity import SEEDS, Diversity, answers_chart, paths_tree
 from moi_demo.app.explorer import DEFAULT_SWEEP, MAX_SWEEP_LANES
 from moi_demo.app.fields import FieldRadio, named, number, slider
 from moi_demo.app.requests import EvalRequest, RunRequest, SweepRequest, color_by_moved, named_inputs
-from moi_demo.app.service import EVAL_MODES, EVAL_TASKS, ServiceCallbacks
+from moi_demo.app.service import DRAWS, EVAL_MODES, EVAL_TASKS, ServiceCallbacks
 from moi_demo.app.sweep import Sweeps
 from moi_demo.core import inputs
 from moi_demo.core.config import DEFAULT_BETA, DEFAULT_GATE_H, DEFAULT_SAMPLES, DEFAULT_TAU, DEFAULT_TOP_K, MoIConfig
@@ -94,6 +95,7 @@ class Handlers:
 
     runs: Callbacks
     sweeps: Sweeps
+    diversity: Diversity
     service: ServiceCallbacks
 
 
@@ -106,7 +108,7 @@ def build_page(
 ) -> tuple[gr.Blocks, Handlers]:
     """The page and the handlers wired to its events (tests call the handlers directly)."""
     cb = Callbacks(engine, max_new_tokens)
-    handlers = Handlers(cb, Sweeps(cb), ServiceCallbacks(engine, cb))
+    handlers = Handlers(cb, Sweeps(cb), Diversity(cb), ServiceCallbacks(engine, cb))
     service = handlers.service
     with gr.Blocks(title=title) as demo:
         gr.Markdown(INTRO)
@@ -204,6 +206,19 @@ def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
         p.compare_plot = gr.Plot(label="Same tokens", elem_id="compare-plot")
         p.compare_panel = gr.HTML(comparison_panel(None, 0), elem_id="compare-panel", css_template=COMPARE_CSS)
         p.compare_json = gr.JSON(visible=False)
+    with gr.Accordion("Diversity: N seeds per mode, one batch", open=False):
+        gr.Markdown(
+            "The standard lane and this MoI lane, each under N seeds (the seed, the seed + 1, ...) at these sampling "
+            "settings: MoI samples a real token at every step, so it keeps the sampler's diversity."
+        )
+        with gr.Row():
+            seeds = slider(SEEDS, 8, "N seeds per mode", 1, elem_id="seeds", scale=3)
+            diversity_btn = gr.Button("Run the seeds", elem_id="diversity", scale=1)
+        with gr.Row():
+            answers_plot = gr.Plot(answers_chart(None), label="Final answers", elem_id="answers-plot")
+            tree_plot = gr.Plot(paths_tree(None), label="Token paths", elem_id="paths-plot")
+        spread_json = gr.JSON(label="Distinct answers and paths per mode", elem_id="spread")
+    handlers.diversity.outputs = [answers_plot, tree_plot, spread_json]
     with gr.Accordion("Beta sweep: every beta at once, one batch", open=True):
         with gr.Row():
             betas = gr.Textbox(
@@ -296,6 +311,15 @@ def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
     # and the engine.
     stop_btn.click(cb.stop, None, p.status, api_name="stop", queue=False)
     stop_btn.click(None, None, None, cancels=[run, sweep, *live_events], api_name=False)
+    diversity_btn.click(
+        handlers.diversity.diversity,
+        [*named_inputs(RunRequest, controls), seeds],
+        handlers.diversity.outputs,
+        api_name="diversity",
+        concurrency_id="engine-sweeps",
+        show_progress="minimal",
+        show_progress_on=[spread_json],
+    )
     compare_btn.click(
         cb.compare,
         [*named_inputs(RunRequest, controls), p.lanes, p.step],
@@ -328,6 +352,7 @@ def evaluate_tab(cb: Callbacks, service: ServiceCallbacks) -> None:
         top_p = slider(inputs.TOP_P, 0.8, "top-p", 0.01, lo=inputs.TOP_P_SLIDER_MIN)
         max_tokens = slider(inputs.MAX_TOKENS.with_hi(256), 64, "max new tokens", 1, field="max_new_tokens", lo=8)
         seed = number(inputs.SEED, 0, "seed")
+        draws = slider(DRAWS, 1, "samples per example (pass@k)", 1, elem_id="draws")
     with gr.Accordion("Advanced: MoI's design choices", open=False):
         switches = switch_controls("eval-")
     with gr.Row():
@@ -346,6 +371,7 @@ def evaluate_tab(cb: Callbacks, service: ServiceCallbacks) -> None:
         max_tokens=max_tokens,
         seed=seed,
         **switches,
+        draws=draws,
     )
     run.click(
         service.evaluate,

@@ -99,6 +99,7 @@ class EvalRequest:
     gate_h: Any = DEFAULT_GATE_H
     tau: Any = DEFAULT_TAU
     samples: Any = DEFAULT_SAMPLES
+    draws: Any = 1  # samples per example, each its own seed: pass@k beside pass@1
 
 
 def switch_settings(req: RunRequest | SweepRequest | EvalRequest) -> dict[str, Any]:

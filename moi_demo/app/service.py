@@ -22,6 +22,7 @@ from moi_demo.serving.supervisor import EngineUnavailableError, RunStopped
 
 EVAL_TASKS = ["arithmetic-1", "arithmetic-2", "arithmetic-3", "arithmetic-4", "countdown-3", "countdown-4"]
 EVAL_MODES = ("standard", "direct", "moi", "gumbel", "multiplex")
+DRAWS = inputs.Bound("draws", 1, 8, integer=True)  # samples per example on the page (pass@k up to pass@8)
 
 
 class ServiceCallbacks:
@@ -56,13 +57,14 @@ class ServiceCallbacks:
             if not modes or any(m not in EVAL_MODES for m in modes):
                 raise InputError("modes", f"choose one or more of {', '.join(EVAL_MODES)}; got {modes!r}")
             n = inputs.EVAL_N.check(req.n)
+            draws = DRAWS.check(req.draws)
             moi_cfg, settings = run_settings(req, "MoI", req.beta, 20, self.runs.max_new_tokens)
         except InputError as e:
             raise page_error(e) from None
         examples, checker = get_task(task, n, settings.seed or 0)
         switches = switch_settings(req)
         configs = ev.with_switches(ev.mode_configs(modes, [moi_cfg.beta], moi_cfg.top_k), **switches)
-        total = len(examples) * len(configs)
+        total = len(examples) * len(configs) * draws
         progress(0, desc="generating")
         try:
             results, samples = ev.evaluate(
@@ -73,6 +75,7 @@ class ServiceCallbacks:
                 settings,
                 progress=lambda done: progress(done / total, desc="generating"),
                 run_id=session_of(request),
+                samples=draws,
             )
         except InputError as e:
             raise page_error(e) from None
@@ -88,6 +91,7 @@ class ServiceCallbacks:
             "eval": {
                 "task": task,
                 "n": n,
+                "draws": draws,
                 "modes": modes,
                 "beta": moi_cfg.beta,
                 "top_k": moi_cfg.top_k,

@@ -33,7 +33,13 @@ def add_switches(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--gate-h", type=float, default=DEFAULT_GATE_H, help="the gate's threshold on H (default 0.5)")
     p.add_argument("--tau", type=float, default=DEFAULT_TAU, help="gumbel mode's temperature (default 0.5)")
-    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="multiplex mode's draws per step (default 3)")
+    p.add_argument(
+        "--multiplex-samples",
+        dest="multiplex_samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        help="multiplex mode's draws per step (moi_samples, default 3)",
+    )
 
 
 def switches_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -45,5 +51,5 @@ def switches_of(args: argparse.Namespace) -> dict[str, Any]:
         "gate": inputs.check_choice(args.gate, "gate", GATES),
         "gate_h": inputs.GATE_H.check(args.gate_h),
         "tau": inputs.TAU.check(args.tau),
-        "samples": inputs.SAMPLES.check(args.samples),
+        "samples": inputs.SAMPLES.check(args.multiplex_samples),
     }

@@ -10,12 +10,13 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 
+from moi_demo.core import inputs
 from moi_demo.core.arguments import add_switches, switches_of
 from moi_demo.core.config import MoIConfig
 from moi_demo.core.inputs import InputError
@@ -45,6 +46,30 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimator of pass@k from n samples of which c are correct (Chen et al. 2021, "Evaluating Large
+    Language Models Trained on Code"): 1 - C(n - c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def pass_at(hits: Sequence[Sequence[bool]], k: int, z: float = 1.959963984540054) -> tuple[float, float, float]:
+    """pass@k over examples (each example's samples' hits): the mean of the per-example estimates, with a 95%
+    normal interval over examples (the estimates are bounded: clipped to [0, 1])."""
+    per = [pass_at_k(len(h), sum(h), k) for h in hits]
+    mean = sum(per) / len(per)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in per) / (len(per) - 1)) if len(per) > 1 else 0.0
+    half = z * sd / math.sqrt(len(per))
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def ks_for(samples: int) -> list[int]:
+    """The k of a pass@k table from `samples` per example: 1, 2, 4, ... up to it (and it)."""
+    ks = [k for k in (1, 2, 4, 8, 16) if k <= samples]
+    return ks if samples in ks else [*ks, samples]
+
+
 @dataclass
 class Sample:
     task: str
@@ -56,6 +81,7 @@ class Sample:
     output: str
     extracted: str | None
     correct: bool
+    draw: int = 0  # which of the example's samples (its seed: settings.seed + index * samples + draw)
 
 
 @dataclass
@@ -68,6 +94,7 @@ class ModeResult:
     low: float
     high: float
     vs_standard: str = ""
+    pass_k: dict[int, tuple[float, float, float]] = field(default_factory=dict)  # k -> (pass@k, 95% interval)
 
     @property
     def accuracy(self) -> float:
@@ -107,22 +134,28 @@ def evaluate(
     settings: SamplingSettings,
     progress: Any = None,
     run_id: str | None = None,
+    samples: int = 1,
 ) -> tuple[list[ModeResult], list[Sample]]:
-    """Every example under every config, batched through the engine; sample i uses seed settings.seed + i in
-    every mode, so the comparison is paired."""
-    jobs = [
-        (ex.prompt, cfg, None if settings.seed is None else settings.seed + i)
-        for _, cfg in configs
-        for i, ex in enumerate(examples)
+    """Every example under every config, `samples` times each, batched through the engine; draw j of example i
+    uses seed settings.seed + i * samples + j in every mode, so the comparison is paired. With samples > 1 each
+    result carries pass@k (`ks_for`) beside its pass@1 (the accuracy over every sample)."""
+    seeds = [
+        None if settings.seed is None else settings.seed + i * samples + j
+        for i in range(len(examples))
+        for j in range(samples)
     ]
+    jobs = [(examples[t // samples].prompt, cfg, seed) for _, cfg in configs for t, seed in enumerate(seeds)]
     texts = engine.generate_many(jobs, settings, on_done=progress, run_id=run_id)
-    samples: list[Sample] = []
-    for (label, cfg), chunk in zip(configs, _chunks(texts, len(examples)), strict=True):
-        for i, (ex, text) in enumerate(zip(examples, chunk, strict=True)):
+    out: list[Sample] = []
+    for (label, cfg), chunk in zip(configs, _chunks(texts, len(seeds)), strict=True):
+        for t, text in enumerate(chunk):
+            ex = examples[t // samples]
             extracted, ok = checker(ex, text)
-            samples.append(Sample(ex.task, label, cfg.beta, i, ex.prompt, ex.answer, text, extracted, ok))
+            out.append(
+                Sample(ex.task, label, cfg.beta, t // samples, ex.prompt, ex.answer, text, extracted, ok, t % samples)
+            )
     results = []
-    by_label = {label: [s.correct for s in samples if s.mode == label] for label, _ in configs}
+    by_label = {label: [s.correct for s in out if s.mode == label] for label, _ in configs}
     base = by_label.get("standard")
     for label, cfg in configs:
         hits = by_label[label]
@@ -134,20 +167,33 @@ def evaluate(
             result.vs_standard = (
                 f"{(sum(hits) - sum(base)) / len(hits):+.1%} (+{b}/-{c}, McNemar p = {mcnemar_exact(b, c):.3g})"
             )
+        if samples > 1:
+            per_example = _chunks(hits, samples)
+            result.pass_k = {k: pass_at(per_example, k) for k in ks_for(samples)}
         results.append(result)
-    return results, samples
+    return results, out
 
 
-def _chunks(items: list[str], size: int) -> list[list[str]]:
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def table(results: list[ModeResult]) -> str:
-    lines = ["| mode | accuracy | 95% Wilson CI | correct / n | vs standard (paired) |", "|---|---|---|---|---|"]
+    """The results as markdown: accuracy (pass@1 over every sample) with its interval and the paired comparison,
+    then pass@k per k where the run drew several samples per example."""
+    ks = sorted({k for r in results for k in r.pass_k if k > 1})
+    head = "| mode | accuracy | 95% Wilson CI | correct / n | vs standard (paired) |" + "".join(
+        f" pass@{k} (95% CI) |" for k in ks
+    )
+    lines = [head, "|---|---|---|---|---|" + "---|" * len(ks)]
     for r in results:
+        cells = "".join(
+            f" {r.pass_k[k][0]:.1%} ({r.pass_k[k][1]:.1%} - {r.pass_k[k][2]:.1%}) |" if k in r.pass_k else " - |"
+            for k in ks
+        )
         lines.append(
             f"| {r.label} | {r.accuracy:.1%} | {r.low:.1%} - {r.high:.1%} | {r.correct} / {r.n} | "
-            f"{r.vs_standard or '-'} |"
+            f"{r.vs_standard or '-'} |" + cells
         )
     return "\n".join(lines)
 
@@ -253,6 +299,9 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
         help="sequences at once (default: every job, up to 256 and to what memory holds)",
     )
     p.add_argument("--eager", action="store_true", help="never compile (default: compiled from 64 samples on)")
+    p.add_argument(
+        "--samples", type=int, default=1, help="samples per example, each its own seed: pass@k beside pass@1 (max 16)"
+    )
     add_switches(p)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -265,6 +314,7 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
 
     examples, checker = get_task(a.task, a.n, a.seed)
     try:
+        inputs.Bound("samples", 1, 16, integer=True).check(a.samples)
         switches = switches_of(a)
     except InputError as e:
         print(f"error: --{e.field}: {e.reason}", file=sys.stderr)  # noqa: T201
@@ -277,17 +327,23 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
     options = batch_job_options(
         model,
         [ex.prompt for ex in examples],
-        len(configs),
+        len(configs) * a.samples,
         a.max_tokens,
         a.max_model_len,
         a.max_num_seqs,
         **({"enforce_eager": True} if a.eager else {}),
     )
     with MoIEngine(model, options) as engine:
-        bar = tqdm(total=len(examples) * len(configs), desc=f"{a.task}", unit="sample")
+        bar = tqdm(total=len(examples) * len(configs) * a.samples, desc=f"{a.task}", unit="sample")
         start = time.perf_counter()
         results, samples = evaluate(
-            engine, examples, checker, configs, settings, progress=lambda done: bar.update(done - bar.n)
+            engine,
+            examples,
+            checker,
+            configs,
+            settings,
+            progress=lambda done: bar.update(done - bar.n),
+            samples=a.samples,
         )
         seconds = time.perf_counter() - start
         bar.close()
@@ -299,6 +355,7 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
                 "modes": a.modes,
                 "betas": a.betas,
                 "top_k": a.top_k,
+                "samples": a.samples,
                 **switches,
                 **asdict(settings),
             },
