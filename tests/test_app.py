@@ -32,7 +32,7 @@ def export(client) -> tuple[Trace, Trace]:
 
 
 def test_api_endpoints(client):
-    assert {"/generate", "/stop", "/select_step", "/export", "/health"} <= set(
+    assert {"/generate", "/stop", "/select_step", "/export", "/health", "/compare", "/diversity"} <= set(
         client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     )
 
@@ -421,3 +421,13 @@ def test_switches_through_the_api_show_what_the_plugin_fed_and_replay(client, ap
     traces, _ = load_export(client.predict(api_name="/export"))
     assert [(t.mode, t.noise) for t in traces] == [("standard", 0.0), ("moi", 0.5), ("moi", 0.0)]
     assert [r.identical for r in replay(app[1], traces)] == [True, True, True]
+
+
+def test_compare_through_the_api_returns_each_steps_kl_on_the_standard_tokens(client):
+    """/compare (the run's inputs, then the step to show): the MoI lane decoded the standard lane's tokens; per step
+    KL(standard || MoI) >= 0 and the top-k overlap in [0, 1], as JSON beside the chart and the step's two top-k."""
+    _, panel, summary = client.predict(*ARGS[:6], 24, 0, step=2, api_name="/compare")
+    assert len(summary["kl"]) == len(summary["overlap"]) == len(summary["tokens"]) == 24
+    assert all(k >= 0 for k in summary["kl"]) and all(0 <= o <= 1 for o in summary["overlap"])
+    assert max(summary["kl"]) > 0 and summary["label"] == "Mixture of Inputs (beta = 1)"
+    assert "data-step='2'" in panel

@@ -147,7 +147,7 @@ def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
             mode = named(FieldRadio(list(MODE_CHOICES), value="MoI", label="Mode", elem_id="mode"), "mode")
             top_k = slider(inputs.APP_TOP_K, DEFAULT_TOP_K, "top-k candidates mixed", 1, elem_id="top-k")
             with gr.Accordion("Sampling", open=False):
-                temperature = slider(inputs.TEMPERATURE, 0.0, "temperature (0 = greedy)", 0.05)
+                temperature = slider(inputs.TEMPERATURE, 0.0, "temperature (0 = greedy)", 0.05, elem_id="temperature")
                 top_p = slider(inputs.TOP_P, 1.0, "top-p", 0.01, lo=inputs.TOP_P_SLIDER_MIN)
                 max_tokens = slider(
                     inputs.MAX_TOKENS.with_hi(max_new_tokens),
