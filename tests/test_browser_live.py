@@ -10,22 +10,15 @@ import time
 
 import pytest
 
+from tests.browser_util import opened, type_in
+
 pytestmark = [pytest.mark.engine, pytest.mark.browser]
 TOKENS = "12"  # short lanes: each case is one engine run of the MoI lane
 
 
 @pytest.fixture(scope="module")
 def page(app):
-    from moi_demo.tools.pagebench import browser_page, chromium_path
-
-    if chromium_path() is None:
-        pytest.skip("Debian's chromium is not installed (scripts/setup.sh --dev installs it)")
-    with browser_page() as page:
-        page.goto(app[0], wait_until="load")
-        page.locator("#prompt textarea").wait_for(timeout=60_000)
-        page.locator("#prompt textarea").fill("Name three colours.")
-        page.get_by_text("Sampling").click()  # open the accordion
-        _type(page, "max-tokens", TOKENS, "Tab")  # not a live control: no run before Generate
+    with opened(app[0], "Name three colours.", TOKENS) as page:
         page.locator("#generate").click()
         page.wait_for_function(
             "() => document.querySelector('#download a') !== null && "
@@ -44,13 +37,6 @@ def _wait_idle(engine, timeout: float = 60) -> None:
 
 def _box(page, elem_id: str):
     return page.locator(f"#{elem_id} input[type=number]")
-
-
-def _type(page, elem_id: str, text: str, key: str) -> None:
-    box = _box(page, elem_id)
-    box.click(click_count=3)
-    box.press_sequentially(text)
-    box.press(key)
 
 
 def _track_x(page, elem_id: str, fraction: float) -> tuple[float, float]:
@@ -130,15 +116,15 @@ def _check(page, export: dict) -> dict:
 BETA_CASES = {
     "drag": lambda page: _drag(page, "beta", 0.25, 0.5),
     "click on the track": lambda page: _click_track(page, "beta", 0.75),
-    "typing + Enter": lambda page: _type(page, "beta", "0.35", "Enter"),
-    "typing + Tab": lambda page: _type(page, "beta", "0.45", "Tab"),
+    "typing + Enter": lambda page: type_in(page, "beta", "0.35", "Enter"),
+    "typing + Tab": lambda page: type_in(page, "beta", "0.45", "Tab"),
     "arrow keys": lambda page: _arrows(page, "beta", "ArrowUp", 2),
 }
 TOP_K_CASES = {
     "drag": lambda page: _drag(page, "top-k", 0.5, 0.8),
     "click on the track": lambda page: _click_track(page, "top-k", 0.2),
-    "typing + Enter": lambda page: _type(page, "top-k", "7", "Enter"),
-    "typing + Tab": lambda page: _type(page, "top-k", "9", "Tab"),
+    "typing + Enter": lambda page: type_in(page, "top-k", "7", "Enter"),
+    "typing + Tab": lambda page: type_in(page, "top-k", "9", "Tab"),
     "arrow keys": lambda page: _arrows(page, "top-k", "ArrowUp", 2),
 }
 
@@ -173,11 +159,11 @@ def test_the_advanced_switches_rerun_the_moi_lane(page, app):
     page.get_by_text("Advanced: MoI's design choices").click()  # open the accordion
     full = _after(page, app[1], lambda: page.locator("#entropy").get_by_text("full: of the whole").click())
     assert full["traces"][1]["entropy"] == "full" and "H over V" in page.locator("#moi-text").inner_text()
-    noised = _after(page, app[1], lambda: _type(page, "noise", "0.5", "Enter"))
+    noised = _after(page, app[1], lambda: type_in(page, "noise", "0.5", "Enter"))
     assert (noised["traces"][1]["entropy"], noised["traces"][1]["noise"]) == ("full", 0.5)
     _check(page, noised)
     assert "H over V, noise 0.5" in page.locator("#moi-text").inner_text()
-    _after(page, app[1], lambda: _type(page, "noise", "0", "Enter"))
+    _after(page, app[1], lambda: type_in(page, "noise", "0", "Enter"))
     paper = _after(page, app[1], lambda: page.locator("#entropy").get_by_text("top-k: of p").click())
     assert (paper["traces"][1]["entropy"], paper["traces"][1]["noise"]) == ("top_k", 0.0)
     assert "·" not in page.locator("#moi-text").inner_text()
@@ -185,7 +171,7 @@ def test_the_advanced_switches_rerun_the_moi_lane(page, app):
 
 def test_a_newer_value_cancels_the_older_run(page, app):
     """Two values in quick succession: the page settles on the newer; the older run was aborted, never kept."""
-    _type(page, "max-tokens", "200", "Tab")  # long runs: the first is still running at the second
-    export = _after(page, app[1], lambda: (_type(page, "beta", "1.3", "Tab"), _type(page, "beta", "1.7", "Tab")))
+    type_in(page, "max-tokens", "200", "Tab")  # long runs: the first is still running at the second
+    export = _after(page, app[1], lambda: (type_in(page, "beta", "1.3", "Tab"), type_in(page, "beta", "1.7", "Tab")))
     assert _check(page, export)["beta"] == pytest.approx(1.7)
     assert not [t for t in export["lanes"] if t["mode"] == "moi" and t["beta"] == pytest.approx(1.3)]

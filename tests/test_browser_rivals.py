@@ -9,30 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser_util import opened, type_in
+
 pytestmark = [pytest.mark.engine, pytest.mark.browser]
 SHOTS = Path(os.environ.get("MOI_DEMO_SCREENSHOTS", Path(__file__).resolve().parents[1] / "out"))
 
 
 @pytest.fixture(scope="module")
 def page(app):
-    from moi_demo.tools.pagebench import browser_page, chromium_path
-
-    if chromium_path() is None:
-        pytest.skip("Debian's chromium is not installed (scripts/setup.sh --dev installs it)")
-    with browser_page() as page:
-        page.goto(app[0], wait_until="load")
-        page.locator("#prompt textarea").wait_for(timeout=60_000)
-        page.locator("#prompt textarea").fill("Name three colours and say why you like them.")
-        page.get_by_text("Sampling").click()  # open the accordion
-        _type(page, "max-tokens", "64", "Tab")
+    with opened(app[0], "Name three colours and say why you like them.", "64") as page:
         yield page
-
-
-def _type(page, elem_id: str, text: str, key: str) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.click(click_count=3)
-    box.press_sequentially(text)
-    box.press(key)
 
 
 def test_the_step_cost_shows_while_the_lanes_stream(page, app):
@@ -72,9 +58,9 @@ def test_the_same_tokens_comparison_shows_its_chart_and_the_steps_two_top_k(page
 
 
 def test_the_diversity_view_counts_every_seed(page, app):
-    _type(page, "temperature", "1", "Tab")  # not a live control: no run
+    type_in(page, "temperature", "1", "Tab")  # not a live control: no run
     page.get_by_text("Diversity: N seeds per mode").click()
-    _type(page, "seeds", "6", "Tab")
+    type_in(page, "seeds", "6", "Tab")
     page.locator("#diversity").click()
     page.wait_for_function(
         "() => document.querySelector('#spread')?.innerText.includes('distinct_paths') && "

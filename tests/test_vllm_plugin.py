@@ -201,8 +201,20 @@ SWITCH_CASES = [
 ]
 
 
-def switch_xargs(cfg: MoIConfig) -> dict:
-    return {**xargs(cfg), **cfg.switches()}
+def greedy_batch_equals_the_oracle(llm, oracle, prompts, configs) -> dict:
+    """Every config on every prompt, and a standard request, in one greedy batch (seed 5: the draws'): each config's
+    tokens == the oracle's. Returns {(prompt ids, config): tokens}."""
+    jobs = [(ids, cfg) for cfg in configs for ids in prompts] + [(prompts[0], None)]
+    outs = llm.generate(
+        [{"prompt_token_ids": ids} for ids, _ in jobs],
+        [params(STEPS, seed=5, **(xargs(cfg) if cfg else {})) for _, cfg in jobs],
+    )
+    got = {(tuple(ids), cfg): list(o.outputs[0].token_ids) for (ids, cfg), o in zip(jobs, outs, strict=True)}
+    settings = SamplingSettings(max_tokens=STEPS, seed=5)
+    for (ids, cfg), tokens in got.items():
+        if cfg is not None:
+            assert tokens == oracle.generate(list(ids), cfg, settings, chat=False).token_ids, cfg
+    return got
 
 
 def test_switches_greedy_equal_the_oracle_in_one_batch(llm, oracle, prompt_ids):
@@ -211,16 +223,7 @@ def test_switches_greedy_equal_the_oracle_in_one_batch(llm, oracle, prompt_ids):
     (a switch ignored could not pass); the processed prior of a greedy request is onehot(top-1), so it decodes
     the standard tokens exactly."""
     paper = MoIConfig("moi", 0.5, 5)
-    jobs = [(ids, cfg) for cfg in [*SWITCH_CASES, paper] for ids in prompt_ids[:2]] + [(prompt_ids[0], None)]
-    outs = llm.generate(
-        [{"prompt_token_ids": ids} for ids, _ in jobs],
-        [params(STEPS, seed=5, **(switch_xargs(cfg) if cfg else {})) for _, cfg in jobs],
-    )
-    got = {(tuple(ids), cfg): list(o.outputs[0].token_ids) for (ids, cfg), o in zip(jobs, outs, strict=True)}
-    settings = SamplingSettings(max_tokens=STEPS, seed=5)
-    for (ids, cfg), tokens in got.items():
-        if cfg is not None:
-            assert tokens == oracle.generate(list(ids), cfg, settings, chat=False).token_ids, cfg
+    got = greedy_batch_equals_the_oracle(llm, oracle, prompt_ids[:2], [*SWITCH_CASES, paper])
     for ids in map(tuple, prompt_ids[:2]):
         assert got[(ids, SWITCH_CASES[3])] == ref_tokens(oracle, list(ids), MoIConfig("standard"))
     for cfg in SWITCH_CASES[:2]:
@@ -239,7 +242,7 @@ def test_switched_sampled_run_matches_the_oracle_and_the_records(llm, oracle, pr
     record, kept past its end as it asked, is handed out once."""
     settings = SamplingSettings(temperature=1.2, top_p=0.8, max_tokens=24, seed=11)
     # moi_record: the request's record outlives it (the worker may free a finished request before the RPC arrives)
-    sp = params(24, logprobs=5, temperature=1.2, top_p=0.8, seed=11, moi_record=True, **switch_xargs(cfg))
+    sp = params(24, logprobs=5, temperature=1.2, top_p=0.8, seed=11, moi_record=True, **xargs(cfg))
     out = llm.generate({"prompt_token_ids": prompt_ids[2]}, sp)[0]
     (fed,) = llm.collective_rpc("moi_records", args=([out.request_id],))[0].values()
     tokens = list(out.outputs[0].token_ids)
@@ -278,16 +281,7 @@ def test_gates_and_rival_modes_greedy_equal_the_oracle_in_one_batch(llm, oracle,
     standard request, == the oracle (reference.py, the plain one-row forms). A gate that never opens decodes the
     standard tokens exactly, one always open today's MoI; the rival modes change the tokens."""
     paper = MoIConfig("moi", 0.5, 5)
-    jobs = [(ids, cfg) for cfg in [*RIVAL_CASES, paper] for ids in prompt_ids[:2]] + [(prompt_ids[0], None)]
-    outs = llm.generate(
-        [{"prompt_token_ids": ids} for ids, _ in jobs],
-        [params(STEPS, seed=5, **(xargs(cfg) if cfg else {})) for _, cfg in jobs],
-    )
-    got = {(tuple(ids), cfg): list(o.outputs[0].token_ids) for (ids, cfg), o in zip(jobs, outs, strict=True)}
-    settings = SamplingSettings(max_tokens=STEPS, seed=5)
-    for (ids, cfg), tokens in got.items():
-        if cfg is not None:
-            assert tokens == oracle.generate(list(ids), cfg, settings, chat=False).token_ids, cfg
+    got = greedy_batch_equals_the_oracle(llm, oracle, prompt_ids[:2], [*RIVAL_CASES, paper])
     for ids in map(tuple, prompt_ids[:2]):
         assert got[(ids, RIVAL_CASES[4])] == ref_tokens(oracle, list(ids), MoIConfig("standard"))
         assert got[(ids, RIVAL_CASES[5])] == got[(ids, paper)]
