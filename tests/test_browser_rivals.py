@@ -22,16 +22,16 @@ def page(app):
 
 
 def test_the_step_cost_shows_while_the_lanes_stream(page, app):
-    """While a 64 + 64-token run streams, the status line reads "Streaming · engine step ... ms · plugin ... ms
-    (...%)"; the final status keeps the run's figure."""
+    """While a 64 + 64-token run streams, the line beside the lanes reads "Per step, live: engine step ... ms · plugin
+    ... ms (...%)"; once done it holds the run's figure."""
     page.locator("#generate").click()
     page.wait_for_function(
-        "() => /^Streaming · engine step [0-9.]+ ms · plugin [0-9.]+ ms \\([0-9.]+%\\)/"
-        ".test(document.querySelector('#status').innerText)",
+        "() => /^Per step, live: engine step [0-9.]+ ms · plugin [0-9.]+ ms \\([0-9.]+%\\)/"
+        ".test(document.querySelector('#step-cost').innerText)",
         timeout=120_000,
     )
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('Done')", timeout=120_000)
-    assert "Per step: engine step" in page.locator("#status").inner_text()
+    assert page.locator("#step-cost").inner_text().startswith("Per step over the run: engine step")
 
 
 def test_the_same_tokens_comparison_shows_its_chart_and_the_steps_two_top_k(page, app):

@@ -240,14 +240,16 @@ def test_health_line_reads_the_engine(page):
 
 def test_the_step_cost_shows_while_the_lanes_stream_and_in_the_final_status(page):
     """The engine's time per step and the plugin's share (the fake engine: 20 ms a step, 0.5 ms of it the plugin's),
-    read from the engine's counters at most every 0.5 s while the lanes stream, and over the whole run at the end."""
+    on its own line beside the lanes: read from the engine's counters at most every 0.5 s while they stream, and over
+    the whole run at the end."""
     page.engine.steps_delay = 0.12
     p = page.cb.page
     updates, _ = generate(page, max_tokens=10)
     cost = "engine step 20.0 ms · plugin 0.50 ms (2.5%)"
-    streaming = [u[p.status] for u in updates[:-1] if p.status in u]
-    assert streaming and all(s == f"Streaming · {cost}" for s in streaming)
-    assert updates[-1][p.status].endswith(f"Per step: {cost}.")
+    streaming = [u[p.cost] for u in updates[:-1] if p.cost in u]
+    assert streaming and all(s == f"Per step, live: {cost}" for s in streaming)
+    assert updates[-1][p.cost] == f"Per step over the run: {cost}" and updates[-1][p.status].startswith("Done")
+    assert all(p.status not in u for u in updates[:-1])  # the status line changes once, at the end
     sweep = list(page.sweeps.sweep(PROMPT, "0, 1", 5, 0.0, 1.0, 10, 0))
     assert any(u[p.sweep_status].endswith(cost) for u in sweep[:-1] if p.sweep_status in u)
 

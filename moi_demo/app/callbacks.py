@@ -58,6 +58,7 @@ class Page:
     lanes: Any = None
     step: Any = None
     status: Any = None
+    cost: Any = None  # what a step costs, live while the lanes stream
     sweep_boxes: list[Any] = field(default_factory=list)
     sweep_status: Any = None
     sweep_summary: Any = None
@@ -143,7 +144,7 @@ class Callbacks:
                 update[p.standard_text] = gr.update(value=traces[0].text, label=standard_label(None))
             update[p.moi_text] = gr.update(value=traces[-1].text, label=label)
             if cost := meter.poll():
-                update[p.status] = f"Streaming · {cost}"
+                update[p.cost] = f"Per step, live: {cost}"
             yield update
             first = {}
         if not traces or not self.runs.current(run_id):
@@ -154,7 +155,7 @@ class Callbacks:
             lanes, standard or traces[0], traces[-1], label, reused=standard is not None, elapsed=elapsed
         )
         if cost := meter.poll(force=True):
-            final[p.status] += f" Per step: {cost}."
+            final[p.cost] = f"Per step over the run: {cost}"
         yield final
 
     def _final(

@@ -161,6 +161,7 @@ def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
             with gr.Accordion("Advanced: MoI's design choices · live after a run", open=False, elem_id="advanced"):
                 switches = switch_controls()
     p.status = gr.Markdown("", elem_id="status")
+    p.cost = gr.Markdown("", elem_id="step-cost")  # the engine's time per step and the plugin's share, live
     with gr.Row(equal_height=True):
         p.standard_text = gr.Textbox(
             label=STANDARD_LABEL, lines=12, max_lines=12, interactive=False, elem_id="standard-text", autoscroll=False
@@ -248,7 +249,7 @@ def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
             p.sweep_curves = gr.Plot(label="Weight on the sampled token per step", elem_id="sweep-curves-plot")
     download = gr.File(label="Every lane (JSON)", elem_id="download")
 
-    run_outputs = [p.standard_text, p.moi_text, p.lanes, p.step, p.status]
+    run_outputs = [p.standard_text, p.moi_text, p.lanes, p.step, p.cost, p.status]
     event_number = gr.Number(0, visible=False)  # set by NEXT_EVENT on the page; API clients leave it 0
     controls = dict(
         prompt=prompt,
