@@ -261,7 +261,7 @@ class MoIEngine(EngineSupervisor):
                             self._on_dead(death_reason([engine for _, engine, _ in lanes], completion))
                             raise self.unavailable() from None
                         raise _user_error(completion)
-                    apply_output(trace, completion, done, wide > 0)
+                    apply_output(trace, completion, done, wide)
                     if done:
                         finished[i] = True
                         if trace.config.switched and trace.config.mixes:  # what it fed: only the plugin knows

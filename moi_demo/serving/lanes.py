@@ -44,9 +44,10 @@ def sampling_params(
     )
 
 
-def steps_from_output(completion: Any, first_index: int, top_k: int, wide: bool = False) -> list[Step]:
-    """Steps from a vLLM CompletionOutput delta: the sampled ids and their top-k raw log-probs (with `wide`, every
-    (id, log-prob) returned, in rank order, as `Step.ranked`)."""
+def steps_from_output(completion: Any, first_index: int, top_k: int, wide: int = 0) -> list[Step]:
+    """Steps from a vLLM CompletionOutput delta: the sampled ids and their top-k raw log-probs (with `wide`, the
+    top-`wide` (id, log-prob) pairs in rank order, as `Step.ranked`; not the sampled token's own entry, which vLLM
+    adds below them when it ranks lower: the floor a comparison bounds a missing entry with is the `wide`-th)."""
     steps = []
     for i, (token, logprobs) in enumerate(zip(completion.token_ids, completion.logprobs or [], strict=False)):
         ranked = sorted(
@@ -64,7 +65,7 @@ def steps_from_output(completion: Any, first_index: int, top_k: int, wide: bool 
                 topk_logprobs=[float(lp.logprob) for _, lp in top],
                 entropy=0.0,
                 topk_tokens=[lp.decoded_token or "" for _, lp in top],
-                ranked=[(tid, float(lp.logprob)) for _, tid, lp in ranked] if wide else None,
+                ranked=[(tid, float(lp.logprob)) for rank, tid, lp in ranked if rank <= wide] if wide else None,
             )
         )
     return steps
@@ -98,7 +99,7 @@ def fill_from_records(trace: Trace, records: dict[str, dict[str, list]]) -> bool
     return True
 
 
-def apply_output(trace: Trace, completion: Any, done: bool, wide: bool = False) -> None:
+def apply_output(trace: Trace, completion: Any, done: bool, wide: int = 0) -> None:
     """One streamed (delta) CompletionOutput into its lane's trace: its steps, its text, and at the end its finish
     reason."""
     for step in steps_from_output(completion, len(trace.steps), trace.top_k, wide):
