@@ -424,6 +424,27 @@ def test_switches_through_the_api_show_what_the_plugin_fed_and_replay(client, ap
     assert [r.identical for r in replay(app[1], traces)] == [True, True, True]
 
 
+def test_rival_modes_and_gates_through_the_api_export_and_replay_identical(client, app):
+    """/generate with Gumbel soft thinking under a high gate, then /live with Multiplex under a low gate (sampled,
+    seeded): the labels name them, the export holds every new key (moi_mode, moi_tau, moi_samples, moi_gate,
+    moi_gate_h), and each lane replays token for token on the engine."""
+    from moi_demo.evaluation.replay import load_export, replay
+
+    run = dict(prompt=PROMPT, beta=1.0, top_k=8, temperature=0.9, top_p=0.95, max_tokens=14, seed=11)
+    final = client.predict(**run, mode="Gumbel soft thinking", tau=0.7, gate="high", gate_h=0.3, api_name="/generate")
+    assert final[1]["label"] == "Gumbel soft thinking (tau = 0.7) · mixes where H >= 0.3"
+    live = client.predict(**run, mode="Multiplex", samples=4, gate="low", gate_h=0.6, api_name="/live")
+    assert live[1]["label"] == "Multiplex (4 samples) · mixes where H <= 0.6"
+    traces, _ = load_export(client.predict(api_name="/export"))
+    got = [(t.mode, t.tau, t.samples, t.gate, t.gate_h) for t in traces]
+    assert got == [
+        ("standard", 0.5, 3, "none", 0.5),
+        ("gumbel", 0.7, 3, "high", 0.3),
+        ("multiplex", 0.5, 4, "low", 0.6),
+    ]
+    assert [r.identical for r in replay(app[1], traces)] == [True, True, True]
+
+
 def test_compare_through_the_api_returns_each_steps_kl_on_the_standard_tokens(client):
     """/compare (the run's inputs, then the step to show): the MoI lane decoded the standard lane's tokens; per step
     KL(standard || MoI) >= 0 and the top-k overlap in [0, 1], as JSON beside the chart and the step's two top-k."""

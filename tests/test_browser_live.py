@@ -170,8 +170,21 @@ def test_the_advanced_switches_rerun_the_moi_lane(page, app):
 
 
 def test_a_newer_value_cancels_the_older_run(page, app):
-    """Two values in quick succession: the page settles on the newer; the older run was aborted, never kept."""
-    type_in(page, "max-tokens", "200", "Tab")  # long runs: the first is still running at the second
-    export = _after(page, app[1], lambda: (type_in(page, "beta", "1.3", "Tab"), type_in(page, "beta", "1.7", "Tab")))
+    """Two values in quick succession, the older's run still on the engine at the newer: the page settles on the
+    newer; the older run was aborted, never kept. A prompt with a long answer (a short one can end at its EOS before
+    the second value is typed: then keeping it is right), checked in flight before the second value."""
+    page.locator("#prompt textarea").fill("Tell me a long story about a dragon who learns to bake bread.")
+    type_in(page, "max-tokens", "200", "Tab")
+
+    def two_values() -> None:
+        type_in(page, "beta", "1.3", "Tab")
+        deadline = time.monotonic() + 30
+        while not app[1].num_unfinished_requests() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert app[1].num_unfinished_requests(), "the first value's run was not in flight: the test needs a longer one"
+        type_in(page, "beta", "1.7", "Tab")
+
+    export = _after(page, app[1], two_values)
     assert _check(page, export)["beta"] == pytest.approx(1.7)
     assert not [t for t in export["lanes"] if t["mode"] == "moi" and t["beta"] == pytest.approx(1.3)]
