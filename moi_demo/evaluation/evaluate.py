@@ -281,7 +281,8 @@ def main(argv: Sequence[str] | None = None, sweep: bool = False) -> int:
     p.add_argument(
         "--modes",
         default="standard,moi" if sweep else "standard,direct,moi",
-        help="comma-separated: standard, direct, moi (one per --betas), gumbel (--tau), multiplex (--multiplex-samples)",
+        help="comma-separated: standard, direct, moi (one per --betas), gumbel (--tau), "
+        "multiplex (--multiplex-samples)",
     )
     p.add_argument("--beta" if not sweep else "--betas", dest="betas", default="0,0.5,1,2,4" if sweep else "1.0")
     p.add_argument("--top-k", type=int, default=20)
