@@ -214,10 +214,12 @@ def _wait(predicate, timeout: float, what: str) -> None:
 
 def test_stop_drops_a_queued_run_and_the_app_keeps_serving(app, client):
     """The queue full (every run slot taken by other sessions), a run waits; /stop from its own client drops
-    it: it never starts, its job ends at once, and the app serves the next run."""
+    it: it never starts, its job ends at once, and the app serves the next run. A compare first: every event of the
+    runs' queue has run, and its slots are still max_concurrent_runs."""
     from gradio_client import Client
 
     url, engine = app
+    client.predict(*ARGS[:6], 8, 0, step=0, api_name="/compare")
     others = [Client(url, verbose=False) for _ in range(engine.max_concurrent_runs)]
     busy = [
         c.submit("Write a very long story about a lighthouse.", "MoI", 1.0, 20, 1.0, 1.0, 300, i, api_name="/generate")

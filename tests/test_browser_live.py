@@ -187,4 +187,5 @@ def test_a_newer_value_cancels_the_older_run(page, app):
 
     export = _after(page, app[1], two_values)
     assert _check(page, export)["beta"] == pytest.approx(1.7)
-    assert not [t for t in export["lanes"] if t["mode"] == "moi" and t["beta"] == pytest.approx(1.3)]
+    kept = [t for t in export["lanes"] if t["mode"] == "moi" and t["beta"] == pytest.approx(1.3)]
+    assert not kept, [(len(t["steps"]), t.get("finish_reason"), t.get("prompt", "")[:40], t["text"][:80]) for t in kept]

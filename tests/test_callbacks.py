@@ -143,6 +143,27 @@ def test_a_page_event_older_than_a_started_run_sends_nothing(page):
     assert list(page.cb.live(**{**RUN, "beta": 2.0}, lanes=lanes, event=4, request=session())) == []
 
 
+def test_every_event_on_an_engine_queue_keeps_its_limit():
+    """Each shared queue serves its limit after every event of the page has run once: Gradio lowers a shared
+    concurrency id's limit to the lowest of its events (one naming none counts as 1) when that event first runs
+    (the Compare button once made the whole page one run at a time). Gradio's own rule, applied to every event, on
+    a GPU-sized budget of 256 sequences."""
+    from moi_demo.app.explorer import MAX_SWEEP_LANES
+    from moi_demo.serving.settings import EngineOptions
+
+    engine = FakeEngine()
+    engine.options = EngineOptions(max_num_seqs=256)
+    demo, _ = build_page(engine, max_new_tokens=64)
+    demo.queue()
+    for fn in demo.fns.values():
+        demo._queue.create_event_queue_for_fn(fn)
+    limits = {k: q.concurrency_limit for k, q in demo._queue.event_queue_per_concurrency_id.items()}
+    assert (limits["engine-runs"], limits["engine-sweeps"]) == (128, 256 // (2 * (MAX_SWEEP_LANES + 1))) == (128, 14)
+    by_queue = {fn.api_name: fn.concurrency_id for fn in demo.fns.values() if fn.api_name}
+    assert {by_queue[a] for a in ("generate", "live", "compare")} == {"engine-runs"}
+    assert {by_queue[a] for a in ("sweep", "diversity")} == {"engine-sweeps"}
+
+
 def test_sweep_streams_a_lane_per_beta_then_keeps_them_for_the_slider(page):
     p = page.cb.page
     updates = list(page.sweeps.sweep(PROMPT, "0, 1, direct", 5, 0.0, 1.0, 4, 0, lanes=None, request=session()))

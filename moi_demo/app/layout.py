@@ -264,12 +264,18 @@ def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
         **switches,
     )
     run_inputs = [*named_inputs(RunRequest, controls), p.lanes, event_number]  # as Callbacks.generate takes them
-    # Runs share the engine's sequence budget: at most max_concurrent_runs at once, the rest wait in the queue.
+    # The engine's two queues, each event on one naming its limit: runs (a pair of lanes, a compare) share the
+    # engine's sequence budget, at most max_concurrent_runs at once; a sweep holds up to MAX_SWEEP_LANES + 1
+    # sequences, so fewer sweeps (and diversity batches) than runs. Gradio lowers a shared queue's limit to the lowest
+    # any of its events declares (one that names none declares 1) when that event first runs: one event without the
+    # limit and, after its first use, the page serves one run at a time.
+    runs_queue = dict(concurrency_id="engine-runs", concurrency_limit=cb.engine.max_concurrent_runs)
+    sweep_limit = max(1, cb.engine.options.max_num_seqs // (2 * (MAX_SWEEP_LANES + 1)))
+    sweeps_queue = dict(concurrency_id="engine-sweeps", concurrency_limit=sweep_limit)
     # Progress shows on the status line only: a loading overlay and timer on every output (four plots among them)
     # re-rendered at every streamed token is what kept the page's main thread busy.
     run_opts = dict(
-        concurrency_id="engine-runs",
-        concurrency_limit=cb.engine.max_concurrent_runs,
+        **runs_queue,
         show_progress="minimal",
         show_progress_on=[p.status],
         js=NEXT_EVENT,
@@ -293,15 +299,12 @@ def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
         event = control.change(cb.live, run_inputs, run_outputs, api_name=api, trigger_mode="multiple", **run_opts)
         after_run(event)
         live_events.append(event)
-    # A sweep holds up to MAX_SWEEP_LANES + 1 sequences: fewer sweeps than pair runs at once.
-    sweep_limit = max(1, cb.engine.options.max_num_seqs // (2 * (MAX_SWEEP_LANES + 1)))
     sweep = sweep_btn.click(
         sweeps.sweep,
         [*named_inputs(SweepRequest, controls), p.lanes],
         [p.standard_text, *p.sweep_boxes, p.lanes, p.sweep_status],
         api_name="sweep",
-        concurrency_id="engine-sweeps",
-        concurrency_limit=sweep_limit,
+        **sweeps_queue,
         show_progress="minimal",
         show_progress_on=[p.sweep_status],
     )
@@ -317,7 +320,7 @@ def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
         [*named_inputs(RunRequest, controls), seeds],
         handlers.diversity.outputs,
         api_name="diversity",
-        concurrency_id="engine-sweeps",
+        **sweeps_queue,
         show_progress="minimal",
         show_progress_on=[spread_json],
     )
@@ -326,7 +329,7 @@ def side_by_side(handlers: Handlers, max_new_tokens: int) -> None:
         [*named_inputs(RunRequest, controls), p.lanes, p.step],
         [p.lanes, p.compare_plot, p.compare_panel, p.compare_json],
         api_name="compare",
-        concurrency_id="engine-runs",
+        **runs_queue,
         show_progress="minimal",
         show_progress_on=[p.compare_plot],
     )
