@@ -9,7 +9,7 @@ import pytest
 
 from moi_demo.core.config import MoIConfig
 from moi_demo.core.trace import SamplingSettings
-from moi_demo.evaluation.evaluate import evaluate, ks_for, pass_at, pass_at_k, table
+from moi_demo.evaluation.evaluate import evaluate, ks_for, paired_difference, pass_at, pass_at_k, table, vs_standard
 from moi_demo.evaluation.tasks import Example
 
 
@@ -59,3 +59,26 @@ def test_an_evaluation_with_several_samples_per_example_reports_pass_at_k():
     assert std.pass_k[4] == (1.0, 1.0, 1.0)
     text = table(results)
     assert "pass@2 (95% CI)" in text and "pass@4 (95% CI)" in text and "| standard | 50.0% |" in text
+
+
+def test_paired_difference_by_hand():
+    """diffs 0.5, 0, -0.25, 0.25: mean 0.125, sample variance 0.3125 / 3, se = sqrt(0.3125 / 12) = 0.16137;
+    z = 0.125 / se = sqrt(0.6), p = erfc(sqrt(0.3)) = 0.43858."""
+    mean, low, high, p = paired_difference([0.5, 0.0, -0.25, 0.25])
+    assert mean == 0.125 and p == pytest.approx(0.438578, abs=1e-6)
+    assert (low, high) == pytest.approx((0.125 - 1.96 * 0.161374, 0.125 + 1.96 * 0.161374), abs=1e-4)
+    assert paired_difference([0.0, 0.0]) == (0.0, 0.0, 0.0, 1.0) and paired_difference([0.5, 0.5])[3] == 0.0
+
+
+def test_with_several_samples_the_comparison_is_over_examples():
+    """Standard right on every draw of examples 0 and 1, none of 2; MoI right on draw 0 of each. Per example MoI -
+    standard = -0.75, -0.75, +0.25 (mean -41.7%); pass@4: MoI alone on example 2 (+1/-0, McNemar p = 1). One sample
+    per example: the draw-for-draw McNemar."""
+    base = [True] * 8 + [False] * 4
+    moi = [True, False, False, False] * 3
+    mean, low, high, p = paired_difference([-0.75, -0.75, 0.25])
+    assert vs_standard(moi, base, 4) == (
+        f"{mean:+.1%} (95% {low:+.1%} to {high:+.1%}, p = {p:.3g} over 3 examples); pass@4 +1/-0, McNemar p = 1"
+    )
+    assert f"{mean:+.1%}" == "-41.7%"
+    assert vs_standard([True, False, True], [True, True, False], 1) == "+0.0% (+1/-1, McNemar p = 1)"

@@ -1,5 +1,6 @@
-"""Evaluate standard vs direct mixture vs MoI on verifiable tasks: accuracy with 95% Wilson intervals, a paired
-McNemar test against standard, every sample in a JSONL, and a plotly chart."""
+"""Evaluate standard vs direct mixture vs MoI on verifiable tasks: accuracy with 95% Wilson intervals, a paired test
+against standard (exact McNemar; over examples where each has several samples), pass@k, every sample in a JSONL,
+and a plotly chart."""
 
 from __future__ import annotations
 
@@ -62,6 +63,36 @@ def pass_at(hits: Sequence[Sequence[bool]], k: int, z: float = 1.959963984540054
     sd = math.sqrt(sum((x - mean) ** 2 for x in per) / (len(per) - 1)) if len(per) > 1 else 0.0
     half = z * sd / math.sqrt(len(per))
     return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def paired_difference(diffs: Sequence[float], z: float = 1.959963984540054) -> tuple[float, float, float, float]:
+    """The mean of paired per-example differences with its 95% normal interval and two-sided p (mean, low, high, p):
+    with several samples per example the examples are the independent units, not the samples."""
+    n = len(diffs)
+    mean = sum(diffs) / n
+    se = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (n - 1) / n) if n > 1 else 0.0
+    if se == 0.0:
+        return mean, mean, mean, 1.0 if mean == 0.0 else 0.0
+    return mean, mean - z * se, mean + z * se, math.erfc(abs(mean / se) / math.sqrt(2))
+
+
+def vs_standard(hits: Sequence[bool], base: Sequence[bool], samples: int) -> str:
+    """A mode against standard, paired sample for sample (the same seeds): with one sample per example, the accuracy
+    difference and the exact McNemar test; with several, the draws of one example are correlated, so the tests are
+    over examples: the difference of each example's accuracy (normal), and pass@samples (any draw right) by exact
+    McNemar."""
+    if samples == 1:
+        b = sum(x and not y for x, y in zip(hits, base, strict=True))
+        c = sum(y and not x for x, y in zip(hits, base, strict=True))
+        return f"{(sum(hits) - sum(base)) / len(hits):+.1%} (+{b}/-{c}, McNemar p = {mcnemar_exact(b, c):.3g})"
+    mine, theirs = _chunks(list(hits), samples), _chunks(list(base), samples)
+    mean, low, high, p = paired_difference([(sum(x) - sum(y)) / samples for x, y in zip(mine, theirs, strict=True)])
+    b = sum(any(x) and not any(y) for x, y in zip(mine, theirs, strict=True))
+    c = sum(any(y) and not any(x) for x, y in zip(mine, theirs, strict=True))
+    return (
+        f"{mean:+.1%} (95% {low:+.1%} to {high:+.1%}, p = {p:.3g} over {len(mine)} examples); "
+        f"pass@{samples} +{b}/-{c}, McNemar p = {mcnemar_exact(b, c):.3g}"
+    )
 
 
 def ks_for(samples: int) -> list[int]:
@@ -162,11 +193,7 @@ def evaluate(
         low, high = wilson(sum(hits), len(hits))
         result = ModeResult(label, cfg.mode, cfg.beta, sum(hits), len(hits), low, high)
         if base is not None and label != "standard":
-            b = sum(x and not y for x, y in zip(hits, base, strict=True))
-            c = sum(y and not x for x, y in zip(hits, base, strict=True))
-            result.vs_standard = (
-                f"{(sum(hits) - sum(base)) / len(hits):+.1%} (+{b}/-{c}, McNemar p = {mcnemar_exact(b, c):.3g})"
-            )
+            result.vs_standard = vs_standard(hits, base, samples)
         if samples > 1:
             per_example = _chunks(hits, samples)
             result.pass_k = {k: pass_at(per_example, k) for k in ks_for(samples)}
