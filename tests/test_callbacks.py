@@ -145,9 +145,9 @@ def test_a_page_event_older_than_a_started_run_sends_nothing(page):
 
 def test_every_event_on_an_engine_queue_keeps_its_limit():
     """Each shared queue serves its limit after every event of the page has run once: Gradio lowers a shared
-    concurrency id's limit to the lowest of its events (one naming none counts as 1) when that event first runs
-    (the Compare button once made the whole page one run at a time). Gradio's own rule, applied to every event, on
-    a GPU-sized budget of 256 sequences."""
+    concurrency id's limit to the lowest of its events (one naming none counts as 1) when that event first runs, so
+    one event without the limit would leave the page serving one run at a time. Gradio's own rule, applied to every
+    event, on a GPU-sized budget of 256 sequences."""
     from moi_demo.app.explorer import MAX_SWEEP_LANES
     from moi_demo.serving.settings import EngineOptions
 

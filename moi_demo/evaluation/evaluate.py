@@ -55,22 +55,24 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
+    """The mean of per-example values and its standard error (sample sd / sqrt(n); 0 for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1) / n) if n > 1 else 0.0
+
+
 def pass_at(hits: Sequence[Sequence[bool]], k: int, z: float = 1.959963984540054) -> tuple[float, float, float]:
     """pass@k over examples (each example's samples' hits): the mean of the per-example estimates, with a 95%
     normal interval over examples (the estimates are bounded: clipped to [0, 1])."""
-    per = [pass_at_k(len(h), sum(h), k) for h in hits]
-    mean = sum(per) / len(per)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in per) / (len(per) - 1)) if len(per) > 1 else 0.0
-    half = z * sd / math.sqrt(len(per))
-    return mean, max(0.0, mean - half), min(1.0, mean + half)
+    mean, se = mean_and_se([pass_at_k(len(h), sum(h), k) for h in hits])
+    return mean, max(0.0, mean - z * se), min(1.0, mean + z * se)
 
 
 def paired_difference(diffs: Sequence[float], z: float = 1.959963984540054) -> tuple[float, float, float, float]:
     """The mean of paired per-example differences with its 95% normal interval and two-sided p (mean, low, high, p):
     with several samples per example the examples are the independent units, not the samples."""
-    n = len(diffs)
-    mean = sum(diffs) / n
-    se = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (n - 1) / n) if n > 1 else 0.0
+    mean, se = mean_and_se(diffs)
     if se == 0.0:
         return mean, mean, mean, 1.0 if mean == 0.0 else 0.0
     return mean, mean - z * se, mean + z * se, math.erfc(abs(mean / se) / math.sqrt(2))
